@@ -1,0 +1,208 @@
+"""The ``careloop`` command: demo, worker, relay, db, rules, deliveries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from config.rules import RulesError, load_rules
+from config.settings import get_settings
+
+
+def _fail(message: str) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(2)
+
+
+def _runtime():
+    from careloop.runtime import ConfigurationError, get_runtime
+
+    try:
+        runtime = get_runtime()
+        runtime.check()
+    except (RulesError, ConfigurationError) as exc:
+        _fail(str(exc))
+    return runtime
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def main(verbose: bool) -> None:
+    """careloop: keeps a child's whole care team in the loop."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--outbox", type=click.Path(path_type=Path), default=Path("careloop-outbox"), show_default=True)
+@click.option("--database", default="sqlite:///careloop-demo.db", show_default=True)
+def demo(outbox: Path, database: str) -> None:
+    """Build a sample notebook, record three events, show who was told what."""
+    from careloop.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    run_demo(outbox_dir=outbox, database_url=database, echo=click.echo)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run RQ's worker on careloop's queues, with RQ's scheduler and careloop's relay.
+
+    Every option is RQ's own (`rq worker --help`), e.g. --burst, --name, --max-jobs.
+    """
+    from rq.cli.cli import main as rq_main
+
+    from careloop.dispatch import queue_names
+
+    settings = get_settings()
+    if not settings.redis_url:
+        _fail("careloop worker needs REDIS_URL; without it the web process runs jobs itself (embedded mode)")
+    _runtime()
+    args = list(ctx.args)
+    if "--help" in args or "-h" in args:
+        rq_main.main(args=["worker", "--help"], prog_name="careloop worker")
+        return
+    rq_args = [
+        "worker",
+        "--url",
+        settings.redis_url,
+        "--worker-class",
+        "workers.runner.CareloopWorker",
+        "--serializer",
+        "rq.serializers.JSONSerializer",
+        "--with-scheduler",
+        *args,
+        *queue_names(settings.queue_prefix),
+    ]
+    rq_main.main(args=rq_args, prog_name="careloop worker")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One sweep, then exit.")
+def relay(once: bool) -> None:
+    """Hand pending events and due deliveries to the queue; check stale sends."""
+    from workers.relay import RelayThread, relay_once
+
+    runtime = _runtime()
+    if once:
+        click.echo(json.dumps(relay_once(runtime)))
+        return
+    thread = RelayThread(runtime)
+    thread.run()
+
+
+@main.group()
+def db() -> None:
+    """Database schema (alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from careloop.db import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def rules() -> None:
+    """Routing rules."""
+
+
+@rules.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+def rules_check(path: Path) -> None:
+    """Check a rules file; errors are reported by rule name."""
+    try:
+        parsed = load_rules(path)
+    except RulesError as exc:
+        for error in exc.errors:
+            click.secho(f"{path}: {error}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: {len(parsed.rules)} rules OK")
+
+
+@main.group()
+def deliveries() -> None:
+    """Dead letters: list failed deliveries and send them again."""
+
+
+@deliveries.command("failed")
+@click.option("--notebook", "notebook_id", help="Only this notebook.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deliveries_failed(notebook_id: str | None, limit: int, as_json: bool) -> None:
+    """List failed deliveries, newest first."""
+    from sqlalchemy import select
+
+    from careloop import serialize
+    from careloop.db import session_scope
+    from careloop.models import Delivery
+
+    runtime = _runtime()
+    with session_scope(runtime.database_url) as session:
+        stmt = select(Delivery).where(Delivery.status.in_(("failed", "undelivered")))
+        if notebook_id:
+            stmt = stmt.where(Delivery.notebook_id == notebook_id)
+        rows = session.scalars(stmt.order_by(Delivery.updated_at.desc()).limit(limit)).all()
+        for row in rows:
+            if as_json:
+                click.echo(json.dumps(serialize.delivery(row)))
+            else:
+                click.echo(
+                    f"{row.id}  {row.channel:<8} {row.status:<11} attempts={row.attempts}  "
+                    f"event={row.event_id}  member={row.member_id}  {row.error or ''}"
+                )
+        if not rows and not as_json:
+            click.echo("no failed deliveries")
+
+
+@deliveries.command("retry")
+@click.argument("delivery_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Every failed or undelivered delivery.")
+def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Send failed deliveries again (idempotent: a delivery already queued or sent is left alone)."""
+    from sqlalchemy import select
+
+    from careloop.db import session_scope
+    from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
+    from careloop.handover import hand_over_deliveries
+    from careloop.models import Delivery
+
+    if not delivery_ids and not all_failed:
+        _fail("name delivery ids or pass --all-failed")
+    runtime = _runtime()
+    with session_scope(runtime.database_url) as session:
+        ids = list(delivery_ids)
+        if all_failed:
+            ids += session.scalars(select(Delivery.id).where(Delivery.status.in_(RETRYABLE_STATUSES))).all()
+        requeued = []
+        for delivery_id in dict.fromkeys(ids):
+            if session.get(Delivery, delivery_id) is None:
+                click.secho(f"{delivery_id}: no such delivery", fg="yellow", err=True)
+            elif retry_failed(session, delivery_id):
+                requeued.append(delivery_id)
+                click.echo(f"{delivery_id}: queued again")
+            else:
+                click.echo(f"{delivery_id}: not failed; left as it is")
+        if requeued:
+            hand_over_deliveries(session, runtime.dispatcher, requeued)
+            drain = getattr(runtime.dispatcher, "drain", None)
+            if drain:
+                drain(timeout=60)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,273 @@
+"""A delivery's life, as database transitions that are each one atomic UPDATE.
+
+    queued ──claim──▶ sending ──provider accepted──▶ sent ──callback──▶ delivered
+       ▲                 │                                   └────────▶ undelivered / failed
+       └──transient──────┤
+                         └──permanent / out of attempts──▶ failed ──manual retry──▶ queued
+
+``skipped`` is final from the start (the member cannot be reached on that channel).
+
+The claim is the heart of "never twice": a worker may call the provider only after its own
+UPDATE moved the row from ``queued`` to ``sending`` and stamped its ``claim_token``; every
+later write is conditional on that token. A claim older than the claim timeout is not
+resent blindly — see ``workers.jobs.recover_stale``.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from careloop.models import Delivery, utcnow
+
+STATUSES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "skipped")
+FINAL_STATUSES = ("delivered", "undelivered", "failed", "skipped")
+RETRYABLE_STATUSES = ("failed", "undelivered")
+"""Statuses a person may send again (dead letters)."""
+
+OUTCOME_UNKNOWN = (
+    "outcome unknown: the worker stopped during the provider call and the provider cannot be "
+    "asked whether it went through; check with the recipient before retrying"
+)
+
+# How far along a status is; a provider callback never moves a delivery backwards.
+_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+
+TWILIO_STATUS_MAP = {
+    "accepted": "sent",
+    "scheduled": "sent",
+    "queued": "sent",
+    "sending": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "canceled": "failed",
+}
+"""Twilio's MessageStatus → careloop's delivery status (Twilio's "queued" counts as sent)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: str
+    token: str
+    attempt: int
+    round_attempt: int
+
+
+def backoff(round_attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before the next try: exponential with jitter, never sooner than Retry-After."""
+    delay = min(cap, base * (2 ** max(0, round_attempt - 1)))
+    delay = delay * (0.5 + random.random() / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Claim | None:
+    """Atomically take a queued, due delivery for sending. None if someone else has it."""
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == "queued",
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now + timedelta(seconds=1)),
+        )
+        .values(
+            status="sending",
+            attempts=Delivery.attempts + 1,
+            round_attempts=Delivery.round_attempts + 1,
+            claimed_at=now,
+            claim_token=token,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    attempts, round_attempts = session.execute(
+        select(Delivery.attempts, Delivery.round_attempts).where(Delivery.id == delivery_id)
+    ).one()
+    return Claim(delivery_id, token, attempts, round_attempts)
+
+
+def _owned(c: Claim):
+    return and_(Delivery.id == c.delivery_id, Delivery.claim_token == c.token)
+
+
+def mark_sent(session: Session, c: Claim, provider_id: str, status: str = "sent") -> bool:
+    """Record the provider's acceptance. A status a callback already moved further is kept."""
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(_owned(c), Delivery.status.in_(("sending", "failed")))
+        .values(status=status, provider_id=provider_id, error=None, sent_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        # A status callback got here first: keep its status, fill in what it lacked.
+        session.execute(
+            update(Delivery)
+            .where(_owned(c), Delivery.provider_id.is_(None))
+            .values(provider_id=provider_id, sent_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return result.rowcount == 1
+
+
+def mark_failed(session: Session, c: Claim, reason: str) -> None:
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(_owned(c), Delivery.status == "sending")
+        .values(status="failed", error=reason, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
+    """Give the delivery back for a later try; returns when it is due."""
+    now = utcnow()
+    due = now + timedelta(seconds=delay)
+    session.execute(
+        update(Delivery)
+        .where(_owned(c), Delivery.status == "sending")
+        .values(status="queued", error=reason, next_attempt_at=due, enqueued_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return due
+
+
+def mark_enqueued(session: Session, delivery_ids: list[str]) -> None:
+    if not delivery_ids:
+        return
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids))
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def retry_failed(session: Session, delivery_id: str) -> bool:
+    """Move a dead letter back to the queue with a fresh attempt budget.
+
+    Idempotent: a second call finds it no longer failed and changes nothing.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status.in_(RETRYABLE_STATUSES))
+        .values(
+            status="queued",
+            round_attempts=0,
+            next_attempt_at=now,
+            enqueued_at=now,
+            claim_token=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def apply_provider_status(
+    session: Session, delivery_id: str, provider_id: str, provider_status: str, error_code: str | None = None
+) -> bool:
+    """Apply a provider's status report (Twilio callback). Never moves a status backwards.
+
+    A careloop-side "outcome unknown" failure is overruled by the provider, who knows.
+    Returns True when the delivery changed.
+    """
+    status = TWILIO_STATUS_MAP.get(provider_status)
+    if status is None:
+        return False
+    delivery = session.get(Delivery, delivery_id, with_for_update=True)
+    if delivery is None or delivery.status == "skipped":
+        session.rollback()
+        return False
+    if delivery.provider_id and delivery.provider_id != provider_id:
+        session.rollback()
+        return False
+    unknown = delivery.status == "failed" and (delivery.error or "").startswith("outcome unknown")
+    current_rank = _RANK.get(delivery.status, 0)
+    if not unknown and _RANK[status] <= current_rank:
+        session.rollback()
+        return False
+    now = utcnow()
+    delivery.status = status
+    delivery.provider_id = provider_id
+    delivery.updated_at = now
+    if status == "delivered":
+        delivery.delivered_at = now
+        delivery.error = None
+    elif status in ("failed", "undelivered"):
+        delivery.error = f"Twilio reported {provider_status}" + (
+            f" (error {error_code})" if error_code else ""
+        )
+    elif unknown:
+        delivery.error = None
+    if delivery.sent_at is None:
+        delivery.sent_at = now
+    session.commit()
+    return True
+
+
+def stale_claims(session: Session, claim_timeout: float, limit: int = 100) -> list[tuple[str, str]]:
+    """(delivery id, claim token) of sends in flight for longer than the claim timeout."""
+    cutoff = utcnow() - timedelta(seconds=claim_timeout)
+    rows = session.execute(
+        select(Delivery.id, Delivery.claim_token)
+        .where(Delivery.status == "sending", Delivery.claimed_at < cutoff)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def take_over(session: Session, delivery_id: str, old_token: str) -> Claim | None:
+    """Take a stale claim over (atomically), so only one recoverer acts on it."""
+    token = secrets.token_hex(8)
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "sending", Delivery.claim_token == old_token)
+        .values(claim_token=token, claimed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    attempts, round_attempts = session.execute(
+        select(Delivery.attempts, Delivery.round_attempts).where(Delivery.id == delivery_id)
+    ).one()
+    return Claim(delivery_id, token, attempts, round_attempts)
+
+
+def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> list[str]:
+    """Queued deliveries that are due and were not handed to the queue recently."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_after)
+    rows = session.scalars(
+        select(Delivery.id)
+        .where(
+            Delivery.status == "queued",
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < cutoff),
+        )
+        .limit(limit)
+    ).all()
+    return list(rows)

@@ -1,0 +1,124 @@
+"""``careloop demo``: the whole loop on the embedded default, through the real HTTP API.
+
+SQLite, the in-process queue, and the file outbox — no Redis, no Twilio account, no SMTP
+server, and nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from config.settings import Settings
+
+TEAM = [
+    ("Dana Rivera", "parent", "dana@example.org", "+15555550101"),
+    ("Sam Rivera", "parent", "sam@example.org", "+15555550102"),
+    ("Dr. Priya Shah", "neurology", "pshah@neuro.example.org", None),
+    ("Alex Kim", "physical_therapy", "alex.kim@pt.example.org", "+15555550104"),
+    ("Jordan Lee", "speech_therapy", "jlee@slp.example.org", None),
+    ("Ms. Ortiz", "school", "ortiz@school.example.org", None),
+]
+
+
+def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = print) -> dict:
+    """Run the demo; returns the events and their deliveries as the API shows them."""
+    from service import create_app
+
+    if database_url.startswith("sqlite:///"):
+        path = Path(database_url[len("sqlite:///") :])
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    admin = secrets.token_urlsafe(16)
+    settings = Settings(
+        database_url=database_url,
+        redis_url=None,
+        admin_key=admin,
+        outbox_dir=outbox_dir,
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_from=None,
+        smtp_host=None,
+        mail_from="careloop <careloop@localhost>",
+        public_url="http://127.0.0.1:8000",
+    )
+    app = create_app(settings=settings)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin}"}
+
+    def call(method: str, url: str, body: dict | None = None, expect: int = 201) -> dict:
+        response = client.open(url, method=method, json=body, headers=headers)
+        if response.status_code != expect:
+            raise RuntimeError(f"{method} {url} answered {response.status_code}: {response.get_json()}")
+        return response.get_json()
+
+    notebook = call(
+        "POST",
+        "/v1/notebooks",
+        {"name": "Maya's care notebook", "child_name": "Maya Rivera", "timezone": "America/Chicago"},
+    )
+    members = {}
+    for name, role, email, phone in TEAM:
+        body = {"name": name, "role": role, "email": email}
+        if phone:
+            body["phone"] = phone
+        members[name] = call("POST", f"/v1/notebooks/{notebook['id']}/members", body)
+    parent = members["Dana Rivera"]["id"]
+    zone = ZoneInfo("America/Chicago")
+    start = (datetime.now(zone) + timedelta(days=7)).replace(hour=15, minute=30, second=0, microsecond=0)
+    events = [
+        {
+            "type": "medication.changed",
+            "author_member_id": parent,
+            "data": {
+                "medication": "levetiracetam",
+                "change": "dose_changed",
+                "dose": "250 mg twice daily",
+                "effects": "sleepier in the afternoons",
+            },
+        },
+        {
+            "type": "concern.raised",
+            "author_member_id": parent,
+            "data": {
+                "summary": "Coughing and choking on thin liquids at dinner",
+                "severity": "urgent",
+                "area": "swallowing",
+            },
+        },
+        {
+            "type": "checkin.scheduled",
+            "author_member_id": parent,
+            "data": {
+                "checkin_id": "iep-2026-spring",
+                "title": "IEP team meeting",
+                "start": start.isoformat(),
+                "end": (start + timedelta(hours=1)).isoformat(),
+                "location": "Lincoln Elementary, room 12",
+                "attendees": [
+                    members[n]["id"] for n in ("Dana Rivera", "Sam Rivera", "Jordan Lee", "Ms. Ortiz")
+                ],
+            },
+        },
+    ]
+    names = {m["id"]: f"{m['name']} ({m['role'].replace('_', ' ')})" for m in members.values()}
+    echo(
+        f"careloop demo — notebook {notebook['id']} for {notebook['child_name']}, {len(members)} team members"
+    )
+    echo(f"outbox: {outbox_dir.resolve()}")
+    recorded = []
+    dispatcher = app.extensions["careloop"].runtime.dispatcher
+    for body in events:
+        accepted = call("POST", f"/v1/notebooks/{notebook['id']}/events", body, expect=202)
+        dispatcher.drain(timeout=30)
+        recorded.append(call("GET", f"/v1/events/{accepted['id']}", expect=200))
+    echo("")
+    for event in recorded:
+        echo(f"● {event['type']}  ({event['id']}, recorded {datetime.now(UTC):%H:%M:%S} UTC)")
+        for d in event["deliveries"]:
+            outcome = d["provider_id"] if d["status"] in ("sent", "delivered") else d["error"]
+            echo(f"    {d['status']:<8} {d['channel']:<8} → {names[d['member_id']]}: {outcome}")
+    return {"notebook": notebook, "events": recorded}

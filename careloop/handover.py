@@ -1,0 +1,48 @@
+"""The fast path of the outbox: hand freshly committed work to the queue right away.
+
+If the queue is down this only logs; the outbox entry stays pending and the relay hands it
+over later. It never makes an accepted request fail.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from careloop.intake import ROUTE_TOPIC
+from careloop.models import OutboxEntry, utcnow
+
+log = logging.getLogger("careloop.dispatch")
+
+
+def hand_over_events(session: Session, dispatcher, event_ids: list[str]) -> bool:
+    try:
+        dispatcher.route(event_ids)
+    except Exception as exc:  # the queue is down: the relay will do it
+        log.warning("queue unavailable, %d event(s) left for the relay: %s", len(event_ids), exc)
+        return False
+    session.execute(
+        update(OutboxEntry)
+        .where(
+            OutboxEntry.topic == ROUTE_TOPIC,
+            OutboxEntry.ref_id.in_(event_ids),
+            OutboxEntry.dispatched_at.is_(None),
+        )
+        .values(dispatched_at=utcnow())
+    )
+    session.commit()
+    return True
+
+
+def hand_over_deliveries(session: Session, dispatcher, delivery_ids: list[str]) -> bool:
+    from careloop.deliveries import mark_enqueued
+
+    try:
+        dispatcher.deliver(delivery_ids)
+    except Exception as exc:
+        log.warning("queue unavailable, %d deliveries left for the relay: %s", len(delivery_ids), exc)
+        return False
+    mark_enqueued(session, delivery_ids)
+    return True

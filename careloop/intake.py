@@ -1,0 +1,155 @@
+"""Recording a notebook event: the event, its check-in state and its outbox entry, in one
+transaction. Whatever is accepted here is routed later even if the queue is down now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from careloop.models import Checkin, Event, Member, Notebook, OutboxEntry, utcnow
+
+ROUTE_TOPIC = "route_event"
+"""Outbox topic of "this event needs routing"."""
+
+
+class FieldError(ValueError):
+    """Input that is well-formed but wrong for this notebook; names the field (→ 422)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body (→ 409)."""
+
+
+def request_hash(payload: dict) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _checkin_context(session: Session, notebook: Notebook, event_type: str, data: dict) -> dict:
+    """Update the check-in this event is about and return the snapshot routing needs.
+
+    The row is locked (PostgreSQL) so concurrent updates get distinct SEQUENCE numbers.
+    """
+    checkin = session.execute(
+        select(Checkin)
+        .where(Checkin.notebook_id == notebook.id, Checkin.checkin_id == data["checkin_id"])
+        .with_for_update()
+    ).scalar_one_or_none()
+    if event_type == "checkin.scheduled" and checkin is not None and not checkin.cancelled:
+        raise FieldError(
+            "data.checkin_id", "a check-in with this id is already scheduled; send checkin.updated"
+        )
+    if event_type != "checkin.scheduled" and (checkin is None or checkin.cancelled):
+        raise FieldError("data.checkin_id", "no scheduled check-in has this id")
+
+    previous = list((checkin.details or {}).get("attendees", [])) if checkin else []
+    if checkin is None:
+        checkin = Checkin(
+            notebook_id=notebook.id,
+            checkin_id=data["checkin_id"],
+            uid=f"{notebook.id}.{hashlib.sha256(data['checkin_id'].encode()).hexdigest()[:16]}@careloop",
+            sequence=0,
+            details={},
+        )
+        session.add(checkin)
+    else:
+        checkin.sequence += 1
+    if event_type == "checkin.cancelled":
+        checkin.cancelled = True
+        details = dict(checkin.details)
+    else:
+        checkin.cancelled = False
+        details = {k: data.get(k) for k in ("title", "start", "end", "location", "attendees")}
+        checkin.details = details
+    session.flush()
+    return {
+        "checkin": {"uid": checkin.uid, "sequence": checkin.sequence, **details},
+        "previous_attendees": [m for m in previous if m not in (details.get("attendees") or [])]
+        if event_type != "checkin.cancelled"
+        else previous,
+    }
+
+
+def record_event(
+    session: Session,
+    notebook: Notebook,
+    *,
+    event_type: str,
+    data: dict,
+    occurred_at: datetime | None,
+    author_member_id: str | None,
+    idempotency_key: str | None,
+) -> tuple[Event, bool]:
+    """Store an event and its outbox entry; commit. Returns (event, created).
+
+    With an idempotency key, a repeat of the same request returns the first event
+    (created=False); a different request under the same key raises IdempotencyConflict.
+    Concurrent repeats are settled by the database's unique constraint, not by a read.
+    """
+    payload = {
+        "type": event_type,
+        "data": data,
+        "occurred_at": occurred_at,
+        "author_member_id": author_member_id,
+    }
+    digest = request_hash(payload)
+    if idempotency_key:
+        existing = _find_idempotent(session, notebook.id, idempotency_key, digest)
+        if existing:
+            return existing, False
+
+    member_ids = set(session.scalars(select(Member.id).where(Member.notebook_id == notebook.id)))
+    if author_member_id is not None and author_member_id not in member_ids:
+        raise FieldError("author_member_id", "is not a member of this notebook")
+    for index, member_id in enumerate(data.get("attendees") or []):
+        if member_id not in member_ids:
+            raise FieldError(f"data.attendees.{index}", f"{member_id!r} is not a member of this notebook")
+
+    try:
+        context = _checkin_context(session, notebook, event_type, data) if "checkin_id" in data else {}
+        event = Event(
+            notebook_id=notebook.id,
+            type=event_type,
+            data=data,
+            context=context,
+            occurred_at=occurred_at or utcnow(),
+            author_member_id=author_member_id,
+            idempotency_key=idempotency_key,
+            request_hash=digest if idempotency_key else None,
+        )
+        session.add(event)
+        session.flush()
+        session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if not idempotency_key:
+            raise
+        existing = _find_idempotent(session, notebook.id, idempotency_key, digest)
+        if existing is None:
+            raise
+        return existing, False
+    except BaseException:
+        session.rollback()
+        raise
+    return event, True
+
+
+def _find_idempotent(session: Session, notebook_id: str, key: str, digest: str) -> Event | None:
+    event = session.execute(
+        select(Event).where(Event.notebook_id == notebook_id, Event.idempotency_key == key)
+    ).scalar_one_or_none()
+    if event is not None and event.request_hash != digest:
+        raise IdempotencyConflict(key)
+    return event

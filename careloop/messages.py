@@ -1,0 +1,202 @@
+"""What each member is told: message text per event type and channel.
+
+SMS carries no medication names, doses or concern text — only the child's first name, what
+kind of update it is, and a link. Email and calendar carry the details.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parseaddr
+
+from integrations.base import Attendee, CalendarInvite, OutgoingMessage
+
+KIND_LABELS = {
+    "medication.changed": "a medication update",
+    "concern.raised": "a new concern",
+    "therapy.logged": "a therapy session log",
+    "goal.updated": "a goal update",
+    "checkin.scheduled": "a new team check-in",
+    "checkin.updated": "a changed team check-in",
+    "checkin.cancelled": "a cancelled team check-in",
+    "note.added": "a new note",
+}
+
+FIELD_LABELS = {
+    "medication": "Medication",
+    "change": "Change",
+    "dose": "Dose",
+    "effects": "Effects seen",
+    "note": "Note",
+    "summary": "Concern",
+    "severity": "Severity",
+    "area": "Area",
+    "discipline": "Discipline",
+    "activity": "Activity",
+    "minutes": "Minutes",
+    "goal": "Goal",
+    "status": "Status",
+    "title": "Check-in",
+    "start": "Starts",
+    "end": "Ends",
+    "location": "Location",
+    "text": "Note",
+    "voice": "In the words of",
+}
+
+
+@dataclass(frozen=True)
+class NotebookView:
+    id: str
+    child_name: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: str
+    name: str
+    email: str | None
+    phone: str | None
+
+
+def first_name(full_name: str) -> str:
+    return full_name.strip().split()[0] if full_name.strip() else "your child"
+
+
+def _label(event_type: str, data: dict) -> str:
+    label = KIND_LABELS[event_type]
+    if event_type == "concern.raised" and data.get("severity") == "urgent":
+        label = "an URGENT concern"
+    return label
+
+
+def _detail_lines(data: dict) -> list[tuple[str, str]]:
+    lines = []
+    for key, value in data.items():
+        if key in ("attendees", "checkin_id") or value in (None, ""):
+            continue
+        text = (
+            str(value).replace("_", " ") if key in ("change", "discipline", "voice", "area") else str(value)
+        )
+        lines.append((FIELD_LABELS.get(key, key.replace("_", " ").capitalize()), text))
+    return lines
+
+
+def event_link(public_url: str, event_id: str) -> str:
+    return f"{public_url}/v1/events/{event_id}"
+
+
+def render(
+    *,
+    delivery_id: str,
+    attempt: int,
+    channel: str,
+    event_id: str,
+    event_type: str,
+    data: dict,
+    context: dict,
+    notebook: NotebookView,
+    recipient: Recipient,
+    attendees: list[Recipient],
+    public_url: str,
+    mail_from: str,
+    created_at: datetime | None = None,
+) -> OutgoingMessage:
+    """Build the message for one delivery. Pure: no I/O."""
+    child = first_name(notebook.child_name)
+    label = _label(event_type, data)
+    link = event_link(public_url, event_id)
+    if channel == "sms":
+        body = f"careloop: {label} in {child}'s care notebook. Details: {link}"
+        return OutgoingMessage(
+            delivery_id=delivery_id,
+            attempt=attempt,
+            channel="sms",
+            to=recipient.phone or "",
+            to_name=recipient.name,
+            subject="",
+            text=body,
+            created_at=created_at,
+        )
+
+    subject = f"{label[0].upper()}{label[1:]} for {child}"
+    details = _detail_lines(data)
+    text_lines = [f"Hello {recipient.name},", "", f"There is {label} in {child}'s care notebook.", ""]
+    text_lines += [f"{name}: {value}" for name, value in details]
+    text_lines += [
+        "",
+        f"See it in careloop: {link}",
+        "",
+        "You get this because of your role on the care team.",
+    ]
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+        for name, value in details
+    )
+    html_body = (
+        f"<p>Hello {html.escape(recipient.name)},</p>"
+        f"<p>There is {html.escape(label)} in {html.escape(child)}'s care notebook.</p>"
+        f"<table>{rows}</table>"
+        f"<p><a href='{html.escape(link)}'>See it in careloop</a></p>"
+    )
+    invite = None
+    if channel == "calendar":
+        invite = build_checkin_invite(
+            event_type=event_type,
+            data=data,
+            context=context,
+            notebook=notebook,
+            recipient=recipient,
+            attendees=attendees,
+            mail_from=mail_from,
+        )
+        subject = ("Cancelled: " if invite.method == "CANCEL" else "Invitation: ") + invite.title
+    return OutgoingMessage(
+        delivery_id=delivery_id,
+        attempt=attempt,
+        channel=channel,
+        to=recipient.email or "",
+        to_name=recipient.name,
+        subject=subject,
+        text="\n".join(text_lines),
+        html=html_body,
+        invite=invite,
+        created_at=created_at,
+    )
+
+
+def build_checkin_invite(
+    *,
+    event_type: str,
+    data: dict,
+    context: dict,
+    notebook: NotebookView,
+    recipient: Recipient,
+    attendees: list[Recipient],
+    mail_from: str,
+) -> CalendarInvite:
+    """The iTIP object for one attendee: REQUEST while invited, CANCEL once not."""
+    checkin = context["checkin"]
+    current = set(checkin.get("attendees") or ())
+    cancelled = event_type == "checkin.cancelled" or recipient.id not in current
+    organizer_name, organizer_email = parseaddr(mail_from)
+    return CalendarInvite(
+        method="CANCEL" if cancelled else "REQUEST",
+        uid=checkin["uid"],
+        sequence=int(checkin["sequence"]),
+        title=checkin["title"],
+        start=datetime.fromisoformat(checkin["start"]),
+        end=datetime.fromisoformat(checkin["end"]),
+        tzid=notebook.timezone,
+        organizer=Attendee(name=organizer_name or "careloop", email=organizer_email or mail_from),
+        attendees=tuple(
+            Attendee(name=a.name, email=a.email)
+            for a in attendees
+            if a.email and (a.id in current or a.id == recipient.id)
+        ),
+        location=checkin.get("location"),
+        description=f"Care team check-in for {first_name(notebook.child_name)}.",
+    )

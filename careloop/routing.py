@@ -1,0 +1,111 @@
+"""Who hears about an event, and how: a pure function of (event, members, rules, now).
+
+No database, no queue, no clock of its own: everything it needs is passed in, so the
+routing table can be tested exhaustively and reasoned about on paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from config.rules import Rule, Rules
+
+SKIP_NO_PHONE = "member has no phone number"
+SKIP_NO_EMAIL = "member has no email address"
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: str
+    type: str
+    data: dict
+    author_member_id: str | None = None
+    # For check-ins: members who were attendees before this event (they get the update or
+    # the cancellation even when no longer invited).
+    previous_attendees: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemberView:
+    id: str
+    role: str
+    email: str | None = None
+    phone: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    member_id: str
+    channel: str
+    rules: tuple[str, ...] = field(default=())
+    skip_reason: str | None = None
+
+
+def rule_matches(rule: Rule, event: EventView) -> bool:
+    if event.type not in rule.types:
+        return False
+    return all(event.data.get(name) in values for name, values in rule.match)
+
+
+def _targets(rule: Rule, event: EventView, members: list[MemberView]) -> list[MemberView]:
+    attendees = set(event.data.get("attendees") or ()) | set(event.previous_attendees)
+    chosen = []
+    for member in members:
+        for target in rule.notify:
+            if (
+                target == member.role
+                or target == member.id
+                or target == "everyone"
+                or (target == "team" and member.role != "child")
+                or (target == "attendees" and member.id in attendees)
+            ):
+                chosen.append(member)
+                break
+    return chosen
+
+
+def _skip_reason(member: MemberView, channel: str) -> str | None:
+    if channel == "sms" and not member.phone:
+        return SKIP_NO_PHONE
+    if channel in ("email", "calendar") and not member.email:
+        return SKIP_NO_EMAIL
+    return None
+
+
+def plan_deliveries(
+    event: EventView, members: list[MemberView], rules: Rules, now: datetime | None = None
+) -> list[PlannedDelivery]:
+    """Plan one delivery per (member, channel) over every matching rule.
+
+    Args:
+        event: the event being routed.
+        members: the notebook's members; inactive ones are never notified.
+        rules: parsed rules (``config.rules.load_rules``).
+        now: the routing time; reserved for quiet hours and escalation, which depend on it.
+
+    Returns:
+        Planned deliveries in a stable order (member order, then channel order of first
+        mention). The author of the event is never notified of their own event. A member
+        the channel cannot reach gets a delivery with ``skip_reason`` set.
+    """
+    planned: dict[tuple[str, str], list[str]] = {}
+    by_id = {m.id: m for m in members}
+    for rule in rules.rules:
+        if not rule_matches(rule, event):
+            continue
+        for member in _targets(rule, event, members):
+            if not member.active or member.id == event.author_member_id:
+                continue
+            for channel in rule.channels:
+                planned.setdefault((member.id, channel), []).append(rule.name)
+    return [
+        PlannedDelivery(
+            member_id=member_id,
+            channel=channel,
+            rules=tuple(rule_names),
+            skip_reason=_skip_reason(by_id[member_id], channel),
+        )
+        for (member_id, channel), rule_names in planned.items()
+    ]

@@ -1,0 +1,77 @@
+"""JSON shapes of careloop's records, shared by the API and the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from careloop.models import ApiKey, Delivery, Event, Member, Notebook
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def notebook(nb: Notebook) -> dict:
+    return {
+        "id": nb.id,
+        "name": nb.name,
+        "child_name": nb.child_name,
+        "timezone": nb.timezone,
+        "created_at": iso(nb.created_at),
+    }
+
+
+def member(m: Member) -> dict:
+    return {
+        "id": m.id,
+        "notebook_id": m.notebook_id,
+        "name": m.name,
+        "role": m.role,
+        "email": m.email,
+        "phone": m.phone,
+        "timezone": m.timezone,
+        "active": m.active,
+        "created_at": iso(m.created_at),
+        "updated_at": iso(m.updated_at),
+    }
+
+
+def api_key(k: ApiKey) -> dict:
+    return {"id": k.id, "notebook_id": k.notebook_id, "name": k.name, "created_at": iso(k.created_at)}
+
+
+def delivery(d: Delivery) -> dict:
+    return {
+        "id": d.id,
+        "event_id": d.event_id,
+        "notebook_id": d.notebook_id,
+        "member_id": d.member_id,
+        "channel": d.channel,
+        "status": d.status,
+        "attempts": d.attempts,
+        "provider_id": d.provider_id,
+        "error": d.error,
+        "rules": d.rules or [],
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.updated_at),
+        "next_attempt_at": iso(d.next_attempt_at) if d.status == "queued" else None,
+        "sent_at": iso(d.sent_at),
+        "delivered_at": iso(d.delivered_at),
+    }
+
+
+def event(e: Event, deliveries: list[Delivery] | None = None) -> dict:
+    body = {
+        "id": e.id,
+        "notebook_id": e.notebook_id,
+        "type": e.type,
+        "data": e.data,
+        "occurred_at": iso(e.occurred_at),
+        "recorded_at": iso(e.recorded_at),
+        "author_member_id": e.author_member_id,
+        "status": "routed" if e.routed_at else "accepted",
+        "routed_at": iso(e.routed_at),
+    }
+    if deliveries is not None:
+        body["deliveries"] = [delivery(d) for d in deliveries]
+    return body

@@ -1,0 +1,283 @@
+"""Email over SMTP: one message per recipient, sent through the operator's relay.
+
+Every email careloop sends (plain notices and calendar invites) leaves through
+:meth:`SmtpEmail.deliver_mime`, so connecting, STARTTLS, login and the mapping of SMTP
+errors to :class:`DeliveryError` live in one place.
+
+SMTP cannot be asked later whether a message arrived, so :meth:`Channel.lookup` keeps the
+base behaviour (``OutcomeUnknown``). The Message-ID is stable per (delivery, attempt), which
+lets a recipient's mail system and an operator spot duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from integrations.base import (
+    DEFAULT_TIMEOUT,
+    Channel,
+    DeliveryError,
+    NotConfigured,
+    OutgoingMessage,
+    ProviderReceipt,
+)
+
+log = logging.getLogger("careloop.integrations.email")
+
+SMTPS_PORT = 465
+"""The port where SMTP speaks TLS from the first byte (RFC 8314); STARTTLS is not used there."""
+
+MAX_REASON_LENGTH = 200
+"""Longest server text kept in a DeliveryError reason."""
+
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "cc",
+        "bcc",
+        "sender",
+    }
+)
+"""Headers built from the message itself; ``OutgoingMessage.headers`` cannot replace them."""
+
+_ADDR_SPEC = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+"""local@domain with no spaces or specials: a cheap sanity check, not full RFC 5321."""
+
+
+def parse_mail_from(value: str) -> Address:
+    """Parse MAIL_FROM (``addr@domain`` or ``Name <addr@domain>``).
+
+    Raises:
+        NotConfigured: when it is not an email address.
+    """
+    name, addr = parseaddr(value or "")
+    if not addr or not _ADDR_SPEC.match(addr) or "\n" in value or "\r" in value:
+        raise NotConfigured(f"MAIL_FROM is not an email address: {value!r}")
+    local, _, domain = addr.rpartition("@")
+    return Address(display_name=_one_line(name), username=local, domain=domain)
+
+
+def valid_address(addr: str) -> bool:
+    """Whether ``addr`` looks like a single deliverable address (cheap check, no DNS)."""
+    return bool(addr) and _ADDR_SPEC.match(addr) is not None
+
+
+def message_id(message: OutgoingMessage, sender: Address) -> str:
+    """``<delivery_id.attempt@domain-of-MAIL_FROM>``: the same for a repeated build of one attempt."""
+    return f"<{message.delivery_id}.{message.attempt}@{sender.domain}>"
+
+
+def build_email(message: OutgoingMessage, sender: Address) -> EmailMessage:
+    """Render ``message`` as a MIME email from ``sender``: text, and HTML when given.
+
+    Raises:
+        DeliveryError: (permanent) when the recipient address is not an address.
+    """
+    if not valid_address(message.to):
+        raise DeliveryError("recipient is not an email address", permanent=True)
+    local, _, domain = message.to.rpartition("@")
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = Address(display_name=_one_line(message.to_name), username=local, domain=domain)
+    msg["Subject"] = _one_line(message.subject)
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = message_id(message, sender)
+    for name, value in message.headers.items():
+        if name.lower() in RESERVED_HEADERS:
+            log.warning("ignoring header %s on delivery %s: careloop sets it", name, message.delivery_id)
+            continue
+        msg[name] = _one_line(value)
+    msg.set_content(message.text)
+    if message.html:
+        msg.add_alternative(message.html, subtype="html")
+    return msg
+
+
+class SmtpEmail(Channel):
+    """Sends email through an SMTP relay (``SMTP_HOST``, ``SMTP_PORT`` and friends).
+
+    ``starttls=True`` (``SMTP_STARTTLS``) means TLS is required: a server that does not
+    offer STARTTLS is a permanent error rather than a silent fallback to plain text. Port 465
+    uses implicit TLS instead.
+    """
+
+    kind = "email"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 587,
+        *,
+        username: str | None = None,
+        password: object | None = None,
+        starttls: bool = True,
+        mail_from: str,
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
+        if not host:
+            raise NotConfigured("SMTP_HOST is not set")
+        if not 0 < int(port) < 65536:
+            raise NotConfigured(f"SMTP_PORT must be 1-65535, not {port!r}")
+        if timeout is None or timeout <= 0:
+            raise NotConfigured("CARELOOP_PROVIDER_TIMEOUT must be a positive number of seconds")
+        secret = password.get_secret_value() if hasattr(password, "get_secret_value") else password
+        if username and not secret:
+            raise NotConfigured("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+        self.host = host
+        self.port = int(port)
+        self.username = username or None
+        self._password = secret or None
+        self.starttls = bool(starttls)
+        self.sender = parse_mail_from(mail_from)
+        self.timeout = float(timeout)
+
+    @classmethod
+    def from_settings(cls, settings) -> SmtpEmail:
+        """Build from :class:`config.settings.Settings`; raises NotConfigured naming the setting."""
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            starttls=settings.smtp_starttls,
+            mail_from=settings.mail_from,
+            timeout=settings.provider_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpEmail(host={self.host!r}, port={self.port}, username={self.username!r}, "
+            f"password={'***' if self._password else None}, starttls={self.starttls}, "
+            f"mail_from={str(self.sender)!r})"
+        )
+
+    def build_email(self, message: OutgoingMessage) -> EmailMessage:
+        """The email :meth:`send` would send for ``message`` (see :func:`build_email`)."""
+        return build_email(message, self.sender)
+
+    def send(self, message: OutgoingMessage) -> ProviderReceipt:
+        msg = self.build_email(message)
+        self.deliver_mime(msg, message.to)
+        return ProviderReceipt(provider_id=msg["Message-ID"], status="sent")
+
+    def deliver_mime(self, msg: EmailMessage, to_addr: str) -> None:
+        """Hand one built email to the SMTP server for ``to_addr`` (envelope sender MAIL_FROM).
+
+        Returns when the server accepted the message (250 after DATA).
+
+        Raises:
+            DeliveryError: permanent for 5xx replies and configuration mismatches,
+                transient for 4xx replies, timeouts, refused or dropped connections.
+        """
+        smtp: smtplib.SMTP | None = None
+        try:
+            smtp = self._connect()
+            smtp.send_message(msg, from_addr=self.sender.addr_spec, to_addrs=[to_addr])
+        except Exception as exc:
+            if smtp is not None:
+                smtp.close()
+            raise self._delivery_error(exc) from exc
+        # The server has the message: a failing QUIT must not turn success into a retry.
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            log.debug("SMTP QUIT after an accepted message failed: %r", exc)
+        finally:
+            smtp.close()
+        log.info("SMTP accepted %s", msg["Message-ID"])
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        if self.port == SMTPS_PORT:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            smtp.ehlo()
+            if self.starttls and self.port != SMTPS_PORT:
+                if not smtp.has_extn("starttls"):
+                    raise _ConfigMismatch(
+                        "SMTP server does not offer STARTTLS (SMTP_STARTTLS=true requires it)"
+                    )
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if self.username:
+                if not smtp.has_extn("auth"):
+                    raise _ConfigMismatch("SMTP server offers no AUTH but SMTP_USERNAME is set")
+                smtp.login(self.username, self._password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _delivery_error(self, exc: BaseException) -> DeliveryError:
+        """Map one exception from smtplib or the socket to a DeliveryError."""
+        if isinstance(exc, DeliveryError):
+            return exc
+        if isinstance(exc, _ConfigMismatch):
+            return DeliveryError(str(exc), permanent=True)
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            replies = list(exc.recipients.values()) or [(-1, b"recipient refused")]
+            permanent = any(500 <= code < 600 for code, _ in replies)
+            code, text = next(((c, t) for c, t in replies if 500 <= c < 600), replies[0])
+            return DeliveryError(_reply_reason(code, text), permanent=permanent)
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            reason = _reply_reason(exc.smtp_code, exc.smtp_error) + " (check SMTP_USERNAME/SMTP_PASSWORD)"
+            return DeliveryError(reason, permanent=500 <= exc.smtp_code < 600)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return DeliveryError(
+                _reply_reason(exc.smtp_code, exc.smtp_error), permanent=500 <= exc.smtp_code < 600
+            )
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return DeliveryError(f"SMTP server does not support: {exc}", permanent=True)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return DeliveryError(f"SMTP connection closed: {_clip(str(exc))}")
+        if isinstance(exc, TimeoutError):
+            return DeliveryError(f"SMTP timeout after {self.timeout:g}s talking to {self.host}:{self.port}")
+        if isinstance(exc, ConnectionRefusedError):
+            return DeliveryError(f"SMTP connection refused by {self.host}:{self.port}")
+        if isinstance(exc, (smtplib.SMTPException, OSError)):
+            return DeliveryError(f"SMTP error: {type(exc).__name__}: {_clip(str(exc))}")
+        raise exc  # a bug, not a delivery outcome
+
+
+class _ConfigMismatch(Exception):
+    """The server lacks something careloop's SMTP settings require."""
+
+
+def _reply_reason(code: int, text: bytes | str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return _clip(f"SMTP {code} {' '.join(str(text).split())}")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 1] + "…"
+
+
+def _one_line(value: str | None) -> str:
+    """Header values must not break lines (header injection); collapse whitespace."""
+    return " ".join((value or "").split())
+
+
+__all__ = [
+    "SmtpEmail",
+    "build_email",
+    "message_id",
+    "parse_mail_from",
+    "valid_address",
+]

@@ -1,0 +1,178 @@
+"""The embedded default for a channel without credentials: messages land in files.
+
+``CARELOOP_OUTBOX_DIR`` gets ``sms.log`` (one line per text), ``email/<delivery>.<attempt>.eml``
+(the exact email SMTP would have carried, built by the same code) and, for invites,
+``calendar/<uid>.<sequence>.ics``. Files are written whole (temporary file, then
+``os.replace``) so a reader never sees half a message. Unlike SMTP, the outbox can answer
+:meth:`lookup`, so a retry after a crash does not write a second copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from integrations.base import Channel, DeliveryError, OutgoingMessage, ProviderReceipt
+from integrations.calendar_invite import build_invite_email
+from integrations.email_smtp import build_email, parse_mail_from
+
+KINDS = ("sms", "email", "calendar")
+"""Channels the outbox can stand in for."""
+
+SMS_LOG = "sms.log"
+"""Text messages, one tab-separated line each: time, delivery.attempt, to, body."""
+
+ECHO_WIDTH = 120
+"""Longest body excerpt echoed to the console."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+_append_lock = threading.Lock()
+
+
+class FileOutbox(Channel):
+    """Writes messages of one ``kind`` under ``outbox_dir`` instead of sending them.
+
+    Args:
+        kind: ``sms``, ``email`` or ``calendar``.
+        outbox_dir: where the files go (created when missing).
+        echo: print one line per message on stdout (the operator's own console).
+        mail_from: From address of outbox emails (``MAIL_FROM``).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        outbox_dir: str | os.PathLike,
+        echo: bool = True,
+        *,
+        mail_from: str = "careloop@localhost",
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"FileOutbox kind must be one of {KINDS}, not {kind!r}")
+        self.kind = kind
+        self.outbox_dir = Path(outbox_dir)
+        self.echo = echo
+        self.sender = parse_mail_from(mail_from)
+
+    @classmethod
+    def from_settings(cls, kind: str, settings, echo: bool = True) -> FileOutbox:
+        return cls(kind, settings.outbox_dir, echo, mail_from=settings.mail_from)
+
+    def send(self, message: OutgoingMessage) -> ProviderReceipt:
+        if self.kind == "sms":
+            path = self._append_sms(message)
+            self._say(f"[sms] to {message.to_name} ({message.to}): {_excerpt(message.text)}")
+            return ProviderReceipt(provider_id=f"outbox:{path}", status="sent")
+
+        if self.kind == "email":
+            msg = build_email(message, self.sender)
+        else:
+            msg = build_invite_email(message, self.sender)
+        path = self._eml_path(message)
+        _write_atomic(path, _eml_bytes(msg))
+        if self.kind == "calendar":
+            invite = message.invite
+            assert invite is not None  # build_invite_email refused it otherwise
+            ics_path = self.outbox_dir / "calendar" / f"{_safe(invite.uid)}.{invite.sequence}.ics"
+            # The .ics inside the .eml, byte for byte, so both files describe one iTIP message.
+            _write_atomic(ics_path, _calendar_part(msg))
+            self._say(
+                f"[calendar] {invite.method} #{invite.sequence} to {message.to_name} <{message.to}>: "
+                f"{_excerpt(invite.title)} -> {ics_path}"
+            )
+        else:
+            self._say(f"[email] to {message.to_name} <{message.to}>: {_excerpt(message.subject)} -> {path}")
+        return ProviderReceipt(provider_id=f"outbox:{path}", status="sent")
+
+    def lookup(self, message: OutgoingMessage) -> ProviderReceipt | None:
+        """The receipt of any attempt of this delivery already in the outbox, else None."""
+        ref = _safe(message.delivery_id)
+        if self.kind == "sms":
+            log_path = self.outbox_dir / SMS_LOG
+            try:
+                with open(log_path, encoding="utf-8") as fh:
+                    for line in fh:
+                        fields = line.split("\t")
+                        if len(fields) > 1 and fields[1].rpartition(".")[0] == ref:
+                            return ProviderReceipt(provider_id=f"outbox:{log_path}", status="sent")
+            except FileNotFoundError:
+                pass
+            return None
+        pattern = re.compile(rf"{re.escape(ref)}\.(\d+)\.eml")
+        found = sorted(
+            (int(m.group(1)), path)
+            for path in (self.outbox_dir / "email").glob("*.eml")
+            if (m := pattern.fullmatch(path.name))
+        )
+        return ProviderReceipt(provider_id=f"outbox:{found[-1][1]}", status="sent") if found else None
+
+    def _eml_path(self, message: OutgoingMessage) -> Path:
+        return self.outbox_dir / "email" / f"{_safe(message.delivery_id)}.{int(message.attempt)}.eml"
+
+    def _append_sms(self, message: OutgoingMessage) -> Path:
+        path = self.outbox_dir / SMS_LOG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        ref = f"{_safe(message.delivery_id)}.{int(message.attempt)}"
+        line = "\t".join((stamp, ref, _field(message.to), _field(message.text))) + "\n"
+        # One write() on an O_APPEND file: lines from several processes never interleave.
+        with _append_lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        return path
+
+    def _say(self, line: str) -> None:
+        if self.echo:
+            print(line, file=sys.stdout, flush=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _eml_bytes(msg: EmailMessage) -> bytes:
+    # CRLF as on the wire, so the file is exactly what an SMTP server would have received.
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def _calendar_part(msg: EmailMessage) -> bytes:
+    for part in msg.walk():
+        if part.get_content_type() == "text/calendar":
+            return part.get_payload(decode=True)
+    raise DeliveryError("calendar email has no text/calendar part", permanent=True)  # pragma: no cover
+
+
+def _safe(value: str) -> str:
+    """A file-name-safe form of an id (no path separators, no dot-files)."""
+    return _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
+
+
+def _field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _excerpt(value: str) -> str:
+    text = " ".join((value or "").split())
+    return text if len(text) <= ECHO_WIDTH else text[: ECHO_WIDTH - 1] + "…"

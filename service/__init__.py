@@ -1,0 +1,77 @@
+"""careloop's HTTP API: the Flask app factory.
+
+Only HTTP lives here — parsing, authentication, answering. Routing and delivery are the
+workers' job; the service records events and hands them to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIFlask
+from flask import g
+from sqlalchemy.orm import sessionmaker
+
+from careloop import db
+from careloop.runtime import Runtime, set_runtime
+from config.settings import Settings, get_settings
+
+log = logging.getLogger("careloop.service")
+
+
+class CareloopExtension:
+    """What the app keeps on ``app.extensions['careloop']``."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.sessions = sessionmaker(db.get_engine(runtime.database_url), expire_on_commit=False)
+
+
+def create_app(test_config: dict | None = None, settings: Settings | None = None) -> APIFlask:
+    """Build the app: defaults, then the environment (Settings), then ``test_config``.
+
+    The rules file is loaded here, so a bad one stops start-up with the checker's message.
+    The embedded default (SQLite) applies its migrations by itself.
+    """
+    settings = settings or get_settings()
+    app = APIFlask(
+        "careloop",
+        title="careloop API",
+        version="1",
+        spec_path="/openapi.json",
+        docs_path="/docs",
+    )
+    app.config.update(
+        JSON_SORT_KEYS=False,
+        VALIDATION_ERROR_STATUS_CODE=422,
+        AUTO_404_RESPONSE=True,
+        MAX_CONTENT_LENGTH=256 * 1024,
+        INFO={"description": "Care notebook events in; the right care-team member told."},
+    )
+    if test_config:
+        app.config.update(test_config)
+
+    runtime = Runtime(settings)
+    runtime.check()  # fail fast on a bad rules file
+    if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
+        db.upgrade(settings.database_url)
+    set_runtime(runtime)
+    app.extensions["careloop"] = CareloopExtension(runtime)
+
+    @app.before_request
+    def _open_session():
+        g.db = app.extensions["careloop"].sessions()
+
+    @app.teardown_request
+    def _close_session(_exc):
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+    from service import deliveries, errors, events, health, notebooks, twilio
+
+    errors.init_app(app)
+    for module in (notebooks, events, deliveries, twilio, health):
+        app.register_blueprint(module.bp)
+    return app

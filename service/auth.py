@@ -1,0 +1,84 @@
+"""Bearer-key authentication. The admin key comes from CARELOOP_ADMIN_KEY; notebook keys are
+minted by the API, shown once, and stored as SHA-256 hashes (they are 256-bit random, so a
+plain hash is enough; no slow KDF is needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from apiflask import HTTPTokenAuth, abort
+from flask import current_app, g
+from sqlalchemy import select
+
+from careloop.models import ApiKey, Notebook
+
+KEY_PREFIX = "clk_"
+"""Every minted key starts with this, so leaked keys are easy to spot and scan for."""
+
+auth = HTTPTokenAuth(scheme="Bearer", description="CARELOOP_ADMIN_KEY, or a notebook key minted by the API")
+
+
+@dataclass(frozen=True)
+class Principal:
+    admin: bool
+    notebook_id: str | None = None
+    key_id: str | None = None
+
+    def may_reach(self, notebook_id: str) -> bool:
+        return self.admin or self.notebook_id == notebook_id
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def mint_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@auth.verify_token
+def _verify(token: str) -> Principal | None:
+    if not token:
+        return None
+    admin_key = current_app.extensions["careloop"].settings.admin_key
+    if admin_key and hmac.compare_digest(token.encode(), admin_key.get_secret_value().encode()):
+        return Principal(admin=True)
+    if not token.startswith(KEY_PREFIX):
+        return None
+    key = g.db.execute(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if key is None:
+        return None
+    return Principal(admin=False, notebook_id=key.notebook_id, key_id=key.id)
+
+
+@auth.error_processor
+def _auth_error(error):
+    return (
+        {"error": "unauthorized", "message": "a valid Bearer key is required"},
+        401,
+        {"WWW-Authenticate": 'Bearer realm="careloop"'},
+    )
+
+
+def principal() -> Principal:
+    return auth.current_user
+
+
+def require_admin() -> None:
+    if not principal().admin:
+        abort(403, "this needs the admin key")
+
+
+def notebook_or_404(notebook_id: str) -> Notebook:
+    """The notebook, if this key may reach it; 404 alike for 'missing' and 'not yours'."""
+    if not principal().may_reach(notebook_id):
+        abort(404, "notebook not found")
+    notebook = g.db.get(Notebook, notebook_id)
+    if notebook is None:
+        abort(404, "notebook not found")
+    return notebook

@@ -1,0 +1,87 @@
+"""Deliveries: look at them, list dead letters, send a failed one again."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint, abort
+from flask import current_app, g
+from sqlalchemy import and_, or_, select
+
+from careloop import serialize
+from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
+from careloop.handover import hand_over_deliveries
+from careloop.models import Delivery
+from service.auth import auth, principal
+from service.pagination import decode_cursor, encode_cursor
+from service.schemas import DeliveriesQuery
+
+bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
+
+
+def _delivery_or_404(delivery_id: str) -> Delivery:
+    delivery = g.db.get(Delivery, delivery_id)
+    if delivery is None or not principal().may_reach(delivery.notebook_id):
+        abort(404, "delivery not found")
+    return delivery
+
+
+@bp.get("/deliveries")
+@bp.auth_required(auth)
+@bp.input(DeliveriesQuery, location="query", arg_name="query")
+@bp.doc(summary="List deliveries, newest first; ?status=failed lists the dead letters")
+def list_deliveries(query: DeliveriesQuery):
+    who = principal()
+    stmt = select(Delivery)
+    if not who.admin:
+        if query.notebook_id and query.notebook_id != who.notebook_id:
+            abort(404, "notebook not found")
+        stmt = stmt.where(Delivery.notebook_id == who.notebook_id)
+    elif query.notebook_id:
+        stmt = stmt.where(Delivery.notebook_id == query.notebook_id)
+    if query.status:
+        stmt = stmt.where(Delivery.status == query.status)
+    if query.cursor:
+        when, ident = decode_cursor(query.cursor)
+        stmt = stmt.where(
+            or_(Delivery.updated_at < when, and_(Delivery.updated_at == when, Delivery.id < ident))
+        )
+    rows = g.db.scalars(
+        stmt.order_by(Delivery.updated_at.desc(), Delivery.id.desc()).limit(query.limit + 1)
+    ).all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return {
+        "items": [serialize.delivery(d) for d in rows],
+        "next_cursor": encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None,
+    }
+
+
+@bp.get("/deliveries/<delivery_id>")
+@bp.auth_required(auth)
+@bp.doc(summary="Get one delivery")
+def get_delivery(delivery_id: str):
+    return serialize.delivery(_delivery_or_404(delivery_id))
+
+
+@bp.post("/deliveries/<delivery_id>/retry")
+@bp.auth_required(auth)
+@bp.doc(
+    summary="Send a failed delivery again",
+    description="Moves a failed or undelivered delivery back to the queue with a fresh attempt budget. "
+    "Idempotent: retrying one that is already queued, sending or sent changes nothing and "
+    "answers 200 with its current state; a skipped one answers 409.",
+    responses={
+        202: "Queued again",
+        200: "Already on its way or sent",
+        409: "Skipped deliveries cannot be retried",
+    },
+)
+def retry_delivery(delivery_id: str):
+    delivery = _delivery_or_404(delivery_id)
+    if delivery.status == "skipped":
+        abort(409, f"this delivery was skipped ({delivery.error}); fix the member and record the event again")
+    if delivery.status not in RETRYABLE_STATUSES:
+        return serialize.delivery(delivery), 200
+    if retry_failed(g.db, delivery.id):
+        hand_over_deliveries(g.db, current_app.extensions["careloop"].runtime.dispatcher, [delivery.id])
+    g.db.refresh(delivery)
+    return serialize.delivery(delivery), 202

@@ -1,0 +1,78 @@
+"""Every error is JSON: {"error", "message", "fields"?}. Validation errors name each field."""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIFlask
+from apiflask.exceptions import HTTPError
+from werkzeug.exceptions import HTTPException
+
+from careloop.events import EVENT_DATA
+
+log = logging.getLogger("careloop.service")
+
+ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _field_name(name: str, messages: list[str]) -> str:
+    # A discriminated union puts the event type in front of the path ("medication.changed.data.dose").
+    for event_type in EVENT_DATA:
+        if name.startswith(event_type + "."):
+            return name[len(event_type) + 1 :]
+    if name == "":
+        return "type" if any("tag" in m or "discriminator" in m for m in messages) else "body"
+    return name
+
+
+def _fields(detail) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    if not isinstance(detail, dict):
+        return fields
+    for location, errors in detail.items():
+        if not isinstance(errors, dict):
+            continue
+        for name, messages in errors.items():
+            messages = messages if isinstance(messages, list) else [str(messages)]
+            key = _field_name(str(name), messages)
+            if location == "headers":
+                key = "header." + key
+            elif location == "query":
+                key = "query." + key
+            fields.setdefault(key, []).extend(messages)
+    return fields
+
+
+def init_app(app: APIFlask) -> None:
+    @app.error_processor
+    def _api_error(error: HTTPError):
+        body = {"error": ERROR_NAMES.get(error.status_code, "error"), "message": error.message}
+        fields = _fields(error.detail)
+        if fields:
+            body["fields"] = fields
+        elif error.detail:
+            body["detail"] = error.detail
+        return body, error.status_code, error.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        code = error.code or 500
+        return {"error": ERROR_NAMES.get(code, "error"), "message": error.description}, code
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        return {"error": "internal_error", "message": "something went wrong; it has been logged"}, 500

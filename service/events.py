@@ -1,0 +1,95 @@
+"""Event intake and the notebook's event history."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint, abort
+from flask import current_app, g, request
+from sqlalchemy import and_, or_, select
+
+from careloop import serialize
+from careloop.handover import hand_over_events
+from careloop.intake import FieldError, IdempotencyConflict, record_event
+from careloop.models import Delivery, Event
+from service.auth import auth, notebook_or_404, principal
+from service.pagination import decode_cursor, encode_cursor
+from service.schemas import EventIn, EventsQuery
+
+bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+@bp.post("/notebooks/<notebook_id>/events")
+@bp.auth_required(auth)
+@bp.input(EventIn, arg_name="body")
+@bp.doc(
+    summary="Record a notebook event",
+    description="Answers 202 once the event is stored; routing and delivery happen in the background. "
+    "Send an `Idempotency-Key` header to make retries safe: the same key and body return the "
+    "first event, the same key with another body answers 409.",
+    responses={202: "Accepted", 409: "Idempotency-Key reused with a different body", 422: "Invalid"},
+)
+def create_event(notebook_id: str, body: EventIn):
+    notebook = notebook_or_404(notebook_id)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key.strip()) <= IDEMPOTENCY_KEY_MAX):
+        abort(
+            422, "Validation error", detail={"headers": {"Idempotency-Key": ["must be 1 to 200 characters"]}}
+        )
+    item = body.root
+    try:
+        event, created = record_event(
+            g.db,
+            notebook,
+            event_type=item.type,
+            data=item.data.model_dump(mode="json", exclude_none=True),
+            occurred_at=item.occurred_at,
+            author_member_id=item.author_member_id,
+            idempotency_key=key.strip() if key else None,
+        )
+    except FieldError as exc:
+        abort(422, "Validation error", detail={"json": {exc.field: [exc.message]}})
+    except IdempotencyConflict:
+        abort(409, "this Idempotency-Key was used with a different request body")
+    if created:
+        hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [event.id])
+    headers = {"Location": f"/v1/events/{event.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return {"id": event.id, "status": "accepted", "type": event.type}, 202, headers
+
+
+@bp.get("/notebooks/<notebook_id>/events")
+@bp.auth_required(auth)
+@bp.input(EventsQuery, location="query", arg_name="query")
+@bp.doc(summary="List events, newest first (by occurred_at)")
+def list_events(notebook_id: str, query: EventsQuery):
+    notebook = notebook_or_404(notebook_id)
+    stmt = select(Event).where(Event.notebook_id == notebook.id)
+    if query.type:
+        stmt = stmt.where(Event.type == query.type)
+    if query.since:
+        stmt = stmt.where(Event.occurred_at >= query.since)
+    if query.cursor:
+        when, ident = decode_cursor(query.cursor)
+        stmt = stmt.where(or_(Event.occurred_at < when, and_(Event.occurred_at == when, Event.id < ident)))
+    rows = g.db.scalars(stmt.order_by(Event.occurred_at.desc(), Event.id.desc()).limit(query.limit + 1)).all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return {
+        "items": [serialize.event(e) for e in rows],
+        "next_cursor": encode_cursor(rows[-1].occurred_at, rows[-1].id) if more else None,
+    }
+
+
+@bp.get("/events/<event_id>")
+@bp.auth_required(auth)
+@bp.doc(summary="Get an event with its deliveries")
+def get_event(event_id: str):
+    event = g.db.get(Event, event_id)
+    if event is None or not principal().may_reach(event.notebook_id):
+        abort(404, "event not found")
+    deliveries = g.db.scalars(
+        select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.created_at, Delivery.id)
+    ).all()
+    return serialize.event(event, list(deliveries))

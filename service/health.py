@@ -1,0 +1,33 @@
+"""GET /healthz: is the database reachable, is the queue reachable."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint
+from flask import current_app, g
+from sqlalchemy import text
+
+bp = APIBlueprint("health", __name__, tag="Health")
+
+
+@bp.get("/healthz")
+@bp.doc(
+    summary="Database and queue reachability",
+    description="200 while the database answers (intake works even with the queue down: events "
+    "wait in the outbox); 503 when the database does not. `queue` says whether Redis answers.",
+)
+def healthz():
+    runtime = current_app.extensions["careloop"].runtime
+    checks = {}
+    try:
+        g.db.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        runtime.dispatcher.ping()
+        checks["queue"] = "ok"
+    except Exception as exc:
+        checks["queue"] = f"unreachable: {type(exc).__name__}"
+    ok = checks["database"] == "ok"
+    status = "ok" if ok and checks["queue"] == "ok" else ("degraded" if ok else "down")
+    return {"status": status, "queue_mode": runtime.dispatcher.mode, **checks}, 200 if ok else 503

@@ -1,0 +1,88 @@
+"""Notebooks, their API keys, and the team directory (members)."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint, abort
+from flask import g
+from sqlalchemy import select
+
+from careloop import serialize
+from careloop.models import ApiKey, Member, Notebook
+from service.auth import auth, hash_key, mint_key, notebook_or_404, principal, require_admin
+from service.schemas import KeyIn, MemberIn, MemberPatch, NotebookIn
+
+bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
+
+
+@bp.post("/notebooks")
+@bp.auth_required(auth)
+@bp.input(NotebookIn, arg_name="body")
+@bp.doc(summary="Create a notebook (admin key)", responses={201: "Created", 403: "Not the admin key"})
+def create_notebook(body: NotebookIn):
+    require_admin()
+    notebook = Notebook(name=body.name, child_name=body.child_name, timezone=body.timezone)
+    g.db.add(notebook)
+    g.db.commit()
+    return serialize.notebook(notebook), 201
+
+
+@bp.get("/notebooks/<notebook_id>")
+@bp.auth_required(auth)
+@bp.doc(summary="Get a notebook")
+def get_notebook(notebook_id: str):
+    return serialize.notebook(notebook_or_404(notebook_id))
+
+
+@bp.post("/notebooks/<notebook_id>/keys")
+@bp.auth_required(auth)
+@bp.input(KeyIn, arg_name="body")
+@bp.doc(summary="Mint a key for this notebook only (admin key); the key is shown once")
+def create_key(notebook_id: str, body: KeyIn):
+    require_admin()
+    notebook = notebook_or_404(notebook_id)
+    secret = mint_key()
+    key = ApiKey(notebook_id=notebook.id, name=body.name, key_hash=hash_key(secret))
+    g.db.add(key)
+    g.db.commit()
+    return {**serialize.api_key(key), "key": secret}, 201
+
+
+@bp.post("/notebooks/<notebook_id>/members")
+@bp.auth_required(auth)
+@bp.input(MemberIn, arg_name="body")
+@bp.doc(summary="Add a care-team member", responses={201: "Created"})
+def create_member(notebook_id: str, body: MemberIn):
+    notebook = notebook_or_404(notebook_id)
+    member = Member(notebook_id=notebook.id, **body.model_dump())
+    g.db.add(member)
+    g.db.commit()
+    return serialize.member(member), 201
+
+
+@bp.get("/notebooks/<notebook_id>/members")
+@bp.auth_required(auth)
+@bp.doc(summary="List the care team")
+def list_members(notebook_id: str):
+    notebook = notebook_or_404(notebook_id)
+    members = g.db.scalars(
+        select(Member).where(Member.notebook_id == notebook.id).order_by(Member.created_at, Member.id)
+    ).all()
+    return {"items": [serialize.member(m) for m in members]}
+
+
+@bp.patch("/members/<member_id>")
+@bp.auth_required(auth)
+@bp.input(MemberPatch, arg_name="body")
+@bp.doc(summary="Change a member (send null to clear email, phone or timezone)")
+def patch_member(member_id: str, body: MemberPatch):
+    member = g.db.get(Member, member_id)
+    if member is None or not principal().may_reach(member.notebook_id):
+        abort(404, "member not found")
+    changes = body.model_dump(include=body.model_fields_set)
+    for required in ("name", "role", "active"):
+        if required in changes and changes[required] is None:
+            abort(422, "Validation error", detail={"json": {required: ["may not be null"]}})
+    for name, value in changes.items():
+        setattr(member, name, value)
+    g.db.commit()
+    return serialize.member(member)

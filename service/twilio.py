@@ -1,0 +1,54 @@
+"""Twilio's status callbacks: signature checked, status moved forward only."""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIBlueprint, abort
+from flask import current_app, g, request
+from twilio.request_validator import RequestValidator
+
+from careloop.deliveries import apply_provider_status
+
+log = logging.getLogger("careloop.service")
+
+bp = APIBlueprint("twilio", __name__, url_prefix="/v1/twilio", tag="Twilio")
+
+
+def _public_url() -> str:
+    """The URL Twilio signed: CARELOOP_PUBLIC_URL + path + query (we may sit behind a proxy)."""
+    base = current_app.extensions["careloop"].settings.public_url
+    query = request.query_string.decode()
+    return f"{base}{request.path}" + (f"?{query}" if query else "")
+
+
+@bp.post("/status")
+@bp.doc(
+    summary="Twilio message status callback",
+    description="Form-encoded, as Twilio sends it; needs a valid X-Twilio-Signature. "
+    "The delivery is named by the `delivery` query parameter careloop put in the callback URL.",
+    security=[],
+)
+def status_callback():
+    settings = current_app.extensions["careloop"].settings
+    if not settings.twilio_auth_token:
+        abort(404, "Twilio is not configured")
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not validator.validate(_public_url(), request.form.to_dict(), signature):
+        abort(403, "invalid Twilio signature")
+    delivery_id = request.args.get("delivery")
+    sid = request.form.get("MessageSid") or request.form.get("SmsSid")
+    status = request.form.get("MessageStatus") or request.form.get("SmsStatus")
+    missing = {
+        name: ["is required"]
+        for name, value in (("query.delivery", delivery_id), ("MessageSid", sid), ("MessageStatus", status))
+        if not value
+    }
+    if missing:
+        abort(422, "Validation error", detail={"form": missing})
+    changed = apply_provider_status(g.db, delivery_id, sid, status, request.form.get("ErrorCode"))
+    log.info(
+        "twilio status %s for delivery %s (%s)", status, delivery_id, "applied" if changed else "ignored"
+    )
+    return "", 204

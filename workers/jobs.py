@@ -1,0 +1,241 @@
+"""RQ jobs. Each takes an id, loads what it needs, and is safe to run more than once.
+
+There is one retry layer: a transient provider error puts the delivery back in the queue
+with a due time on its row (exponential backoff with jitter, Retry-After honoured) and
+schedules the next try with RQ's ``enqueue_in``; the relay re-enqueues anything due that the
+queue lost. Jobs do not raise for provider errors, so RQ's own retry never doubles ours.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from careloop import deliveries as dl
+from careloop.db import session_scope
+from careloop.intake import ROUTE_TOPIC
+from careloop.messages import NotebookView, Recipient, render
+from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
+from careloop.routing import EventView, MemberView, plan_deliveries
+from careloop.runtime import Runtime, get_runtime
+from integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
+
+log = logging.getLogger("careloop.workers")
+
+
+class RenderError(Exception):
+    """The delivery can no longer be rendered (its member was removed, say)."""
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Delivery)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["event_id", "member_id", "channel"])
+    )
+    session.execute(stmt)
+
+
+def route_event(event_id: str) -> int:
+    """Plan and record the deliveries of one event, then hand them to the queue.
+
+    Returns how many deliveries were handed over. Running it twice creates nothing new.
+    """
+    runtime = get_runtime()
+    with session_scope(runtime.database_url) as session:
+        event = session.get(Event, event_id)
+        if event is None:
+            log.warning("route_event: event %s does not exist", event_id)
+            return 0
+        members = session.scalars(select(Member).where(Member.notebook_id == event.notebook_id)).all()
+        now = utcnow()
+        planned = plan_deliveries(
+            EventView(
+                id=event.id,
+                type=event.type,
+                data=event.data,
+                author_member_id=event.author_member_id,
+                previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
+            ),
+            [
+                MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
+                for m in members
+            ],
+            runtime.rules,
+            now,
+        )
+        _insert_ignoring_duplicates(
+            session,
+            [
+                {
+                    "id": new_id("dlv"),
+                    "event_id": event.id,
+                    "notebook_id": event.notebook_id,
+                    "member_id": p.member_id,
+                    "channel": p.channel,
+                    "status": "skipped" if p.skip_reason else "queued",
+                    "error": p.skip_reason,
+                    "rules": list(p.rules),
+                    "attempts": 0,
+                    "round_attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                }
+                for p in planned
+            ],
+        )
+        if event.routed_at is None:
+            event.routed_at = now
+        session.execute(
+            OutboxEntry.__table__.update()
+            .where(
+                OutboxEntry.topic == ROUTE_TOPIC,
+                OutboxEntry.ref_id == event.id,
+                OutboxEntry.done_at.is_(None),
+            )
+            .values(done_at=now)
+        )
+        session.commit()
+        to_send = session.scalars(
+            select(Delivery.id).where(
+                Delivery.event_id == event.id, Delivery.status == "queued", Delivery.enqueued_at.is_(None)
+            )
+        ).all()
+        if to_send:
+            runtime.dispatcher.deliver(list(to_send))
+            dl.mark_enqueued(session, list(to_send))
+        log.info(
+            "routed event %s (%s): %d planned, %d handed over",
+            event.id,
+            event.type,
+            len(planned),
+            len(to_send),
+        )
+        return len(to_send)
+
+
+def build_message(session: Session, runtime: Runtime, delivery: Delivery, attempt: int) -> OutgoingMessage:
+    event = session.get(Event, delivery.event_id)
+    notebook = session.get(Notebook, delivery.notebook_id)
+    member = session.get(Member, delivery.member_id)
+    if event is None or notebook is None or member is None:
+        raise RenderError("the event, notebook or member no longer exists")
+    if not member.active:
+        raise RenderError("member is no longer active")
+    attendee_ids = set((event.context or {}).get("checkin", {}).get("attendees") or []) | {member.id}
+    attendees = []
+    if delivery.channel == "calendar":
+        attendees = [
+            Recipient(id=m.id, name=m.name, email=m.email, phone=m.phone)
+            for m in session.scalars(select(Member).where(Member.id.in_(attendee_ids))).all()
+        ]
+    return render(
+        delivery_id=delivery.id,
+        attempt=attempt,
+        channel=delivery.channel,
+        event_id=event.id,
+        event_type=event.type,
+        data=event.data,
+        context=event.context or {},
+        notebook=NotebookView(id=notebook.id, child_name=notebook.child_name, timezone=notebook.timezone),
+        recipient=Recipient(id=member.id, name=member.name, email=member.email, phone=member.phone),
+        attendees=attendees,
+        public_url=runtime.settings.public_url,
+        mail_from=runtime.settings.mail_from,
+        created_at=delivery.created_at,
+    )
+
+
+def _missing_contact(message: OutgoingMessage) -> str | None:
+    if message.to:
+        return None
+    return "member has no phone number" if message.channel == "sms" else "member has no email address"
+
+
+def deliver(delivery_id: str) -> str:
+    """Send one delivery, at most once per claim. Returns the status it ended in."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    with session_scope(runtime.database_url) as session:
+        claim = dl.claim(session, delivery_id)
+        if claim is None:
+            log.info("deliver: %s is not queued or not due; nothing to do", delivery_id)
+            return "not-claimed"
+        delivery = session.get(Delivery, delivery_id)
+        try:
+            message = build_message(session, runtime, delivery, claim.attempt)
+        except RenderError as exc:
+            dl.mark_failed(session, claim, str(exc))
+            return "failed"
+        missing = _missing_contact(message)
+        if missing:
+            dl.mark_failed(session, claim, missing)
+            return "failed"
+        channel = runtime.channels[delivery.channel]
+        try:
+            receipt = channel.send(message)
+        except DeliveryError as exc:
+            if exc.permanent or claim.round_attempt >= settings.max_attempts:
+                reason = (
+                    exc.reason
+                    if exc.permanent
+                    else f"gave up after {claim.round_attempt} attempts: {exc.reason}"
+                )
+                dl.mark_failed(session, claim, reason)
+                log.warning("delivery %s failed: %s", delivery_id, reason)
+                return "failed"
+            delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max, exc.retry_after)
+            dl.requeue(session, claim, exc.reason, delay)
+            log.info("delivery %s: %s; trying again in %.1fs", delivery_id, exc.reason, delay)
+            runtime.dispatcher.deliver([delivery_id], delay=delay)
+            return "queued"
+        except Exception:
+            # A bug, not a provider answer: the provider may or may not have the message.
+            dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)")
+            raise
+        dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
+        log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
+        return receipt.status
+
+
+def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
+    """Decide what happened to a send whose worker vanished mid-call, without resending blindly.
+
+    The provider is asked (Twilio keeps a list of messages); where it cannot be asked (SMTP)
+    the delivery is failed as "outcome unknown" for a person to decide.
+    """
+    with session_scope(runtime.database_url) as session:
+        claim = dl.take_over(session, delivery_id, token)
+        if claim is None:
+            return "not-claimed"
+        delivery = session.get(Delivery, delivery_id)
+        try:
+            message = build_message(session, runtime, delivery, claim.attempt)
+        except RenderError as exc:
+            dl.mark_failed(session, claim, str(exc))
+            return "failed"
+        try:
+            receipt = runtime.channels[delivery.channel].lookup(message)
+        except OutcomeUnknown:
+            dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN)
+            log.warning("delivery %s: outcome unknown after a worker stopped mid-send", delivery_id)
+            return "failed"
+        except DeliveryError as exc:
+            log.info(
+                "delivery %s: cannot check the provider yet (%s); will look again", delivery_id, exc.reason
+            )
+            return "sending"
+        if receipt is not None:
+            dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
+            return receipt.status
+        dl.requeue(session, claim, "an interrupted attempt never reached the provider; sending again", 0)
+        runtime.dispatcher.deliver([delivery_id])
+        return "queued"
