@@ -1,0 +1,276 @@
+"""Fixtures on real parts: SQLite and PostgreSQL, Redis (its own DB number), RQ workers,
+aiosmtpd, and Twilio's API shape through Prism. Nothing talks to anything but 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+pytest_plugins = ["tests.peers.twilio_peer", "tests.peers.smtp_peer"]
+
+REDIS_URL = os.environ.get("CARELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+"""Tests own Redis DB 13: flushed before and after each test."""
+
+PG_ADMIN_URL = os.environ.get("CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_DATABASE = "careloop_test"
+"""Tests own this PostgreSQL database: created for the session, dropped after it."""
+
+ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
+
+DB_TABLES = ("deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_conn():
+    from redis import Redis
+
+    conn = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        conn.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); scripts/test.sh starts it")
+    yield conn
+    conn.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(request):
+    if "redis_conn" not in request.fixturenames and "redis_settings" not in request.fixturenames:
+        yield
+        return
+    conn = request.getfixturevalue("redis_conn")
+    conn.flushdb()
+    yield
+    conn.flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    from careloop.db import dispose_all, upgrade
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{PG_DATABASE}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}); scripts/test.sh starts it")
+    url = make_url(PG_ADMIN_URL).set(database=PG_DATABASE).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    dispose_all()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> Iterator[str]:
+    """Every test that takes this runs twice: on SQLite and on PostgreSQL."""
+    from careloop.db import get_engine, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'careloop-test.db'}"
+        upgrade(url)
+        yield url
+        get_engine(url).dispose()
+        return
+    url = request.getfixturevalue("pg_url")
+    _truncate(url)
+    yield url
+    _truncate(url)
+
+
+@pytest.fixture
+def pg_only_url(pg_url) -> Iterator[str]:
+    _truncate(pg_url)
+    yield pg_url
+    _truncate(pg_url)
+
+
+def _truncate(url: str) -> None:
+    from careloop.db import get_engine
+
+    with get_engine(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(DB_TABLES)} RESTART IDENTITY CASCADE"))
+
+
+def make_settings(db_url: str, tmp_path: Path, **overrides):
+    from config.settings import Settings
+
+    values = dict(
+        database_url=db_url,
+        redis_url=None,
+        admin_key=ADMIN_KEY,
+        outbox_dir=tmp_path / "outbox",
+        public_url="https://careloop.test",
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        twilio_from=None,
+        twilio_api_url=None,
+        smtp_host=None,
+        mail_from="careloop <careloop@careloop.test>",
+        provider_timeout=2.0,
+        claim_timeout=30.0,
+        retry_base=0.05,
+        retry_max=1.0,
+        max_attempts=5,
+        relay_interval=0.5,
+        queue_prefix="careloop-test",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(db_url, tmp_path):
+    """Embedded default: the database under test, in-process queue, file outbox."""
+    return make_settings(db_url, tmp_path)
+
+
+@pytest.fixture
+def app(settings):
+    from careloop.runtime import set_runtime
+    from service import create_app
+
+    app = create_app({"TESTING": True}, settings=settings)
+    yield app
+    set_runtime(None)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def admin():
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+class Api:
+    """Small helper over the Flask test client for setting up a notebook and its team."""
+
+    def __init__(self, client, headers):
+        self.client = client
+        self.headers = headers
+
+    def post(self, url, body, status=201, headers=None):
+        response = self.client.post(url, json=body, headers={**self.headers, **(headers or {})})
+        assert response.status_code == status, (url, response.status_code, response.get_json())
+        return response.get_json()
+
+    def get(self, url, status=200):
+        response = self.client.get(url, headers=self.headers)
+        assert response.status_code == status, (url, response.status_code, response.get_json())
+        return response.get_json()
+
+    def notebook(self, child_name="Maya Rivera", timezone="America/Chicago"):
+        return self.post("/v1/notebooks", {"name": "Care notebook", "child_name": child_name, "timezone": timezone})
+
+    def member(self, notebook_id, name, role, **contact):
+        return self.post(f"/v1/notebooks/{notebook_id}/members", {"name": name, "role": role, **contact})
+
+    def event(self, notebook_id, type_, data, status=202, headers=None, **extra):
+        return self.post(f"/v1/notebooks/{notebook_id}/events", {"type": type_, "data": data, **extra}, status, headers)
+
+
+@pytest.fixture
+def api(client, admin):
+    return Api(client, admin)
+
+
+@pytest.fixture
+def team(api):
+    """A notebook with a typical team: two parents, neurology, PT, SLP, school."""
+    nb = api.notebook()
+    members = {
+        "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone="+15555550101"),
+        "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org", phone="+15555550102"),
+        "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
+        "pt": api.member(nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"),
+        "slp": api.member(nb["id"], "Jordan Lee", "speech_therapy", email="jordan@example.org"),
+        "school": api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org"),
+    }
+    return nb, members
+
+
+def checkin_data(attendees, checkin_id="iep-1", title="IEP meeting", hours_from_now=48, **extra):
+    start = (datetime.now(UTC) + timedelta(hours=hours_from_now)).replace(microsecond=0)
+    return {
+        "checkin_id": checkin_id,
+        "title": title,
+        "start": start.isoformat(),
+        "end": (start + timedelta(hours=1)).isoformat(),
+        "attendees": attendees,
+        **extra,
+    }
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def drain(app, timeout=30.0):
+    """Embedded mode: wait until the in-process queue has nothing due or running."""
+    dispatcher = app.extensions["careloop"].runtime.dispatcher
+    assert dispatcher.drain(timeout=timeout), "in-process queue did not drain"
+
+
+def run_rq_until_settled(runtime, timeout=60.0):
+    """RQ mode: run a real RQ worker (in-process, burst, with scheduler) until no delivery is
+    waiting or in flight and no event waits for routing."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+    from sqlalchemy import func, select
+
+    from careloop.db import session_scope
+    from careloop.dispatch import queue_names
+    from careloop.models import Delivery, OutboxEntry
+    from workers.relay import relay_once
+
+    dispatcher = runtime.dispatcher
+    deadline = time.monotonic() + timeout
+    while True:
+        relay_once(runtime)
+        worker = SimpleWorker(
+            queue_names(runtime.settings.queue_prefix),
+            connection=dispatcher.connection,
+            serializer=JSONSerializer,
+        )
+        worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+        with session_scope(runtime.database_url) as session:
+            pending = session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status.in_(("queued", "sending")))
+            )
+            unrouted = session.scalar(
+                select(func.count()).select_from(OutboxEntry).where(OutboxEntry.done_at.is_(None))
+            )
+        if not pending and not unrouted:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not settled: {pending} deliveries pending, {unrouted} events unrouted")
+        time.sleep(0.05)
