@@ -92,11 +92,12 @@ def plan_deliveries(
     """
     planned: dict[tuple[str, str], list[str]] = {}
     by_id = {m.id: m for m in members}
+    position = {m.id: i for i, m in enumerate(members)}
     for rule in rules.rules:
         if not rule_matches(rule, event):
             continue
         for member in _targets(rule, event, members):
-            if not member.active or member.id == event.author_member_id:
+            if not member.active:
                 continue
             for channel in rule.channels:
                 planned.setdefault((member.id, channel), []).append(rule.name)
@@ -107,5 +108,6 @@ def plan_deliveries(
             rules=tuple(rule_names),
             skip_reason=_skip_reason(by_id[member_id], channel),
         )
-        for (member_id, channel), rule_names in planned.items()
+        # Stable sort: member order, and within a member the order channels were first named.
+        for (member_id, channel), rule_names in sorted(planned.items(), key=lambda kv: position[kv[0][0]])
     ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from careloop.events import CHECKIN_TYPES, EVENT_DATA, ROLES
 
@@ -68,6 +69,26 @@ def _allowed_values(event_type: str, field: str) -> tuple | None:
     return tuple(values) or None
 
 
+def _is_list_field(event_type: str, field: str) -> bool:
+    """Whether a data field holds a list (such as ``attendees``), which ``when`` cannot match."""
+    annotation = EVENT_DATA[event_type].model_fields[field].annotation
+    return typing.get_origin(annotation) is list or any(
+        typing.get_origin(arg) is list for arg in typing.get_args(annotation)
+    )
+
+
+def _bad_typed_values(event_type: str, field: str, values: tuple) -> list:
+    """The values that can never equal the field's data (e.g. text where a number belongs)."""
+    adapter = TypeAdapter(EVENT_DATA[event_type].model_fields[field].annotation)
+    bad = []
+    for value in values:
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError:
+            bad.append(value)
+    return bad
+
+
 def _parse_rule(index: int, raw, seen: set[str]) -> tuple[Rule | None, list[str]]:
     if not isinstance(raw, dict):
         return None, [f"rule #{index + 1}: must be a mapping"]
@@ -82,17 +103,21 @@ def _parse_rule(index: int, raw, seen: set[str]) -> tuple[Rule | None, list[str]
         seen.add(name)
     unknown = set(raw) - {"name", "when", "notify", "channels", "description"}
     if unknown:
-        errors.append(f"{label}: unknown keys {sorted(unknown)}")
+        errors.append(f"{label}: unknown keys {sorted(unknown, key=str)}")
+    if "description" in raw and not isinstance(raw["description"], str):
+        errors.append(f"{label}: description must be text")
 
     when = raw.get("when")
     if not isinstance(when, dict) or "type" not in when:
         errors.append(f"{label}: when.type is required")
         when = {}
     types = _as_tuple(when.get("type")) if when else ()
-    bad_types = [t for t in types if t not in EVENT_DATA]
+    if when and not types:
+        errors.append(f"{label}: when.type must name at least one event type")
+    bad_types = [t for t in types if not isinstance(t, str) or t not in EVENT_DATA]
     if bad_types:
         errors.append(f"{label}: when.type has unknown event types {bad_types}")
-        types = tuple(t for t in types if t in EVENT_DATA)
+        types = tuple(t for t in types if isinstance(t, str) and t in EVENT_DATA)
     match = []
     for field, value in when.items():
         if field == "type":
@@ -102,12 +127,24 @@ def _parse_rule(index: int, raw, seen: set[str]) -> tuple[Rule | None, list[str]
         if missing:
             errors.append(f"{label}: when.{field} is not a data field of {missing}")
             continue
+        if not values:
+            errors.append(f"{label}: when.{field} must list at least one value")
+            continue
+        if any(_is_list_field(t, field) for t in types):
+            errors.append(f"{label}: when.{field} is a list and cannot be matched on")
+            continue
         for event_type in types:
             allowed = _allowed_values(event_type, field)
-            bad = [v for v in values if allowed is not None and v not in allowed]
-            if bad:
-                errors.append(f"{label}: when.{field} values {bad} are not among {list(allowed)}")
-                break
+            if allowed is not None:
+                bad = [v for v in values if v not in allowed]
+                if bad:
+                    errors.append(f"{label}: when.{field} values {bad} are not among {list(allowed)}")
+                    break
+            else:
+                bad = _bad_typed_values(event_type, field, values)
+                if bad:
+                    errors.append(f"{label}: when.{field} values {bad} are not valid for {event_type}")
+                    break
         match.append((field, values))
 
     notify = raw.get("notify")
@@ -168,6 +205,8 @@ def load_rules(path: str | Path) -> Rules:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RulesError([f"cannot read: {exc.strerror}"], str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise RulesError([f"cannot read: not UTF-8 text ({exc.reason})"], str(path)) from exc
     except yaml.YAMLError as exc:
         raise RulesError([f"not valid YAML: {exc}"], str(path)) from exc
     return parse_rules(document, str(path))

@@ -27,16 +27,30 @@ class DeliveryError(Exception):
             invalid address, SMTP 5xx); False for errors that can pass (429, 5xx, 4xx SMTP,
             timeouts, refused connections).
         retry_after: seconds the provider asked us to wait (``Retry-After``), if any.
+        maybe_sent: True when the message may have reached the provider although no answer
+            came (a read timeout or a dropped connection after the message was handed over).
+            The worker then asks the provider (``Channel.lookup``) instead of resending blindly.
     """
 
-    def __init__(self, reason: str, *, permanent: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.retry_after = retry_after
+        self.maybe_sent = maybe_sent
 
     def __repr__(self) -> str:
-        return f"DeliveryError({self.reason!r}, permanent={self.permanent}, retry_after={self.retry_after})"
+        return (
+            f"DeliveryError({self.reason!r}, permanent={self.permanent}, "
+            f"retry_after={self.retry_after}, maybe_sent={self.maybe_sent})"
+        )
 
 
 class NotConfigured(DeliveryError):

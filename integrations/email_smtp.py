@@ -184,13 +184,28 @@ class SmtpEmail(Channel):
                 transient for 4xx replies, timeouts, refused or dropped connections.
         """
         smtp: smtplib.SMTP | None = None
+        handed_over = False
         try:
             smtp = self._connect()
+            original_data = smtp.data
+
+            def data(content):
+                # From here on the server may have the whole message even if no reply comes.
+                nonlocal handed_over
+                handed_over = True
+                return original_data(content)
+
+            smtp.data = data
             smtp.send_message(msg, from_addr=self.sender.addr_spec, to_addrs=[to_addr])
         except Exception as exc:
             if smtp is not None:
                 smtp.close()
-            raise self._delivery_error(exc) from exc
+            error = self._delivery_error(exc)
+            if handed_over and not isinstance(exc, smtplib.SMTPResponseException):
+                # No reply to the message we sent: the server may have accepted it.
+                error.maybe_sent = True
+                error.reason = f"{error.reason} (after the message was sent: outcome unknown)"
+            raise error from exc
         # The server has the message: a failing QUIT must not turn success into a retry.
         try:
             smtp.quit()

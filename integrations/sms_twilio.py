@@ -400,7 +400,11 @@ class TwilioSMS(Channel):
         else:
             what = type(exc).__name__
         logger.warning("twilio %s failed: %s", action, what)
-        return DeliveryError(f"Twilio unreachable during {action}: {what}", permanent=False)
+        return DeliveryError(
+            f"Twilio unreachable during {action}: {what}",
+            permanent=False,
+            maybe_sent="outcome unknown" in what,
+        )
 
     def _check_before_sending(self, message: OutgoingMessage, body: str) -> None:
         if not _E164.fullmatch(message.to or ""):

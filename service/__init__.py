@@ -69,9 +69,10 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         if session is not None:
             session.close()
 
-    from service import deliveries, errors, events, health, notebooks, twilio
+    from service import deliveries, errors, events, guards, health, notebooks, twilio
 
     errors.init_app(app)
+    guards.init_app(app)
     for module in (notebooks, events, deliveries, twilio, health):
         app.register_blueprint(module.bp)
     return app

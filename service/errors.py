@@ -33,7 +33,7 @@ def _field_name(name: str, messages: list[str]) -> str:
     for event_type in EVENT_DATA:
         if name.startswith(event_type + "."):
             return name[len(event_type) + 1 :]
-    if name == "":
+    if name in ("", "_schema"):  # pydantic's root location; apiflask calls it "_schema"
         return "type" if any("tag" in m or "discriminator" in m for m in messages) else "body"
     return name
 

@@ -32,9 +32,11 @@ IDEMPOTENCY_KEY_MAX = 200
 def create_event(notebook_id: str, body: EventIn):
     notebook = notebook_or_404(notebook_id)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key.strip()) <= IDEMPOTENCY_KEY_MAX):
+    if key is not None and (not 0 < len(key.strip()) <= IDEMPOTENCY_KEY_MAX or "\x00" in key):
         abort(
-            422, "Validation error", detail={"headers": {"Idempotency-Key": ["must be 1 to 200 characters"]}}
+            422,
+            "Validation error",
+            detail={"headers": {"Idempotency-Key": ["must be 1 to 200 characters, none of them NUL"]}},
         )
     item = body.root
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apiflask import abort
 
@@ -19,8 +19,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         when, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
         parsed = datetime.fromisoformat(when)
-        if parsed.tzinfo is None or not isinstance(ident, str):
+        if parsed.tzinfo is None or not isinstance(ident, str) or "\x00" in ident:
             raise ValueError
+        parsed.astimezone(UTC)  # out of range for the database → OverflowError
         return parsed, ident
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, json.JSONDecodeError):
         abort(422, "Validation error", detail={"query": {"cursor": ["not a cursor this API returned"]}})

@@ -274,3 +274,42 @@ def run_rq_until_settled(runtime, timeout=60.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"not settled: {pending} deliveries pending, {unrouted} events unrouted")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def peers_settings(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
+    """RQ mode against the real peers: Redis DB 13, aiosmtpd, Twilio's API shape via Prism."""
+    from tests.peers.twilio_peer import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
+
+    return make_settings(
+        db_url,
+        tmp_path,
+        redis_url=REDIS_URL,
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
+        smtp_starttls=False,
+        twilio_account_sid=TEST_ACCOUNT_SID,
+        twilio_auth_token=TEST_AUTH_TOKEN,
+        twilio_from=TEST_FROM,
+        twilio_api_url=twilio_proxy.url,
+    )
+
+
+@pytest.fixture
+def rq_app(peers_settings):
+    from careloop.runtime import set_runtime
+    from service import create_app
+
+    app = create_app({"TESTING": True}, settings=peers_settings)
+    yield app
+    set_runtime(None)
+
+
+@pytest.fixture
+def rq_api(rq_app, admin):
+    return Api(rq_app.test_client(), admin)
+
+
+@pytest.fixture
+def runtime(rq_app):
+    return rq_app.extensions["careloop"].runtime

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop.db import session_scope
+from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.messages import NotebookView, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
@@ -110,8 +111,7 @@ def route_event(event_id: str) -> int:
             )
         ).all()
         if to_send:
-            runtime.dispatcher.deliver(list(to_send))
-            dl.mark_enqueued(session, list(to_send))
+            hand_over_deliveries(session, runtime.dispatcher, list(to_send))
         log.info(
             "routed event %s (%s): %d planned, %d handed over",
             event.id,
@@ -183,6 +183,9 @@ def deliver(delivery_id: str) -> str:
         try:
             receipt = channel.send(message)
         except DeliveryError as exc:
+            if exc.maybe_sent and not exc.permanent:
+                log.warning("delivery %s: %s; asking the provider before any resend", delivery_id, exc.reason)
+                return _settle_by_lookup(session, runtime, claim, message, resend_reason=exc.reason)
             if exc.permanent or claim.round_attempt >= settings.max_attempts:
                 reason = (
                     exc.reason
@@ -222,20 +225,45 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
         except RenderError as exc:
             dl.mark_failed(session, claim, str(exc))
             return "failed"
-        try:
-            receipt = runtime.channels[delivery.channel].lookup(message)
-        except OutcomeUnknown:
-            dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN)
-            log.warning("delivery %s: outcome unknown after a worker stopped mid-send", delivery_id)
-            return "failed"
-        except DeliveryError as exc:
-            log.info(
-                "delivery %s: cannot check the provider yet (%s); will look again", delivery_id, exc.reason
-            )
-            return "sending"
-        if receipt is not None:
-            dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
-            return receipt.status
-        dl.requeue(session, claim, "an interrupted attempt never reached the provider; sending again", 0)
-        runtime.dispatcher.deliver([delivery_id])
-        return "queued"
+        return _settle_by_lookup(
+            session,
+            runtime,
+            claim,
+            message,
+            resend_reason="an interrupted attempt never reached the provider",
+        )
+
+
+def _settle_by_lookup(
+    session: Session, runtime: Runtime, claim: dl.Claim, message: OutgoingMessage, resend_reason: str
+) -> str:
+    """An attempt may have reached the provider: ask it, and resend only if it says no.
+
+    Where the provider cannot be asked, the delivery fails as "outcome unknown" for a person
+    to decide; where asking fails for now, the claim is left to go stale and be checked again.
+    """
+    try:
+        receipt = runtime.channels[message.channel].lookup(message)
+    except OutcomeUnknown:
+        dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN)
+        log.warning("delivery %s: outcome unknown", claim.delivery_id)
+        return "failed"
+    except DeliveryError as exc:
+        log.info(
+            "delivery %s: cannot ask the provider yet (%s); will look again", claim.delivery_id, exc.reason
+        )
+        return "sending"
+    if receipt is not None:
+        dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
+        log.info(
+            "delivery %s: the provider has it (%s); not resending", claim.delivery_id, receipt.provider_id
+        )
+        return receipt.status
+    settings = runtime.settings
+    if claim.round_attempt >= settings.max_attempts:
+        dl.mark_failed(session, claim, f"gave up after {claim.round_attempt} attempts: {resend_reason}")
+        return "failed"
+    delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max)
+    dl.requeue(session, claim, f"{resend_reason}; the provider does not have it, sending again", delay)
+    runtime.dispatcher.deliver([claim.delivery_id], delay=delay)
+    return "queued"
