@@ -97,7 +97,7 @@ def plan_deliveries(
         if not rule_matches(rule, event):
             continue
         for member in _targets(rule, event, members):
-            if not member.active:
+            if not member.active or member.id == event.author_member_id:
                 continue
             for channel in rule.channels:
                 planned.setdefault((member.id, channel), []).append(rule.name)

@@ -287,7 +287,9 @@ def test_serious_concerns_never_reach_the_child(severity):
 
 
 def test_urgent_speech_concern_records_both_rules_on_the_shared_delivery():
-    planned = _by_key(_plan(_event("concern.raised", {"summary": "x", "severity": "urgent", "area": "speech"})))
+    planned = _by_key(
+        _plan(_event("concern.raised", {"summary": "x", "severity": "urgent", "area": "speech"}))
+    )
     assert planned[("mem_slp", "email")].rules == (
         "serious-concerns-to-whole-team",
         "speech-and-swallowing-to-speech-therapy",
@@ -297,7 +299,9 @@ def test_urgent_speech_concern_records_both_rules_on_the_shared_delivery():
 
 
 def test_urgent_seizure_records_team_and_seizure_rules():
-    planned = _by_key(_plan(_event("concern.raised", {"summary": "x", "severity": "urgent", "area": "seizure"})))
+    planned = _by_key(
+        _plan(_event("concern.raised", {"summary": "x", "severity": "urgent", "area": "seizure"}))
+    )
     both = ("serious-concerns-to-whole-team", "seizures-to-neurology")
     for key in _expect([*FAMILY, "mem_neuro"], ["sms", "email"]):
         assert planned[key].rules == both
@@ -307,7 +311,12 @@ def test_urgent_seizure_records_team_and_seizure_rules():
 def test_one_delivery_per_member_and_channel_with_all_matching_rule_names():
     rules = _rules(
         {"name": "a", "when": {"type": "goal.updated"}, "notify": ["parent"], "channels": ["email", "sms"]},
-        {"name": "b", "when": {"type": "goal.updated", "status": "met"}, "notify": ["mem_p1"], "channels": ["email"]},
+        {
+            "name": "b",
+            "when": {"type": "goal.updated", "status": "met"},
+            "notify": ["mem_p1"],
+            "channels": ["email"],
+        },
         {"name": "c", "when": {"type": "goal.updated"}, "notify": ["everyone"], "channels": ["email"]},
         {"name": "d", "when": {"type": "note.added"}, "notify": ["parent"], "channels": ["email"]},
     )
@@ -324,7 +333,12 @@ def test_one_delivery_per_member_and_channel_with_all_matching_rule_names():
 
 def test_a_member_named_twice_in_one_rule_gets_the_rule_once():
     rules = _rules(
-        {"name": "r", "when": {"type": "goal.updated"}, "notify": ["parent", "mem_p1", "team"], "channels": ["email"]}
+        {
+            "name": "r",
+            "when": {"type": "goal.updated"},
+            "notify": ["parent", "mem_p1", "team"],
+            "channels": ["email"],
+        }
     )
     planned = _by_key(_plan(_event("goal.updated", {"goal": "g", "status": "new"}), rules=rules))
     assert planned[("mem_p1", "email")].rules == ("r",)
@@ -347,7 +361,9 @@ def test_an_attending_author_gets_no_invite_for_their_own_checkin():
 
 
 def test_the_author_named_by_id_is_still_not_notified():
-    rules = _rules({"name": "r", "when": {"type": "goal.updated"}, "notify": ["mem_school"], "channels": ["email"]})
+    rules = _rules(
+        {"name": "r", "when": {"type": "goal.updated"}, "notify": ["mem_school"], "channels": ["email"]}
+    )
     event = _event("goal.updated", {"goal": "g", "status": "new"}, author="mem_school")
     assert _plan(event, rules=rules) == []
 
@@ -427,7 +443,12 @@ def test_every_role_is_a_target(role):
 
 def test_attendees_target_only_reaches_attendees_and_previous_attendees():
     rules = _rules(
-        {"name": "r", "when": {"type": "checkin.updated"}, "notify": ["attendees"], "channels": ["calendar", "sms"]}
+        {
+            "name": "r",
+            "when": {"type": "checkin.updated"},
+            "notify": ["attendees"],
+            "channels": ["calendar", "sms"],
+        }
     )
     event = _event("checkin.updated", {**CHECKIN, "attendees": ["mem_ot"]}, previous=["mem_school"])
     assert _pairs(_plan(event, rules=rules)) == _expect(["mem_ot", "mem_school"], ["calendar", "sms"])
@@ -492,10 +513,12 @@ def test_matching_on_free_text_and_numbers():
             "channels": ["email"],
         },
     )
-    assert _pairs(_plan(_event("medication.changed", {"medication": "Keppra", "change": "started"}), rules=rules)) == {
-        ("mem_neuro", "email")
-    }
-    assert _plan(_event("medication.changed", {"medication": "Other", "change": "started"}), rules=rules) == []
+    assert _pairs(
+        _plan(_event("medication.changed", {"medication": "Keppra", "change": "started"}), rules=rules)
+    ) == {("mem_neuro", "email")}
+    assert (
+        _plan(_event("medication.changed", {"medication": "Other", "change": "started"}), rules=rules) == []
+    )
     logged = {"discipline": "physical_therapy", "activity": "a"}
     assert len(_plan(_event("therapy.logged", {**logged, "minutes": 90}), rules=rules)) == 2
     assert _plan(_event("therapy.logged", {**logged, "minutes": 30}), rules=rules) == []
@@ -503,7 +526,9 @@ def test_matching_on_free_text_and_numbers():
 
 
 def test_no_rules_no_deliveries():
-    assert _plan(_event("medication.changed", {"medication": "m", "change": "started"}), rules=Rules(())) == []
+    assert (
+        _plan(_event("medication.changed", {"medication": "m", "change": "started"}), rules=Rules(())) == []
+    )
 
 
 # --- Order -----------------------------------------------------------------------------------
@@ -511,8 +536,18 @@ def test_no_rules_no_deliveries():
 
 def test_order_is_member_order_then_channel_order_of_first_mention():
     rules = _rules(
-        {"name": "school-first", "when": {"type": "goal.updated"}, "notify": ["school"], "channels": ["email"]},
-        {"name": "parents", "when": {"type": "goal.updated"}, "notify": ["parent"], "channels": ["sms", "email"]},
+        {
+            "name": "school-first",
+            "when": {"type": "goal.updated"},
+            "notify": ["school"],
+            "channels": ["email"],
+        },
+        {
+            "name": "parents",
+            "when": {"type": "goal.updated"},
+            "notify": ["parent"],
+            "channels": ["sms", "email"],
+        },
         {"name": "more", "when": {"type": "goal.updated"}, "notify": ["school"], "channels": ["sms"]},
     )
     planned = _plan(_event("goal.updated", {"goal": "g", "status": "new"}), rules=rules)
@@ -541,7 +576,9 @@ def test_order_follows_the_members_given_and_is_repeatable():
 
 def test_now_does_not_change_the_plan():
     event = _event("medication.changed", {"medication": "m", "change": "started"})
-    plans = [plan_deliveries(event, TEAM, DEFAULT_RULES, when) for when in (None, NOW, NOW + timedelta(hours=13))]
+    plans = [
+        plan_deliveries(event, TEAM, DEFAULT_RULES, when) for when in (None, NOW, NOW + timedelta(hours=13))
+    ]
     assert plans[0] == plans[1] == plans[2]
     assert plans[0]
 

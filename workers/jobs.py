@@ -55,7 +55,9 @@ def route_event(event_id: str) -> int:
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
             return 0
-        members = session.scalars(select(Member).where(Member.notebook_id == event.notebook_id)).all()
+        members = session.scalars(
+            select(Member).where(Member.notebook_id == event.notebook_id).order_by(Member.created_at, Member.id)
+        ).all()
         now = utcnow()
         planned = plan_deliveries(
             EventView(
