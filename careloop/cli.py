@@ -89,16 +89,29 @@ def worker(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="One sweep, then exit.")
-def relay(once: bool) -> None:
+@click.option(
+    "--parent-pid", type=int, hidden=True, help="Exit when this process is gone (set by the worker)."
+)
+def relay(once: bool, parent_pid: int | None) -> None:
     """Hand pending events and due deliveries to the queue; check stale sends."""
-    from workers.relay import RelayThread, relay_once
+    import os
+    import signal
+    import threading
+
+    from workers.relay import relay_once, run_relay
 
     runtime = _runtime()
     if once:
         click.echo(json.dumps(relay_once(runtime)))
         return
-    thread = RelayThread(runtime)
-    thread.run()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+
+    def should_stop() -> bool:
+        return stopped.is_set() or (parent_pid is not None and os.getppid() != parent_pid)
+
+    run_relay(runtime, should_stop, stopped.wait)
 
 
 @main.group()

@@ -1,7 +1,8 @@
-"""Engine and sessions, one engine per (database URL, process).
+"""Engine and sessions, one engine per database URL.
 
-RQ forks a work horse per job; a connection pool must never cross a fork, so the engine
-cache is keyed by pid as well as URL.
+RQ forks a work horse per job and a pooled connection must never be used on both sides of
+a fork: the child drops the parent's pool without closing it (``dispose(close=False)``, as
+SQLAlchemy documents for os.fork), keeping the engine's already-initialised dialect.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 """Where alembic's env.py and the versions live."""
 
 _lock = threading.Lock()
-_engines: dict[tuple[str, int], Engine] = {}
+_engines: dict[str, Engine] = {}
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would stay locked forever in the child.
+    global _lock
+    _lock = threading.Lock()
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -31,9 +43,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def get_engine(url: str) -> Engine:
-    key = (url, os.getpid())
     with _lock:
-        engine = _engines.get(key)
+        engine = _engines.get(url)
         if engine is None:
             if url.startswith("sqlite"):
                 engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
@@ -47,7 +58,7 @@ def get_engine(url: str) -> Engine:
                     pool_timeout=10,
                     connect_args={"connect_timeout": 5},
                 )
-            _engines[key] = engine
+            _engines[url] = engine
         return engine
 
 

@@ -6,9 +6,20 @@ the rules checker which data fields a rule may match on.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 ROLES = (
     "parent",
@@ -43,6 +54,26 @@ Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 Text2000 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 MemberId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
+"""Dates a care notebook can sensibly hold; anything else is a typo or garbage."""
+
+
+def _iso_text_only(value):
+    # JSON numbers would otherwise be read as Unix timestamps (0 → 1970).
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string with a UTC offset")
+    return value
+
+
+def _sensible_year(value: datetime) -> datetime:
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"must be between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_sensible_year)]
+"""An ISO 8601 date-time with a UTC offset (naive ones are refused), in a sensible range."""
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +99,7 @@ class ConcernRaised(_Data):
 class TherapyLogged(_Data):
     discipline: Literal["physical_therapy", "occupational_therapy", "speech_therapy"]
     activity: Text200
-    minutes: Annotated[int, Field(ge=0, le=24 * 60)] | None = None
+    minutes: Annotated[StrictInt, Field(ge=0, le=24 * 60)] | None = None
     note: Text2000 | None = None
 
 
@@ -81,8 +112,8 @@ class GoalUpdated(_Data):
 class CheckinDetails(_Data):
     checkin_id: Text200
     title: Text200
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Timestamp
+    end: Timestamp
     location: Text200 | None = None
     attendees: Annotated[list[MemberId], Field(min_length=1, max_length=100)]
 

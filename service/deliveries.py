@@ -81,7 +81,9 @@ def retry_delivery(delivery_id: str):
         abort(409, f"this delivery was skipped ({delivery.error}); fix the member and record the event again")
     if delivery.status not in RETRYABLE_STATUSES:
         return serialize.delivery(delivery), 200
-    if retry_failed(g.db, delivery.id):
-        hand_over_deliveries(g.db, current_app.extensions["careloop"].runtime.dispatcher, [delivery.id])
+    requeued = retry_failed(g.db, delivery.id)
     g.db.refresh(delivery)
-    return serialize.delivery(delivery), 202
+    body = serialize.delivery(delivery)  # as the retry left it, before a worker can claim it
+    if requeued:
+        hand_over_deliveries(g.db, current_app.extensions["careloop"].runtime.dispatcher, [delivery.id])
+    return body, 202

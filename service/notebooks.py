@@ -36,7 +36,10 @@ def get_notebook(notebook_id: str):
 @bp.post("/notebooks/<notebook_id>/keys")
 @bp.auth_required(auth)
 @bp.input(KeyIn, arg_name="body")
-@bp.doc(summary="Mint a key for this notebook only (admin key); the key is shown once")
+@bp.doc(
+    summary="Mint a key for this notebook only (admin key); the key is shown once",
+    responses={201: "Created: `key` is shown this once", 403: "Not the admin key"},
+)
 def create_key(notebook_id: str, body: KeyIn):
     require_admin()
     notebook = notebook_or_404(notebook_id)

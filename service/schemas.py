@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -28,6 +26,7 @@ from careloop.events import (
     Role,
     Text200,
     TherapyLogged,
+    Timestamp,
 )
 
 
@@ -38,17 +37,6 @@ def _check_zone(value: str) -> str:
         raise ValueError(f"{value!r} is not an IANA time zone such as 'America/Chicago'") from exc
     return value
 
-
-def _utc_representable(value: datetime) -> datetime:
-    try:
-        value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("is out of range once converted to UTC") from exc
-    return value
-
-
-UtcDateTime = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
-"""An aware datetime the database can store (it keeps UTC): year 1 with a +05:00 offset is not."""
 
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_zone)]
 E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
@@ -87,7 +75,7 @@ class MemberPatch(_In):
 
 
 class _EventBase(_In):
-    occurred_at: UtcDateTime | None = None
+    occurred_at: Timestamp | None = None
     author_member_id: IdRef | None = None
 
 
@@ -164,7 +152,7 @@ class EventsQuery(_In):
         ]
         | None
     ) = None
-    since: UtcDateTime | None = None
+    since: Timestamp | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = None
 

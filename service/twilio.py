@@ -28,6 +28,11 @@ def _public_url() -> str:
     description="Form-encoded, as Twilio sends it; needs a valid X-Twilio-Signature. "
     "The delivery is named by the `delivery` query parameter careloop put in the callback URL.",
     security=[],
+    responses={
+        204: "Applied, or ignored as out of order",
+        403: "Bad signature",
+        404: "Twilio not configured",
+    },
 )
 def status_callback():
     settings = current_app.extensions["careloop"].settings

@@ -21,12 +21,23 @@ REDIS_URL = os.environ.get("CARELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/13
 """Tests own Redis DB 13: flushed before and after each test."""
 
 PG_ADMIN_URL = os.environ.get("CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-PG_DATABASE = "careloop_test"
-"""Tests own this PostgreSQL database: created for the session, dropped after it."""
+PG_DATABASE = f"careloop_test_{os.getpid()}"
+"""Tests own this PostgreSQL database: created for the session, dropped after it (named by
+pid, so two test runs on one machine never share or drop each other's data)."""
 
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
 DB_TABLES = ("deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -68,6 +79,11 @@ def pg_url() -> Iterator[str]:
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
+            for (name,) in conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'careloop_test_%'")
+            ):
+                if not _pid_alive(int(name.rsplit("_", 1)[1])):  # left behind by a killed run
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{PG_DATABASE}"'))
     except Exception as exc:
@@ -183,13 +199,17 @@ class Api:
         return response.get_json()
 
     def notebook(self, child_name="Maya Rivera", timezone="America/Chicago"):
-        return self.post("/v1/notebooks", {"name": "Care notebook", "child_name": child_name, "timezone": timezone})
+        return self.post(
+            "/v1/notebooks", {"name": "Care notebook", "child_name": child_name, "timezone": timezone}
+        )
 
     def member(self, notebook_id, name, role, **contact):
         return self.post(f"/v1/notebooks/{notebook_id}/members", {"name": name, "role": role, **contact})
 
     def event(self, notebook_id, type_, data, status=202, headers=None, **extra):
-        return self.post(f"/v1/notebooks/{notebook_id}/events", {"type": type_, "data": data, **extra}, status, headers)
+        return self.post(
+            f"/v1/notebooks/{notebook_id}/events", {"type": type_, "data": data, **extra}, status, headers
+        )
 
 
 @pytest.fixture
@@ -205,7 +225,9 @@ def team(api):
         "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone="+15555550101"),
         "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org", phone="+15555550102"),
         "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
-        "pt": api.member(nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"),
+        "pt": api.member(
+            nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"
+        ),
         "slp": api.member(nb["id"], "Jordan Lee", "speech_therapy", email="jordan@example.org"),
         "school": api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org"),
     }

@@ -57,7 +57,9 @@ def build_team(api):
         "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone="+15555550101"),
         "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org", phone="+15555550102"),
         "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
-        "pt": api.member(nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"),
+        "pt": api.member(
+            nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"
+        ),
         "slp": api.member(nb["id"], "Jordan Lee", "speech_therapy", email="jordan@example.org"),
         "school": api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org"),
     }
@@ -100,7 +102,9 @@ def test_redis_down_while_200_events_posted_then_everything_routed_once(
     pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy
 ):
     gate = TcpGate("127.0.0.1", 6379)  # closed: Redis is "down" on this URL
-    settings = peer_settings(pg_only_url, tmp_path, smtp, twilio_proxy, redis_url=f"redis://127.0.0.1:{gate.port}/13")
+    settings = peer_settings(
+        pg_only_url, tmp_path, smtp, twilio_proxy, redis_url=f"redis://127.0.0.1:{gate.port}/13"
+    )
     app, api = build_app(settings)
     runtime = app.extensions["careloop"].runtime
     try:
@@ -118,7 +122,12 @@ def test_redis_down_while_200_events_posted_then_everything_routed_once(
         assert health["status"] == "degraded" and health["queue"].startswith("unreachable")
         with session_scope(pg_only_url) as session:
             assert session.scalar(select(func.count()).select_from(Event)) == 200
-            assert session.scalar(select(func.count()).select_from(OutboxEntry).where(OutboxEntry.done_at.is_(None))) == 200
+            assert (
+                session.scalar(
+                    select(func.count()).select_from(OutboxEntry).where(OutboxEntry.done_at.is_(None))
+                )
+                == 200
+            )
             assert session.scalar(select(func.count()).select_from(Delivery)) == 0
 
         gate.open()  # Redis is back
@@ -170,8 +179,12 @@ def test_smtp_451_twice_then_delivered_on_the_third_attempt(fault_app, pg_only_u
     nb, m = build_team(api)
     smtp.script("451 4.3.0 Try again later", "451 4.3.0 Try again later")
     # therapy.logged → the parents by email; the author (mom) is not told: one delivery.
-    api.event(nb["id"], "therapy.logged", {"discipline": "physical_therapy", "activity": "stairs"},
-              author_member_id=m["mom"]["id"])
+    api.event(
+        nb["id"],
+        "therapy.logged",
+        {"discipline": "physical_therapy", "activity": "stairs"},
+        author_member_id=m["mom"]["id"],
+    )
     run_rq_until_settled(runtime)
     d = _only(pg_only_url, channel="email")
     assert (d.status, d.attempts, d.member_id) == ("sent", 3, m["dad"]["id"])
@@ -187,8 +200,12 @@ def test_smtp_550_fails_at_once_is_a_dead_letter_and_api_retry_sends_once(
     runtime = app.extensions["careloop"].runtime
     nb, m = build_team(api)
     smtp.fail_always("550 5.1.1 Mailbox unavailable")
-    api.event(nb["id"], "therapy.logged", {"discipline": "speech_therapy", "activity": "straw drinking"},
-              author_member_id=m["mom"]["id"])
+    api.event(
+        nb["id"],
+        "therapy.logged",
+        {"discipline": "speech_therapy", "activity": "straw drinking"},
+        author_member_id=m["mom"]["id"],
+    )
     run_rq_until_settled(runtime)
     d = _only(pg_only_url, channel="email")
     assert (d.status, d.attempts) == ("failed", 1)
@@ -221,8 +238,12 @@ def test_smtp_550_fails_at_once_is_a_dead_letter_and_api_retry_sends_once(
 
 def _sms_only_event(api, nb, m):
     # A seizure concern → neurology + parents by sms+email; neurology has no phone, mom authors.
-    api.event(nb["id"], "concern.raised", {"summary": "Long staring spell", "severity": "medium", "area": "seizure"},
-              author_member_id=m["mom"]["id"])
+    api.event(
+        nb["id"],
+        "concern.raised",
+        {"summary": "Long staring spell", "severity": "medium", "area": "seizure"},
+        author_member_id=m["mom"]["id"],
+    )
 
 
 def test_twilio_500_and_429_then_201_sends_one_message(fault_app, pg_only_url, smtp, twilio_proxy):
@@ -262,7 +283,9 @@ def test_twilio_21610_fails_at_once_and_is_not_retried(fault_app, pg_only_url, s
 
 
 def worker_env(settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_"))
+    }
     env.update(
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
@@ -312,6 +335,36 @@ def stop_worker(proc: subprocess.Popen, sig=signal.SIGTERM, timeout=30) -> None:
         proc.wait(timeout=10)
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (RQ's work horse runs in a process group of its own)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def crash(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL a worker with its work horse and scheduler at once, as a machine crash would."""
+    pids = process_tree(proc.pid)
+    for pid in reversed(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+    return pids
+
+
 def _statuses(url) -> collections.Counter:
     return collections.Counter(d.status for d in all_deliveries(url))
 
@@ -320,7 +373,13 @@ def test_worker_killed_mid_send_leaves_nothing_stuck_and_nothing_twice(
     pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy
 ):
     settings = peer_settings(
-        pg_only_url, tmp_path, smtp, twilio_proxy, provider_timeout=2.0, claim_timeout=16.0, relay_interval=0.5
+        pg_only_url,
+        tmp_path,
+        smtp,
+        twilio_proxy,
+        provider_timeout=2.0,
+        claim_timeout=16.0,
+        relay_interval=0.5,
     )
     app, api = build_app(settings)
     env = worker_env(settings)
@@ -332,12 +391,16 @@ def test_worker_killed_mid_send_leaves_nothing_stuck_and_nothing_twice(
     try:
         nb, m = build_team(api)
         for i in range(8):
-            api.event(nb["id"], "medication.changed", {"medication": f"med-{i}", "change": "stopped"},
-                      author_member_id=m["mom"]["id"])
+            api.event(
+                nb["id"],
+                "medication.changed",
+                {"medication": f"med-{i}", "change": "stopped"},
+                author_member_id=m["mom"]["id"],
+            )
         first = start_worker(env, log)
         smtp.wait_for(3, timeout=60)  # the third email is at the server, its 250 still pending
-        os.killpg(first.pid, signal.SIGKILL)  # worker, work horse and scheduler, as a crash would
-        first.wait(timeout=10)
+        killed = crash(first)
+        assert len(killed) >= 2, "the work horse was not found"
         killed_at = time.monotonic()
         in_flight = _statuses(pg_only_url)
         assert in_flight["sending"] >= 1, f"the kill did not land mid-send: {in_flight}"
@@ -355,7 +418,11 @@ def test_worker_killed_mid_send_leaves_nothing_stuck_and_nothing_twice(
         assert time.monotonic() - killed_at < 120
         rows = assert_exactly_once(pg_only_url, smtp, twilio_proxy)
         unknown = [d for d in rows if d.status == "failed"]
-        assert unknown, "the email in flight at the kill should be failed as outcome unknown"
+        assert unknown, (
+            "the email in flight at the kill should be failed as outcome unknown",
+            in_flight,
+            [(d.channel, d.status, d.attempts, d.error) for d in rows],
+        )
         for d in unknown:
             assert d.error.startswith("outcome unknown"), d.error
         assert all(d.status in ("sent", "skipped", "failed") for d in rows)
@@ -374,7 +441,9 @@ def test_worker_killed_mid_send_leaves_nothing_stuck_and_nothing_twice(
 # 5 ─ one Idempotency-Key, 50 concurrent posts ───────────────────────────────────────────────
 
 
-def test_same_event_posted_50_times_concurrently_is_one_event(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
+def test_same_event_posted_50_times_concurrently_is_one_event(
+    db_url, tmp_path, redis_conn, smtp, twilio_proxy
+):
     from werkzeug.serving import make_server
 
     settings = peer_settings(db_url, tmp_path, smtp, twilio_proxy)
@@ -384,12 +453,24 @@ def test_same_event_posted_50_times_concurrently_is_one_event(db_url, tmp_path, 
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v1/notebooks/{nb['id']}/events"
-    body = json.dumps({"type": "concern.raised", "data": {"summary": "Fell twice today", "severity": "high",
-                                                            "area": "movement"}}).encode()
+    body = json.dumps(
+        {
+            "type": "concern.raised",
+            "data": {"summary": "Fell twice today", "severity": "high", "area": "movement"},
+        }
+    ).encode()
 
     def post(_):
-        request = urllib.request.Request(url, data=body, method="POST", headers={
-            "Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json", "Idempotency-Key": "fall-1"})
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {ADMIN_KEY}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": "fall-1",
+            },
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())["id"]
 
@@ -416,7 +497,9 @@ def test_same_event_posted_50_times_concurrently_is_one_event(db_url, tmp_path, 
 # 6 ─ two workers racing ─────────────────────────────────────────────────────────────────────
 
 
-def test_two_workers_racing_on_500_deliveries_send_each_once(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
+def test_two_workers_racing_on_500_deliveries_send_each_once(
+    pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy
+):
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
@@ -430,12 +513,17 @@ def test_two_workers_racing_on_500_deliveries_send_each_once(pg_only_url, tmp_pa
         nb, m = build_team(api)
         # An urgent concern by mom → 10 deliveries (7 to send, 3 skipped sms); 72 events → 504 sends.
         for i in range(72):
-            api.event(nb["id"], "concern.raised", {"summary": f"concern {i}", "severity": "urgent"},
-                      author_member_id=m["mom"]["id"])
+            api.event(
+                nb["id"],
+                "concern.raised",
+                {"summary": f"concern {i}", "severity": "urgent"},
+                author_member_id=m["mom"]["id"],
+            )
         # Route in-process only (route queue), so every delivery job waits in the deliver queue...
         route_queue = runtime.dispatcher.route_queue
         SimpleWorker([route_queue], connection=runtime.dispatcher.connection, serializer=JSONSerializer).work(
-            burst=True, logging_level="WARNING")
+            burst=True, logging_level="WARNING"
+        )
         to_send = [d.id for d in all_deliveries(pg_only_url) if d.status == "queued"]
         assert len(to_send) == 504
         # ...then enqueue every delivery a second time, as a redelivery would: two jobs per delivery.

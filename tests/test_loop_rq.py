@@ -70,13 +70,18 @@ def test_medication_change_reaches_neurology_and_parents_but_not_the_author(
     assert "Maya" in body and accepted["id"] in body
     assert "levetiracetam" not in body and "250" not in body
     sms = got[(m["dad"]["id"], "sms")]
-    assert twilio_proxy.sent[0]["StatusCallback"] == f"https://careloop.test/v1/twilio/status?delivery={sms['id']}"
+    assert (
+        twilio_proxy.sent[0]["StatusCallback"]
+        == f"https://careloop.test/v1/twilio/status?delivery={sms['id']}"
+    )
 
 
 def test_urgent_concern_sms_has_no_concern_text(rq_api, runtime, team, twilio_proxy):
     nb, m = team
     accepted = rq_api.event(
-        nb["id"], "concern.raised", {"summary": "Choking on thin liquids", "severity": "urgent", "area": "swallowing"}
+        nb["id"],
+        "concern.raised",
+        {"summary": "Choking on thin liquids", "severity": "urgent", "area": "swallowing"},
     )
     run_rq_until_settled(runtime)
     phones = sorted(s["To"] for s in twilio_proxy.sent)
@@ -85,9 +90,14 @@ def test_urgent_concern_sms_has_no_concern_text(rq_api, runtime, team, twilio_pr
         assert "Choking" not in sent["Body"] and "liquids" not in sent["Body"]
         assert "URGENT" in sent["Body"]
     event = rq_api.get(f"/v1/events/{accepted['id']}")
-    slp_email = [d for d in event["deliveries"] if d["member_id"] == m["slp"]["id"] and d["channel"] == "email"]
+    slp_email = [
+        d for d in event["deliveries"] if d["member_id"] == m["slp"]["id"] and d["channel"] == "email"
+    ]
     assert len(slp_email) == 1  # matched two rules (whole team + speech/swallowing), one delivery
-    assert set(slp_email[0]["rules"]) == {"serious-concerns-to-whole-team", "speech-and-swallowing-to-speech-therapy"}
+    assert set(slp_email[0]["rules"]) == {
+        "serious-concerns-to-whole-team",
+        "speech-and-swallowing-to-speech-therapy",
+    }
 
 
 def test_checkin_invite_update_and_cancel_are_real_itip(rq_api, runtime, team, smtp):
@@ -118,7 +128,9 @@ def test_checkin_invite_update_and_cancel_are_real_itip(rq_api, runtime, team, s
     # Update: the school drops out, PT joins. Same UID, SEQUENCE 1; the school gets a CANCEL.
     smtp.clear()
     rq_api.event(
-        nb["id"], "checkin.updated", checkin_data([m["mom"]["id"], m["slp"]["id"], m["pt"]["id"]], title="IEP (moved)")
+        nb["id"],
+        "checkin.updated",
+        checkin_data([m["mom"]["id"], m["slp"]["id"], m["pt"]["id"]], title="IEP (moved)"),
     )
     run_rq_until_settled(runtime)
     second = _by_recipient(smtp.messages)

@@ -56,7 +56,9 @@ def route_event(event_id: str) -> int:
             log.warning("route_event: event %s does not exist", event_id)
             return 0
         members = session.scalars(
-            select(Member).where(Member.notebook_id == event.notebook_id).order_by(Member.created_at, Member.id)
+            select(Member)
+            .where(Member.notebook_id == event.notebook_id)
+            .order_by(Member.created_at, Member.id)
         ).all()
         now = utcnow()
         planned = plan_deliveries(
@@ -176,6 +178,12 @@ def deliver(delivery_id: str) -> str:
             message = build_message(session, runtime, delivery, claim.attempt)
         except RenderError as exc:
             dl.mark_failed(session, claim, str(exc))
+            return "failed"
+        except Exception as exc:  # a bug or bad stored data; no provider was called
+            log.exception("delivery %s: could not build the message", delivery_id)
+            dl.mark_failed(
+                session, claim, f"could not build the message ({type(exc).__name__}); nothing was sent"
+            )
             return "failed"
         missing = _missing_contact(message)
         if missing:

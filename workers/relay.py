@@ -7,7 +7,9 @@ and in the embedded mode's idle time. Everything it does is safe to do twice.
 from __future__ import annotations
 
 import logging
-import threading
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
@@ -69,22 +71,35 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
     return counts
 
 
-class RelayThread(threading.Thread):
-    """Runs ``relay_once`` every ``relay_interval`` seconds until stopped; survives errors
-    (Redis or the database being down is exactly when it must keep trying)."""
+def run_relay(runtime: Runtime, should_stop: Callable[[], bool], wait: Callable[[float], object]) -> None:
+    """Sweep every ``relay_interval`` seconds until ``should_stop()``; survive errors (Redis or
+    the database being down is exactly when the relay must keep trying)."""
+    while not should_stop():
+        try:
+            relay_once(runtime)
+        except Exception as exc:
+            log.warning("relay sweep failed: %s", exc)
+        wait(runtime.settings.relay_interval)
 
-    def __init__(self, runtime: Runtime):
-        super().__init__(name="careloop-relay", daemon=True)
-        self.runtime = runtime
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                relay_once(self.runtime)
-            except Exception as exc:
-                log.warning("relay sweep failed: %s", exc)
-            self.stopped.wait(self.runtime.settings.relay_interval)
+def start_relay_process(parent_pid: int) -> subprocess.Popen:
+    """``careloop relay`` as a child process of a worker.
 
-    def stop(self) -> None:
-        self.stopped.set()
+    A process, not a thread: RQ forks a work horse per job, and a thread holding a lock at
+    that moment (a connection pool's, say) would leave the lock held forever in the horse.
+    The child exits by itself when its parent is gone, even after a SIGKILL.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "careloop.cli", "relay", "--parent-pid", str(parent_pid)],
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def stop_relay_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
