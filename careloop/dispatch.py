@@ -182,7 +182,11 @@ class InProcessDispatcher:
                 self._cond.wait(timeout=min(remaining, 0.1))
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; wait for the one in hand (if any) to finish."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
