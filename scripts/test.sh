@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# careloop's test command (the README's second set-up command; .ci/run calls it too).
+# Installs what the tests need into .venv, starts Redis and PostgreSQL where they are not
+# running, installs the Twilio mock (Prism), then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+PRISM_VERSION=5.14.2
+
+log() { printf '== %s\n' "$*"; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+log "installing careloop and its test dependencies"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+if [ ! -x .peers/prism/node_modules/.bin/prism ]; then
+  log "installing Prism $PRISM_VERSION (Twilio's API shape for the tests)"
+  npm install --silent --no-audit --no-fund --prefix .peers/prism "@stoplight/prism-cli@$PRISM_VERSION" >/dev/null
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+  echo "$2 did not come up on 127.0.0.1:$1" >&2
+  return 1
+}
+
+if ! port_open 6379; then
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_for_port 6379 Redis
+fi
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start
+  for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+  pg_isready -h 127.0.0.1 -p 5432
+fi
+
+log "running the tests"
+exec .venv/bin/python -m pytest "$@"
