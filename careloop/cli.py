@@ -64,14 +64,14 @@ def worker(ctx: click.Context) -> None:
 
     from careloop.dispatch import queue_names
 
+    args = list(ctx.args)
+    if "--help" in args or "-h" in args:  # help needs no configuration
+        rq_main.main(args=["worker", "--help"], prog_name="careloop")
+        return
     settings = get_settings()
     if not settings.redis_url:
         _fail("careloop worker needs REDIS_URL; without it the web process runs jobs itself (embedded mode)")
     _runtime()
-    args = list(ctx.args)
-    if "--help" in args or "-h" in args:
-        rq_main.main(args=["worker", "--help"], prog_name="careloop worker")
-        return
     rq_args = [
         "worker",
         "--url",
@@ -84,7 +84,7 @@ def worker(ctx: click.Context) -> None:
         *args,
         *queue_names(settings.queue_prefix),
     ]
-    rq_main.main(args=rq_args, prog_name="careloop worker")
+    rq_main.main(args=rq_args, prog_name="careloop")
 
 
 @main.command()
@@ -201,9 +201,10 @@ def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
         ids = list(delivery_ids)
         if all_failed:
             ids += session.scalars(select(Delivery.id).where(Delivery.status.in_(RETRYABLE_STATUSES))).all()
-        requeued = []
+        requeued, unknown = [], []
         for delivery_id in dict.fromkeys(ids):
             if session.get(Delivery, delivery_id) is None:
+                unknown.append(delivery_id)
                 click.secho(f"{delivery_id}: no such delivery", fg="yellow", err=True)
             elif retry_failed(session, delivery_id):
                 requeued.append(delivery_id)
@@ -215,6 +216,8 @@ def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
             drain = getattr(runtime.dispatcher, "drain", None)
             if drain:
                 drain(timeout=60)
+    if unknown:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -191,13 +191,14 @@ def apply_provider_status(
     """Apply a provider's status report (Twilio callback). Never moves a status backwards.
 
     A careloop-side "outcome unknown" failure is overruled by the provider, who knows.
+    Only SMS deliveries take Twilio's reports (an email's id in a callback URL is ignored).
     Returns True when the delivery changed.
     """
     status = TWILIO_STATUS_MAP.get(provider_status)
     if status is None:
         return False
     delivery = session.get(Delivery, delivery_id, with_for_update=True)
-    if delivery is None or delivery.status == "skipped":
+    if delivery is None or delivery.channel != "sms" or delivery.status == "skipped":
         session.rollback()
         return False
     if delivery.provider_id and delivery.provider_id != provider_id:
@@ -219,7 +220,7 @@ def apply_provider_status(
         delivery.error = f"Twilio reported {provider_status}" + (
             f" (error {error_code})" if error_code else ""
         )
-    elif unknown:
+    else:  # sent: whatever went wrong before (an earlier attempt, "outcome unknown") is over
         delivery.error = None
     if delivery.sent_at is None:
         delivery.sent_at = now

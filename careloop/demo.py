@@ -26,25 +26,29 @@ TEAM = [
 
 def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = print) -> dict:
     """Run the demo; returns the events and their deliveries as the API shows them."""
+    from careloop.db import get_engine, upgrade
+    from careloop.runtime import set_runtime
     from service import create_app
 
+    set_runtime(None)  # a previous run's in-process queue must not write into the new database
     if database_url.startswith("sqlite:///"):
+        # Pooled connections of an earlier run in this process would keep writing into the
+        # unlinked file; close them before starting afresh.
+        get_engine(database_url).dispose()
         path = Path(database_url[len("sqlite:///") :])
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
     admin = secrets.token_urlsafe(16)
-    settings = Settings(
+    # Only what is set here: no Redis, no Twilio, no SMTP, whatever the environment says.
+    settings = Settings.from_values(
         database_url=database_url,
-        redis_url=None,
         admin_key=admin,
         outbox_dir=outbox_dir,
-        twilio_account_sid=None,
-        twilio_auth_token=None,
-        twilio_from=None,
-        smtp_host=None,
         mail_from="careloop <careloop@localhost>",
         public_url="http://127.0.0.1:8000",
     )
+    # The demo applies its migrations on any database (the app does so only for SQLite).
+    upgrade(settings.database_url)
     app = create_app(settings=settings)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {admin}"}

@@ -87,8 +87,10 @@ def plan_deliveries(
 
     Returns:
         Planned deliveries in a stable order (member order, then channel order of first
-        mention). The author of the event is never notified of their own event. A member
-        the channel cannot reach gets a delivery with ``skip_reason`` set.
+        mention). The author of the event is never alerted about their own event — but an
+        author who attends a check-in still gets its calendar invite: the invite is their
+        calendar entry, not an alert. A member the channel cannot reach gets a delivery with
+        ``skip_reason`` set.
     """
     planned: dict[tuple[str, str], list[str]] = {}
     by_id = {m.id: m for m in members}
@@ -97,9 +99,11 @@ def plan_deliveries(
         if not rule_matches(rule, event):
             continue
         for member in _targets(rule, event, members):
-            if not member.active or member.id == event.author_member_id:
+            if not member.active:
                 continue
             for channel in rule.channels:
+                if member.id == event.author_member_id and channel != "calendar":
+                    continue
                 planned.setdefault((member.id, channel), []).append(rule.name)
     return [
         PlannedDelivery(

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg://" + value[len("postgresql://") :]
         return value
 
+    @classmethod
+    def from_values(cls, **values) -> Settings:
+        """Settings from these values and the defaults only; the environment is not read
+        (the demo must not pick up a production SMTP_HOST, say)."""
+        return _SettingsWithoutEnvironment(**values)
+
     @property
     def twilio_configured(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from)
@@ -79,6 +85,12 @@ class Settings(BaseSettings):
     @property
     def uses_redis(self) -> bool:
         return bool(self.redis_url)
+
+
+class _SettingsWithoutEnvironment(Settings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **sources):
+        return (init_settings,)
 
 
 @lru_cache(maxsize=1)

@@ -298,7 +298,7 @@ class TwilioSMS(Channel):
         except (TwilioException, ValueError) as exc:
             # Twilio answered 2xx with something unreadable: it may well have the message.
             reason = f"Twilio's answer was unreadable, outcome unknown ({type(exc).__name__})"
-            raise DeliveryError(reason) from exc
+            raise DeliveryError(reason, maybe_sent=True) from exc
         receipt = self._receipt(created.sid, created.status)
         logger.info(
             "twilio accepted delivery=%s attempt=%s to=%s sid=%s status=%s",

@@ -17,8 +17,27 @@ from sqlalchemy.engine import make_url
 
 pytest_plugins = ["tests.peers.twilio_peer", "tests.peers.smtp_peer"]
 
-REDIS_URL = os.environ.get("CARELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-"""Tests own Redis DB 13: flushed before and after each test."""
+
+def _lease_redis_db() -> int:
+    """A Redis DB number of the tests' own (13, or the next free one down to 8 when another
+    test run on this machine holds it), held by a file lock for the whole session."""
+    import fcntl
+
+    for number in range(13, 7, -1):
+        handle = open(f"/tmp/careloop-test-redis-db-{number}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _leases.append(handle)  # keep it open (and locked) until the process ends
+        return number
+    raise RuntimeError("no free Redis DB number between 8 and 13 for the tests")
+
+
+_leases: list = []
+REDIS_URL = os.environ.get("CARELOOP_TEST_REDIS_URL") or f"redis://127.0.0.1:6379/{_lease_redis_db()}"
+"""Tests own a Redis DB (13 unless another run holds it): flushed before and after each test."""
 
 PG_ADMIN_URL = os.environ.get("CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PG_DATABASE = f"careloop_test_{os.getpid()}"

@@ -103,7 +103,7 @@ def test_redis_down_while_200_events_posted_then_everything_routed_once(
 ):
     gate = TcpGate("127.0.0.1", 6379)  # closed: Redis is "down" on this URL
     settings = peer_settings(
-        pg_only_url, tmp_path, smtp, twilio_proxy, redis_url=f"redis://127.0.0.1:{gate.port}/13"
+        pg_only_url, tmp_path, smtp, twilio_proxy, redis_url=REDIS_URL.replace(":6379/", f":{gate.port}/")
     )
     app, api = build_app(settings)
     runtime = app.extensions["careloop"].runtime

@@ -355,9 +355,27 @@ def test_the_author_is_never_notified():
     assert ids == {*FAMILY, "mem_devped"}
 
 
-def test_an_attending_author_gets_no_invite_for_their_own_checkin():
+def test_an_attending_author_still_gets_the_invite_for_their_own_checkin():
+    """An invite is the author's own calendar entry, not an alert about their own update."""
     event = _event("checkin.scheduled", {**CHECKIN, "attendees": ["mem_p1", "mem_pt"]}, author="mem_pt")
-    assert _pairs(_plan(event)) == {("mem_p1", "calendar")}
+    assert _pairs(_plan(event)) == {("mem_p1", "calendar"), ("mem_pt", "calendar")}
+
+
+def test_the_author_gets_no_alert_on_other_channels_even_when_a_rule_names_calendar_too():
+    rules = _rules(
+        {
+            "name": "r",
+            "when": {"type": "checkin.scheduled"},
+            "notify": ["attendees"],
+            "channels": ["email", "calendar"],
+        }
+    )
+    event = _event("checkin.scheduled", {**CHECKIN, "attendees": ["mem_p1", "mem_pt"]}, author="mem_pt")
+    assert _pairs(_plan(event, rules=rules)) == {
+        ("mem_p1", "email"),
+        ("mem_p1", "calendar"),
+        ("mem_pt", "calendar"),
+    }
 
 
 def test_the_author_named_by_id_is_still_not_notified():
@@ -633,7 +651,7 @@ def _expected_reference(event: EventView, members: list[MemberView], rules: Rule
         if any(event.data.get(field) not in values for field, values in rule.match):
             continue
         for member in members:
-            if not member.active or member.id == event.author_member_id:
+            if not member.active:
                 continue
             wanted = (
                 member.role in rule.notify
@@ -644,6 +662,8 @@ def _expected_reference(event: EventView, members: list[MemberView], rules: Rule
             )
             if wanted:
                 for channel in rule.channels:
+                    if member.id == event.author_member_id and channel != "calendar":
+                        continue
                     expected.setdefault((member.id, channel), []).append(rule.name)
     return expected
 
@@ -663,7 +683,7 @@ def test_randomised_invariants(seed):
     assert positions == sorted(positions)
     for p in planned:
         member = by_id[p.member_id]
-        assert member.active and member.id != event.author_member_id
+        assert member.active and (member.id != event.author_member_id or p.channel == "calendar")
         assert p.channel in CHANNELS
         assert p.rules and len(p.rules) == len(set(p.rules))
         if p.channel == "sms":

@@ -1,0 +1,457 @@
+"""The embedded default (no REDIS_URL): the in-process queue, the file outbox, and `careloop demo`.
+
+Everything here runs without Redis, Twilio or an SMTP server, and must not open a socket.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import icalendar
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select, update
+
+from careloop.db import session_scope
+from careloop.models import Delivery, Event, OutboxEntry, utcnow
+from tests.conftest import checkin_data, drain
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail (and record) any socket connect made from Python code in this process.
+
+    psycopg connects through libpq, outside Python's socket module, so PostgreSQL is unaffected.
+    """
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(f"test forbids network access (to {address!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def _outbox_path(provider_id: str) -> Path:
+    assert provider_id.startswith("outbox:"), provider_id
+    return Path(provider_id[len("outbox:") :])
+
+
+def _parse_eml(path: Path) -> email.message.EmailMessage:
+    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+
+
+def _calendar_part(msg) -> bytes:
+    parts = [p for p in msg.walk() if p.get_content_type() == "text/calendar"]
+    assert len(parts) == 1, [p.get_content_type() for p in msg.walk()]
+    return parts[0].get_payload(decode=True)
+
+
+def _deliveries(url, event_id) -> list[Delivery]:
+    with session_scope(url) as session:
+        return list(session.scalars(select(Delivery).where(Delivery.event_id == event_id)).all())
+
+
+# --- The full loop, on SQLite and on PostgreSQL --------------------------------------------------
+
+
+def test_embedded_full_loop_writes_sms_email_and_invites_to_the_outbox(app, api, team, settings, no_network):
+    nb, m = team
+    outbox = settings.outbox_dir
+    # medication.changed → the other parent (SMS + email), neurology (email; SMS skipped: no phone)
+    med = api.event(
+        nb["id"],
+        "medication.changed",
+        {"medication": "levetiracetam", "change": "dose_changed", "dose": "250 mg"},
+        author_member_id=m["mom"]["id"],
+    )
+    # urgent swallowing concern → the whole team but the author
+    concern = api.event(
+        nb["id"],
+        "concern.raised",
+        {"summary": "Choking on thin liquids", "severity": "urgent", "area": "swallowing"},
+        author_member_id=m["mom"]["id"],
+    )
+    attendees = [m["mom"]["id"], m["dad"]["id"], m["slp"]["id"]]
+    checkin = api.event(nb["id"], "checkin.scheduled", checkin_data(attendees, checkin_id="iep-7"))
+    drain(app)
+
+    # -- deliveries as the API shows them
+    med_rows = api.get(f"/v1/events/{med['id']}")["deliveries"]
+    assert sorted((d["member_id"], d["channel"], d["status"]) for d in med_rows) == sorted(
+        [
+            (m["dad"]["id"], "sms", "sent"),
+            (m["dad"]["id"], "email", "sent"),
+            (m["neuro"]["id"], "email", "sent"),
+            (m["neuro"]["id"], "sms", "skipped"),
+        ]
+    )
+    skipped = next(d for d in med_rows if d["status"] == "skipped")
+    assert skipped["error"] and "phone" in skipped["error"] and skipped["provider_id"] is None
+
+    concern_rows = api.get(f"/v1/events/{concern['id']}")["deliveries"]
+    told = {d["member_id"] for d in concern_rows}
+    assert told == {m[k]["id"] for k in ("dad", "neuro", "pt", "slp", "school")}
+    checkin_rows = api.get(f"/v1/events/{checkin['id']}")["deliveries"]
+    assert sorted((d["member_id"], d["channel"]) for d in checkin_rows) == sorted(
+        (member_id, "calendar") for member_id in attendees
+    )
+
+    all_rows = med_rows + concern_rows + checkin_rows
+    for d in all_rows:
+        assert d["status"] in ("sent", "skipped"), d
+        if d["status"] == "sent":
+            assert d["provider_id"].startswith("outbox:"), d
+            assert d["attempts"] == 1 and d["error"] is None, d
+    members_by_id = {mem["id"]: mem for mem in m.values()}
+
+    # -- SMS: one sms.log line per sent text, keyed by delivery.attempt, no medical details
+    sms_lines = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
+    sms_sent = [d for d in all_rows if d["channel"] == "sms" and d["status"] == "sent"]
+    assert len(sms_lines) == len(sms_sent) == 3  # dad twice, PT once
+    by_ref = {line.split("\t")[1]: line.split("\t") for line in sms_lines}
+    for d in sms_sent:
+        assert _outbox_path(d["provider_id"]) == outbox / "sms.log"
+        _stamp, _ref, to, body = by_ref[f"{d['id']}.1"]
+        assert to == members_by_id[d["member_id"]]["phone"]
+        assert "Maya" in body and "levetiracetam" not in body and "250" not in body
+        assert "Choking" not in body
+
+    # -- email: a parseable .eml per delivery, addressed to the member, with a stable Message-ID
+    emails = [d for d in all_rows if d["channel"] == "email" and d["status"] == "sent"]
+    assert len(emails) == 2 + 5
+    for d in emails:
+        path = _outbox_path(d["provider_id"])
+        assert path.parent == outbox / "email" and path.name == f"{d['id']}.1.eml"
+        msg = _parse_eml(path)
+        assert msg["To"].addresses[0].addr_spec == members_by_id[d["member_id"]]["email"]
+        assert msg["Message-ID"] == f"<{d['id']}.1@careloop.test>"
+        assert msg["From"].addresses[0].addr_spec == "careloop@careloop.test"
+        assert msg["Subject"] and "Maya" in msg["Subject"]
+        assert msg.get_body(("plain",)) is not None
+    subjects = {_parse_eml(_outbox_path(d["provider_id"]))["Subject"] for d in emails}
+    assert any("medication" in s.lower() for s in subjects) and any("URGENT" in s for s in subjects)
+
+    # -- calendar: iMIP email per attendee, and the .ics beside it, parseable by icalendar
+    uids = set()
+    for d in checkin_rows:
+        msg = _parse_eml(_outbox_path(d["provider_id"]))
+        assert msg["To"].addresses[0].addr_spec == members_by_id[d["member_id"]]["email"]
+        assert msg["Message-ID"] == f"<{d['id']}.1@careloop.test>"
+        cal = icalendar.Calendar.from_ical(_calendar_part(msg))
+        assert str(cal["METHOD"]) == "REQUEST"
+        (vevent,) = cal.walk("VEVENT")
+        uids.add(str(vevent["UID"]))
+        assert int(vevent["SEQUENCE"]) == 0
+        assert str(vevent["SUMMARY"]) == "IEP meeting"
+        attendee_addrs = sorted(str(a).lower().removeprefix("mailto:") for a in vevent["ATTENDEE"])
+        assert attendee_addrs == sorted(members_by_id[i]["email"] for i in attendees)
+    assert len(uids) == 1
+    (uid,) = uids
+    ics_files = sorted((outbox / "calendar").glob("*.ics"))
+    assert len(ics_files) == 1 and ics_files[0].name.endswith(".0.ics")
+    ics = icalendar.Calendar.from_ical(ics_files[0].read_bytes())
+    assert str(ics["METHOD"]) == "REQUEST"
+    (vevent,) = ics.walk("VEVENT")
+    assert str(vevent["UID"]) == uid and int(vevent["SEQUENCE"]) == 0
+
+    # -- an update raises SEQUENCE under the same UID; a cancel says METHOD:CANCEL
+    api.event(
+        nb["id"], "checkin.updated", checkin_data(attendees, checkin_id="iep-7", title="IEP meeting (moved)")
+    )
+    api.event(nb["id"], "checkin.cancelled", {"checkin_id": "iep-7"})
+    drain(app)
+    seen = {}
+    for path in (outbox / "calendar").glob("*.ics"):
+        cal = icalendar.Calendar.from_ical(path.read_bytes())
+        (ev,) = cal.walk("VEVENT")
+        assert str(ev["UID"]) == uid
+        seen[int(ev["SEQUENCE"])] = str(cal["METHOD"])
+    assert seen == {0: "REQUEST", 1: "REQUEST", 2: "CANCEL"}
+
+    assert no_network == [], f"embedded mode tried to reach the network: {no_network}"
+
+
+def test_embedded_mode_runs_on_the_in_process_queue_without_redis(app, settings):
+    runtime = app.extensions["careloop"].runtime
+    assert settings.redis_url is None
+    assert runtime.dispatcher.mode == "inprocess"
+    assert {k: type(v).__name__ for k, v in runtime.channels.items()} == {
+        "sms": "FileOutbox",
+        "email": "FileOutbox",
+        "calendar": "FileOutbox",
+    }
+    health = app.test_client().get("/healthz").get_json()
+    assert health["status"] == "ok", health
+
+
+# --- Nothing accepted is lost across a restart ---------------------------------------------------
+
+
+class _QueueDown:
+    """A dispatcher whose queue is unreachable: intake must still accept and keep the promise."""
+
+    mode = "inprocess"
+
+    def route(self, event_ids):
+        raise ConnectionError("queue down")
+
+    def deliver(self, delivery_ids, delay=None):
+        raise ConnectionError("queue down")
+
+    def ping(self):
+        return False
+
+
+def _post_accepted_events(api, nb, m, count):
+    return [
+        api.event(
+            nb["id"],
+            "medication.changed",
+            {"medication": f"med-{i}", "change": "started"},
+            author_member_id=m["mom"]["id"],
+        )["id"]
+        for i in range(count)
+    ]
+
+
+def _restart(settings):
+    from careloop.runtime import set_runtime
+    from service import create_app
+
+    set_runtime(None)
+    app = create_app({"TESTING": True}, settings=settings)
+    return app, app.extensions["careloop"].runtime
+
+
+def _pending_outbox(url) -> int:
+    with session_scope(url) as session:
+        return session.scalar(
+            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.done_at.is_(None))
+        )
+
+
+def _assert_routed_once(url, event_ids, m):
+    with session_scope(url) as session:
+        rows = session.scalars(select(Delivery)).all()
+        unrouted = session.scalars(select(Event.id).where(Event.routed_at.is_(None))).all()
+    assert unrouted == []
+    assert sorted({d.event_id for d in rows}) == sorted(event_ids)
+    for event_id in event_ids:
+        mine = sorted((d.member_id, d.channel, d.status) for d in rows if d.event_id == event_id)
+        assert mine == sorted(
+            [
+                (m["dad"]["id"], "email", "sent"),
+                (m["dad"]["id"], "sms", "sent"),
+                (m["neuro"]["id"], "email", "sent"),
+                (m["neuro"]["id"], "sms", "skipped"),
+            ]
+        )
+
+
+def test_events_accepted_while_the_queue_was_unreachable_are_routed_after_a_restart(
+    app, api, team, settings, db_url
+):
+    from workers.relay import relay_once
+
+    nb, m = team
+    runtime = app.extensions["careloop"].runtime
+    runtime.__dict__["dispatcher"] = _QueueDown()  # cached_property: replace the built one
+    ids = _post_accepted_events(api, nb, m, 3)
+    assert _pending_outbox(db_url) == 3
+
+    app2, runtime2 = _restart(settings)
+    assert relay_once(runtime2)["events"] == 3
+    drain(app2)
+    _assert_routed_once(db_url, ids, m)
+    assert _pending_outbox(db_url) == 0
+    assert len((settings.outbox_dir / "sms.log").read_text().splitlines()) == 3
+    # a second sweep finds nothing to do and sends nothing again
+    assert relay_once(runtime2) == {"events": 0, "deliveries": 0, "stale": 0}
+    drain(app2)
+    assert len((settings.outbox_dir / "sms.log").read_text().splitlines()) == 3
+
+
+def test_events_in_a_stopped_in_process_queue_are_routed_after_a_restart(app, api, team, settings, db_url):
+    """The process died with jobs in its in-memory queue: the outbox still has them."""
+    from workers.relay import relay_once
+
+    nb, m = team
+    app.extensions["careloop"].runtime.dispatcher.stop()
+    ids = _post_accepted_events(api, nb, m, 2)
+    with session_scope(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+    assert _pending_outbox(db_url) == 2
+
+    app2, runtime2 = _restart(settings)
+    # the restarted process sees them as handed over moments ago; once the claim timeout has
+    # passed (simulated by ageing the records) the relay hands them over again
+    with session_scope(db_url) as session:
+        session.execute(
+            update(OutboxEntry).values(dispatched_at=utcnow() - timedelta(seconds=settings.claim_timeout + 1))
+        )
+    assert relay_once(runtime2)["events"] == 2
+    drain(app2)
+    _assert_routed_once(db_url, ids, m)
+    assert _pending_outbox(db_url) == 0
+
+
+def test_a_delivery_left_queued_by_a_dead_process_is_sent_after_a_restart(app, api, team, settings, db_url):
+    """Routed, deliveries recorded, then the process died before sending them."""
+    from workers.relay import relay_once
+
+    nb, m = team
+    runtime = app.extensions["careloop"].runtime
+    # route for real, but let delivery jobs go nowhere
+    runtime.dispatcher.deliver = lambda ids, delay=None: None
+    (event_id,) = _post_accepted_events(api, nb, m, 1)
+    drain(app)
+    rows = _deliveries(db_url, event_id)
+    assert sorted(d.status for d in rows) == ["queued", "queued", "queued", "skipped"]
+
+    app2, runtime2 = _restart(settings)
+    with session_scope(db_url) as session:  # the enqueue happened long enough ago
+        session.execute(
+            update(Delivery)
+            .where(Delivery.status == "queued")
+            .values(enqueued_at=utcnow() - timedelta(seconds=settings.claim_timeout + 1))
+        )
+    assert relay_once(runtime2)["deliveries"] == 3
+    drain(app2)
+    _assert_routed_once(db_url, [event_id], m)
+
+
+# --- careloop demo -------------------------------------------------------------------------------
+
+DEMO_EVENT_TYPES = ("medication.changed", "concern.raised", "checkin.scheduled")
+
+
+def _check_demo_output(output: str, outbox: Path) -> None:
+    assert "careloop demo — notebook nb_" in output
+    assert "for Maya Rivera, 6 team members" in output
+    for event_type in DEMO_EVENT_TYPES:
+        assert f"● {event_type}" in output, output
+    lines = [line.strip() for line in output.splitlines() if "→" in line and not line.startswith("[")]
+    deliveries = [line for line in lines if line.split()[0] in ("sent", "skipped", "failed", "queued")]
+    # med (4), urgent concern (10), invites to the 4 attendees (Dana, the author, included)
+    assert len(deliveries) == 4 + 10 + 4, output
+    assert not [line for line in deliveries if not line.startswith(("sent", "skipped"))], output
+    # the people, named with their role
+    assert "sent     email    → Dr. Priya Shah (neurology): outbox:" in output
+    assert "sent     calendar → Jordan Lee (speech therapy): outbox:" in output
+    assert "sent     sms      → Sam Rivera (parent): outbox:" in output
+    # members without a phone get a skipped SMS, with the reason
+    for who in ("Dr. Priya Shah (neurology)", "Jordan Lee (speech therapy)", "Ms. Ortiz (school)"):
+        assert f"skipped  sms      → {who}: member has no phone number" in output, who
+    # the outbox holds what was sent
+    sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
+    assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4  # invites are .eml too
+    (ics,) = (outbox / "calendar").glob("*.ics")
+    cal = icalendar.Calendar.from_ical(ics.read_bytes())
+    assert str(cal["METHOD"]) == "REQUEST"
+    assert str(cal.walk("VEVENT")[0]["SUMMARY"]) == "IEP team meeting"
+
+
+def test_demo_command_runs_the_whole_loop_in_process(tmp_path, no_network, monkeypatch):
+    from careloop.cli import main
+    from careloop.runtime import set_runtime
+
+    monkeypatch.chdir(tmp_path)
+    outbox = tmp_path / "outbox"
+    database = f"sqlite:///{tmp_path / 'demo.db'}"
+    try:
+        result = CliRunner().invoke(main, ["demo", "--outbox", str(outbox), "--database", database])
+    finally:
+        set_runtime(None)
+    assert result.exit_code == 0, (result.output, result.exception)
+    _check_demo_output(result.output, outbox)
+    assert f"outbox: {outbox.resolve()}" in result.output
+    assert (tmp_path / "demo.db").exists()
+    assert no_network == []
+
+
+def test_demo_command_twice_starts_afresh(tmp_path, monkeypatch):
+    from careloop.cli import main
+    from careloop.runtime import set_runtime
+
+    monkeypatch.chdir(tmp_path)
+    database = f"sqlite:///{tmp_path / 'demo.db'}"
+    try:
+        for _ in range(2):
+            result = CliRunner().invoke(main, ["demo", "--outbox", "ob", "--database", database])
+            assert result.exit_code == 0, (result.output, result.exception)
+    finally:
+        set_runtime(None)
+    # the database is rebuilt: one notebook, not two
+    from careloop.models import Notebook
+
+    with session_scope(database) as session:
+        assert session.scalar(select(func.count()).select_from(Notebook)) == 1
+
+
+def test_demo_as_a_real_process_from_a_fresh_directory(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_"))
+    }
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "careloop.cli", "demo", "--outbox", "out", "--database", "sqlite:///demo.db"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    _check_demo_output(proc.stdout, tmp_path / "out")
+    assert (tmp_path / "demo.db").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_with_the_default_options_writes_into_the_working_directory(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_"))
+    }
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "careloop.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    _check_demo_output(proc.stdout, tmp_path / "careloop-outbox")
+    assert (tmp_path / "careloop-demo.db").exists()
+
+
+def test_demo_against_a_fresh_postgresql_database_applies_the_migrations(tmp_path, monkeypatch):
+    from careloop.cli import main
+    from careloop.runtime import set_runtime
+    from tests.test_migrations import fresh_pg_database
+
+    monkeypatch.chdir(tmp_path)
+    with fresh_pg_database("demo") as url:
+        try:
+            result = CliRunner().invoke(main, ["demo", "--outbox", str(tmp_path / "ob"), "--database", url])
+        finally:
+            set_runtime(None)
+        assert result.exit_code == 0, (result.output, result.exception)
+        _check_demo_output(result.output, tmp_path / "ob")
