@@ -180,13 +180,19 @@ def settings(db_url, tmp_path):
     return make_settings(db_url, tmp_path)
 
 
-@pytest.fixture
-def app(settings):
-    from careloop.runtime import set_runtime
+def build_app(settings):
+    """The app for these settings, and an Api helper holding the admin key."""
     from service import create_app
 
     app = create_app({"TESTING": True}, settings=settings)
-    yield app
+    return app, Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
+
+
+@pytest.fixture
+def app(settings):
+    from careloop.runtime import set_runtime
+
+    yield build_app(settings)[0]
     set_runtime(None)
 
 
@@ -236,8 +242,7 @@ def api(client, admin):
     return Api(client, admin)
 
 
-@pytest.fixture
-def team(api):
+def build_team(api):
     """A notebook with a typical team: two parents, neurology, PT, SLP, school."""
     nb = api.notebook()
     members = {
@@ -251,6 +256,11 @@ def team(api):
         "school": api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org"),
     }
     return nb, members
+
+
+@pytest.fixture
+def team(api):
+    return build_team(api)
 
 
 def checkin_data(attendees, checkin_id="iep-1", title="IEP meeting", hours_from_now=48, **extra):
@@ -317,14 +327,11 @@ def run_rq_until_settled(runtime, timeout=60.0):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def peers_settings(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
-    """RQ mode against the real peers: Redis DB 13, aiosmtpd, Twilio's API shape via Prism."""
+def peer_settings(db_url, tmp_path, smtp, twilio_proxy, **overrides):
+    """RQ mode against the real peers: the tests' Redis DB, aiosmtpd, Twilio's API via Prism."""
     from tests.peers.twilio_peer import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
 
-    return make_settings(
-        db_url,
-        tmp_path,
+    values = dict(
         redis_url=REDIS_URL,
         smtp_host=smtp.host,
         smtp_port=smtp.port,
@@ -334,15 +341,49 @@ def peers_settings(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
         twilio_from=TEST_FROM,
         twilio_api_url=twilio_proxy.url,
     )
+    values.update(overrides)
+    return make_settings(db_url, tmp_path, **values)
+
+
+def settings_env(settings) -> dict[str, str]:
+    """The environment variables an operator would set to get ``settings``."""
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "CARELOOP_ADMIN_KEY": ADMIN_KEY,
+        "CARELOOP_QUEUE_PREFIX": settings.queue_prefix,
+        "CARELOOP_PUBLIC_URL": settings.public_url,
+        "CARELOOP_PROVIDER_TIMEOUT": str(settings.provider_timeout),
+        "CARELOOP_CLAIM_TIMEOUT": str(settings.claim_timeout),
+        "CARELOOP_RETRY_BASE": str(settings.retry_base),
+        "CARELOOP_RETRY_MAX": str(settings.retry_max),
+        "CARELOOP_RELAY_INTERVAL": str(settings.relay_interval),
+        "CARELOOP_OUTBOX_DIR": str(settings.outbox_dir),
+        "MAIL_FROM": settings.mail_from,
+    }
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    if settings.smtp_host:
+        env.update(SMTP_HOST=settings.smtp_host, SMTP_PORT=str(settings.smtp_port), SMTP_STARTTLS="false")
+    if settings.twilio_configured:
+        env.update(
+            TWILIO_ACCOUNT_SID=settings.twilio_account_sid,
+            TWILIO_AUTH_TOKEN=settings.twilio_auth_token.get_secret_value(),
+            TWILIO_FROM=settings.twilio_from,
+            TWILIO_API_URL=settings.twilio_api_url,
+        )
+    return env
+
+
+@pytest.fixture
+def peers_settings(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
+    return peer_settings(db_url, tmp_path, smtp, twilio_proxy)
 
 
 @pytest.fixture
 def rq_app(peers_settings):
     from careloop.runtime import set_runtime
-    from service import create_app
 
-    app = create_app({"TESTING": True}, settings=peers_settings)
-    yield app
+    yield build_app(peers_settings)[0]
     set_runtime(None)
 
 

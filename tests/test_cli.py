@@ -25,7 +25,7 @@ from careloop.cli import main
 from careloop.db import session_scope
 from careloop.models import Delivery, OutboxEntry
 from config.settings import DEFAULT_RULES_FILE
-from tests.conftest import ADMIN_KEY, REDIS_URL, Api, make_settings, run_rq_until_settled
+from tests.conftest import ADMIN_KEY, REDIS_URL, Api, make_settings, run_rq_until_settled, settings_env
 from tests.test_migrations import current_revision, fresh_pg_database, head_revision, schema_diff, tables
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,23 +36,7 @@ def cli_env(settings=None, **extra) -> dict:
     """The environment an operator would set for ``settings``; every other careloop variable unset."""
     env: dict = {k: None for k in os.environ if k.startswith(ENV_PREFIXES)}
     if settings is not None:
-        env.update(
-            DATABASE_URL=settings.database_url,
-            REDIS_URL=settings.redis_url,
-            CARELOOP_ADMIN_KEY=ADMIN_KEY,
-            CARELOOP_QUEUE_PREFIX=settings.queue_prefix,
-            CARELOOP_PUBLIC_URL=settings.public_url,
-            CARELOOP_PROVIDER_TIMEOUT=str(settings.provider_timeout),
-            CARELOOP_CLAIM_TIMEOUT=str(settings.claim_timeout),
-            CARELOOP_RETRY_BASE=str(settings.retry_base),
-            CARELOOP_RETRY_MAX=str(settings.retry_max),
-            CARELOOP_RELAY_INTERVAL=str(settings.relay_interval),
-            CARELOOP_OUTBOX_DIR=str(settings.outbox_dir),
-            SMTP_HOST=settings.smtp_host,
-            SMTP_PORT=str(settings.smtp_port),
-            SMTP_STARTTLS="false",
-            MAIL_FROM=settings.mail_from,
-        )
+        env.update(settings_env(settings))
     env.update(extra)
     return env
 

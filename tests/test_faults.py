@@ -20,50 +20,24 @@ from sqlalchemy import func, select
 
 from careloop.db import session_scope
 from careloop.models import Delivery, Event, OutboxEntry
-from tests.conftest import ADMIN_KEY, REDIS_URL, Api, make_settings, run_rq_until_settled, wait_until
+from tests.conftest import (
+    ADMIN_KEY,
+    REDIS_URL,
+    build_app,
+    build_team,
+    peer_settings,
+    run_rq_until_settled,
+    settings_env,
+    wait_until,
+)
 from tests.peers.tcp_gate import TcpGate
-from tests.peers.twilio_peer import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM, Fault
+from tests.peers.twilio_peer import Fault
 
 pytestmark = pytest.mark.fault
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def peer_settings(db_url, tmp_path, smtp, twilio_proxy, **overrides):
-    values = dict(
-        redis_url=REDIS_URL,
-        smtp_host=smtp.host,
-        smtp_port=smtp.port,
-        smtp_starttls=False,
-        twilio_account_sid=TEST_ACCOUNT_SID,
-        twilio_auth_token=TEST_AUTH_TOKEN,
-        twilio_from=TEST_FROM,
-        twilio_api_url=twilio_proxy.url,
-    )
-    values.update(overrides)
-    return make_settings(db_url, tmp_path, **values)
-
-
-def build_app(settings):
-    from service import create_app
-
-    app = create_app({"TESTING": True}, settings=settings)
-    return app, Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
-
-
-def build_team(api):
-    nb = api.notebook()
-    m = {
-        "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone="+15555550101"),
-        "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org", phone="+15555550102"),
-        "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
-        "pt": api.member(
-            nb["id"], "Alex Kim", "physical_therapy", email="alex@example.org", phone="+15555550104"
-        ),
-        "slp": api.member(nb["id"], "Jordan Lee", "speech_therapy", email="jordan@example.org"),
-        "school": api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org"),
-    }
-    return nb, m
+ENV_PREFIXES = ("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_")
+"""Variables a test process must not pass on to the processes it starts."""
 
 
 def all_deliveries(url) -> list[Delivery]:
@@ -283,30 +257,10 @@ def test_twilio_21610_fails_at_once_and_is_not_retried(fault_app, pg_only_url, s
 
 
 def worker_env(settings) -> dict:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_"))
-    }
-    env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        CARELOOP_QUEUE_PREFIX=settings.queue_prefix,
-        CARELOOP_PUBLIC_URL=settings.public_url,
-        CARELOOP_PROVIDER_TIMEOUT=str(settings.provider_timeout),
-        CARELOOP_CLAIM_TIMEOUT=str(settings.claim_timeout),
-        CARELOOP_RETRY_BASE=str(settings.retry_base),
-        CARELOOP_RETRY_MAX=str(settings.retry_max),
-        CARELOOP_RELAY_INTERVAL=str(settings.relay_interval),
-        CARELOOP_OUTBOX_DIR=str(settings.outbox_dir),
-        SMTP_HOST=settings.smtp_host,
-        SMTP_PORT=str(settings.smtp_port),
-        SMTP_STARTTLS="false",
-        MAIL_FROM=settings.mail_from,
-        TWILIO_ACCOUNT_SID=settings.twilio_account_sid,
-        TWILIO_AUTH_TOKEN=settings.twilio_auth_token.get_secret_value(),
-        TWILIO_FROM=settings.twilio_from,
-        TWILIO_API_URL=settings.twilio_api_url,
-        PYTHONUNBUFFERED="1",
-    )
+    """A worker process's whole environment: this one, less careloop's variables, plus
+    exactly those for ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    env.update(settings_env(settings), PYTHONUNBUFFERED="1")
     return env
 
 

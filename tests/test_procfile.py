@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import text
 
 from careloop.db import get_engine
-from tests.conftest import ADMIN_KEY, checkin_data, wait_until
-from tests.test_faults import REPO, all_deliveries, peer_settings, start_worker, stop_worker, worker_env
+from tests.conftest import ADMIN_KEY, build_app, build_team, checkin_data, peer_settings, wait_until
+from tests.test_faults import REPO, all_deliveries, start_worker, stop_worker, worker_env
 
 pytestmark = pytest.mark.fault
 
@@ -155,8 +155,6 @@ def test_web_and_worker_from_the_environment_alone_then_graceful_sigterm(
 
 
 def test_worker_sigterm_finishes_the_send_in_hand(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
-    from tests.test_faults import build_app, build_team
-
     settings = peer_settings(pg_only_url, tmp_path, smtp, twilio_proxy)
     app, api = build_app(settings)
     env = worker_env(settings)

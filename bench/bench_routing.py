@@ -1,0 +1,83 @@
+"""Routing throughput: plan_deliveries with the shipped rules, against a baseline that only
+builds the same number of output objects (no rule matching) in the same process.
+
+    .venv/bin/python bench/bench_routing.py [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries  # noqa: E402
+from config.rules import load_rules  # noqa: E402
+from config.settings import DEFAULT_RULES_FILE  # noqa: E402
+
+ROLES = [
+    "parent",
+    "parent",
+    "guardian",
+    "child",
+    "neurology",
+    "developmental_pediatrics",
+    "physical_therapy",
+    "occupational_therapy",
+    "speech_therapy",
+    "school",
+    "other",
+    "other",
+]
+MEMBERS = [
+    MemberView(id=f"mem_{i}", role=r, email=f"m{i}@example.org", phone=f"+1555555{i:04d}" if i % 2 else None)
+    for i, r in enumerate(ROLES)
+]
+EVENTS = [
+    EventView("e1", "medication.changed", {"medication": "x", "change": "started"}, "mem_0"),
+    EventView("e2", "concern.raised", {"summary": "s", "severity": "urgent", "area": "swallowing"}),
+    EventView("e3", "concern.raised", {"summary": "s", "severity": "low", "area": "movement"}),
+    EventView("e4", "therapy.logged", {"discipline": "speech_therapy", "activity": "a"}),
+    EventView("e5", "goal.updated", {"goal": "g", "status": "met"}),
+    EventView(
+        "e6",
+        "checkin.scheduled",
+        {"checkin_id": "c", "title": "t", "start": "s", "end": "e", "attendees": ["mem_0", "mem_4", "mem_9"]},
+    ),
+    EventView("e7", "note.added", {"text": "t", "voice": "child"}),
+    EventView("e8", "checkin.cancelled", {"checkin_id": "c"}, previous_attendees=("mem_0", "mem_4")),
+]
+
+
+def main(n: int) -> None:
+    rules = load_rules(DEFAULT_RULES_FILE)
+    sizes = [len(plan_deliveries(e, MEMBERS, rules)) for e in EVENTS]
+
+    def routed():
+        for i in range(n):
+            plan_deliveries(EVENTS[i % len(EVENTS)], MEMBERS, rules)
+
+    def baseline():  # the same number of PlannedDelivery objects, no matching at all
+        for i in range(n):
+            [PlannedDelivery(m.id, "email") for m in MEMBERS[: sizes[i % len(EVENTS)]]]
+
+    results = {}
+    for name, fn in (("baseline", baseline), ("plan_deliveries", routed)):
+        best = min(_timed(fn) for _ in range(3))
+        results[name] = best
+        print(f"{name:>16}: {n / best:12,.0f} events/s  ({best * 1e6 / n:7.2f} µs/event, best of 3)")
+    print(
+        f"{'ratio':>16}: {results['plan_deliveries'] / results['baseline']:.1f}× the baseline's time "
+        f"({len(rules.rules)} rules, {len(MEMBERS)} members, {sum(sizes) / len(sizes):.1f} deliveries/event)"
+    )
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000)
