@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -120,9 +120,13 @@ def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = 
         dispatcher.drain(timeout=30)
         recorded.append(call("GET", f"/v1/events/{accepted['id']}", expect=200))
     echo("")
+    order = {member_id: index for index, member_id in enumerate(names)}
+    channels = ("sms", "email", "calendar")
     for event in recorded:
-        echo(f"● {event['type']}  ({event['id']}, recorded {datetime.now(UTC):%H:%M:%S} UTC)")
-        for d in event["deliveries"]:
+        echo(f"● {event['type']}  ({event['id']}, recorded {event['recorded_at']})")
+        for d in sorted(
+            event["deliveries"], key=lambda d: (order[d["member_id"]], channels.index(d["channel"]))
+        ):
             outcome = d["provider_id"] if d["status"] in ("sent", "delivered") else d["error"]
             echo(f"    {d['status']:<8} {d['channel']:<8} → {names[d['member_id']]}: {outcome}")
     return {"notebook": notebook, "events": recorded}
