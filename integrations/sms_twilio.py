@@ -32,6 +32,9 @@ from integrations.base import (
 if TYPE_CHECKING:
     from config.settings import Settings
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Hosts Twilio can never reach: no status-callback URL is sent for them."""
+
 logger = logging.getLogger("careloop.integrations.sms_twilio")
 
 TWILIO_API_URL = "https://api.twilio.com"
@@ -255,12 +258,17 @@ class TwilioSMS(Channel):
     def from_settings(cls, settings: Settings) -> TwilioSMS:
         """The channel as careloop's settings describe it (``TWILIO_*``, public URL, timeout)."""
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+        callback_base: str | None = settings.public_url
+        if urlsplit(settings.public_url).hostname in LOOPBACK_HOSTS:
+            # Twilio cannot call this machine's loopback; asking it to would only fail there.
+            logger.warning("CARELOOP_PUBLIC_URL is a loopback address: no Twilio status callbacks")
+            callback_base = None
         return cls(
             settings.twilio_account_sid or "",
             token,
             settings.twilio_from or "",
             api_url=settings.twilio_api_url,
-            status_callback_base=settings.public_url,
+            status_callback_base=callback_base,
             timeout=settings.provider_timeout,
         )
 

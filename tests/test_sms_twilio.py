@@ -141,6 +141,21 @@ def test_from_settings(twilio_proxy):
     assert twilio_proxy.sent[0]["StatusCallback"] == "https://care.example.org/v1/twilio/status?delivery=d-7"
 
 
+@pytest.mark.parametrize(
+    "public_url", ["http://127.0.0.1:8000", "http://localhost:5000", "http://[::1]:8000"]
+)
+def test_a_loopback_public_url_asks_twilio_for_no_status_callback(twilio_proxy, public_url):
+    settings = Settings.from_values(
+        twilio_account_sid=TEST_ACCOUNT_SID,
+        twilio_auth_token=TEST_AUTH_TOKEN,
+        twilio_from=TEST_FROM,
+        twilio_api_url=twilio_proxy.url,
+        public_url=public_url,
+    )
+    TwilioSMS.from_settings(settings).send(message(delivery_id="d-8"))
+    assert len(twilio_proxy.sent) == 1 and "StatusCallback" not in twilio_proxy.sent[0]
+
+
 def test_from_settings_without_twilio_names_the_setting():
     settings = Settings(twilio_account_sid=None, twilio_auth_token=None, twilio_from=None)
     with pytest.raises(ValueError, match="TWILIO_ACCOUNT_SID"):
