@@ -270,5 +270,6 @@ def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> l
             or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < cutoff),
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)  # locked until the caller marks them enqueued
     ).all()
     return list(rows)

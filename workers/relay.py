@@ -43,6 +43,8 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             )
             .order_by(OutboxEntry.id)
             .limit(BATCH)
+            # Several relays (one per worker) share the work instead of repeating it (PostgreSQL).
+            .with_for_update(skip_locked=True)
         ).all()
         if entries:
             runtime.dispatcher.route([ref for _, ref in entries])
