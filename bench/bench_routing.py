@@ -12,24 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from careloop.events import ROLES as CARE_ROLES  # noqa: E402
 from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries  # noqa: E402
 from config.rules import load_rules  # noqa: E402
 from config.settings import DEFAULT_RULES_FILE  # noqa: E402
 
-ROLES = [
-    "parent",
-    "parent",
-    "guardian",
-    "child",
-    "neurology",
-    "developmental_pediatrics",
-    "physical_therapy",
-    "occupational_therapy",
-    "speech_therapy",
-    "school",
-    "other",
-    "other",
-]
+ROLES = [*CARE_ROLES, "parent", "other"]  # a full team: every role, two parents
 MEMBERS = [
     MemberView(id=f"mem_{i}", role=r, email=f"m{i}@example.org", phone=f"+1555555{i:04d}" if i % 2 else None)
     for i, r in enumerate(ROLES)

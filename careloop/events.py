@@ -7,7 +7,7 @@ the rules checker which data fields a rule may match on.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -20,20 +20,6 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-
-ROLES = (
-    "parent",
-    "guardian",
-    "child",
-    "neurology",
-    "developmental_pediatrics",
-    "physical_therapy",
-    "occupational_therapy",
-    "speech_therapy",
-    "school",
-    "other",
-)
-"""Care-team roles a member can have."""
 
 THERAPY_ROLES = ("physical_therapy", "occupational_therapy", "speech_therapy")
 
@@ -49,6 +35,9 @@ Role = Literal[
     "school",
     "other",
 ]
+
+ROLES: tuple[str, ...] = get_args(Role)
+"""Care-team roles a member can have."""
 
 Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text2000 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -146,6 +135,8 @@ EVENT_DATA: dict[str, type[_Data]] = {
     "note.added": NoteAdded,
 }
 """Event type → the model of its ``data``."""
+
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA)
 
 CHECKIN_TYPES = ("checkin.scheduled", "checkin.updated", "checkin.cancelled")
 

@@ -17,6 +17,7 @@ from pydantic import (
 
 from careloop.deliveries import STATUSES
 from careloop.events import (
+    EVENT_TYPES,
     CheckinCancelled,
     CheckinDetails,
     ConcernRaised,
@@ -139,19 +140,7 @@ class EventIn(
 
 class EventsQuery(_In):
     model_config = ConfigDict(extra="forbid")
-    type: (
-        Literal[
-            "medication.changed",
-            "concern.raised",
-            "therapy.logged",
-            "goal.updated",
-            "checkin.scheduled",
-            "checkin.updated",
-            "checkin.cancelled",
-            "note.added",
-        ]
-        | None
-    ) = None
+    type: Literal[EVENT_TYPES] | None = None  # type: ignore[valid-type]
     since: Timestamp | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = None

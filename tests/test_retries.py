@@ -77,21 +77,27 @@ def test_smtp_answer_lost_after_the_message_was_sent_is_not_resent(
     assert_exactly_once(pg_only_url, smtp, twilio_proxy)
 
 
-def test_twilio_answer_lost_is_looked_up_not_resent(retry_app, pg_only_url, smtp, twilio_proxy):
-    """Twilio took the message but the answer never came back: careloop asks Twilio before any
-    resend, finds it, and records it as sent — one message at Twilio."""
-    app, api = retry_app
-    twilio_proxy.remember_sent = True  # the mock keeps what it accepted and lists it, like Twilio
-    twilio_proxy.script(Fault.lost_answer())
+def _text_dad(app, api, url):
+    """A seizure concern by mom → parents and neurology; the one text goes to dad."""
     nb, m = build_team(api)
     api.event(
         nb["id"],
         "concern.raised",
         {"summary": "s", "severity": "low", "area": "seizure"},
         author_member_id=m["mom"]["id"],
-    )  # seizure → parents + neurology; sms to dad only
+    )
     run_rq_until_settled(app.extensions["careloop"].runtime)
-    (d,) = [d for d in all_deliveries(pg_only_url) if d.channel == "sms" and d.status != "skipped"]
+    (delivery,) = [d for d in all_deliveries(url) if d.channel == "sms" and d.status != "skipped"]
+    return delivery
+
+
+def test_twilio_answer_lost_is_looked_up_not_resent(retry_app, pg_only_url, smtp, twilio_proxy):
+    """Twilio took the message but the answer never came back: careloop asks Twilio before any
+    resend, finds it, and records it as sent — one message at Twilio."""
+    app, api = retry_app
+    twilio_proxy.remember_sent = True  # the mock keeps what it accepted and lists it, like Twilio
+    twilio_proxy.script(Fault.lost_answer())
+    d = _text_dad(app, api, pg_only_url)
     assert (d.status, d.attempts) == ("sent", 1)
     assert len(twilio_proxy.sent) == 1 and d.provider_id == twilio_proxy.sent[0]["Sid"]
     assert_exactly_once(pg_only_url, smtp, twilio_proxy)
@@ -105,15 +111,7 @@ def test_twilio_answer_lost_before_it_took_the_message_is_sent_again(
     app, api = retry_app
     twilio_proxy.remember_sent = True
     twilio_proxy.script(Fault(hang_up=True))  # hang up without forwarding: Twilio never saw it
-    nb, m = build_team(api)
-    api.event(
-        nb["id"],
-        "concern.raised",
-        {"summary": "s", "severity": "low", "area": "seizure"},
-        author_member_id=m["mom"]["id"],
-    )
-    run_rq_until_settled(app.extensions["careloop"].runtime)
-    (d,) = [d for d in all_deliveries(pg_only_url) if d.channel == "sms" and d.status != "skipped"]
+    d = _text_dad(app, api, pg_only_url)
     assert (d.status, d.attempts) == ("sent", 2)
     assert len(twilio_proxy.sent) == 1
     assert_exactly_once(pg_only_url, smtp, twilio_proxy)
