@@ -79,7 +79,7 @@ def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Cl
         .where(
             Delivery.id == delivery_id,
             Delivery.status == "queued",
-            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now + timedelta(seconds=1)),
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
         )
         .values(
             status="sending",
@@ -98,6 +98,18 @@ def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Cl
         select(Delivery.attempts, Delivery.round_attempts).where(Delivery.id == delivery_id)
     ).one()
     return Claim(delivery_id, token, attempts, round_attempts)
+
+
+def seconds_until_due(session: Session, delivery_id: str, now: datetime | None = None) -> float | None:
+    """For a queued delivery that is not due yet: how long until it is. None otherwise."""
+    row = session.execute(
+        select(Delivery.status, Delivery.next_attempt_at).where(Delivery.id == delivery_id)
+    ).one_or_none()
+    session.commit()
+    if row is None or row.status != "queued" or row.next_attempt_at is None:
+        return None
+    remaining = (row.next_attempt_at - (now or utcnow())).total_seconds()
+    return remaining if remaining > 0 else None
 
 
 def _owned(c: Claim):

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 log = logging.getLogger("careloop.dispatch")
 
@@ -70,9 +70,14 @@ class RQDispatcher:
         from rq import Queue
 
         if delay:
+            # RQ's scheduler keeps whole seconds (it truncates); rounding the due time up means a
+            # retry is never tried early, so a provider's Retry-After is always honoured.
+            due = datetime.now(UTC) + timedelta(seconds=delay)
+            if due.microsecond:
+                due = due.replace(microsecond=0) + timedelta(seconds=1)
             for delivery_id in delivery_ids:
-                self.deliver_queue.enqueue_in(
-                    timedelta(seconds=delay),
+                self.deliver_queue.enqueue_at(
+                    due,
                     DELIVER_JOB,
                     delivery_id,
                     job_timeout=self.job_timeout,

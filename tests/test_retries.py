@@ -115,3 +115,34 @@ def test_twilio_answer_lost_before_it_took_the_message_is_sent_again(
     assert (d.status, d.attempts) == ("sent", 2)
     assert len(twilio_proxy.sent) == 1
     assert_exactly_once(pg_only_url, smtp, twilio_proxy)
+
+
+def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
+    retry_app, pg_only_url, smtp, twilio_proxy
+):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from careloop.db import session_scope
+    from careloop.models import Delivery, utcnow
+    from workers.jobs import deliver
+
+    app, api = retry_app
+    runtime = app.extensions["careloop"].runtime
+    _therapy_log(api)
+    run_rq_until_settled(runtime)
+    (d,) = [d for d in all_deliveries(pg_only_url) if d.channel == "email"]
+    assert (d.status, d.attempts, len(smtp.received)) == ("sent", 1, 1)
+    due = utcnow() + timedelta(seconds=5)
+    with session_scope(pg_only_url) as session:
+        session.execute(
+            update(Delivery).where(Delivery.id == d.id).values(status="queued", next_attempt_at=due)
+        )
+    assert deliver(d.id) == "rescheduled"
+    (row,) = [x for x in all_deliveries(pg_only_url) if x.id == d.id]
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert len(smtp.received) == 1  # nothing sent early
+    registry = runtime.dispatcher.deliver_queue.scheduled_job_registry
+    (job_id,) = registry.get_job_ids()
+    assert registry.get_scheduled_time(job_id) >= due.replace(microsecond=0)

@@ -171,7 +171,11 @@ def deliver(delivery_id: str) -> str:
     with session_scope(runtime.database_url) as session:
         claim = dl.claim(session, delivery_id)
         if claim is None:
-            log.info("deliver: %s is not queued or not due; nothing to do", delivery_id)
+            early = dl.seconds_until_due(session, delivery_id)
+            if early:  # the queue ran it before its retry was due: wait for the rest
+                runtime.dispatcher.deliver([delivery_id], delay=early)
+                return "rescheduled"
+            log.info("deliver: %s is not queued; nothing to do", delivery_id)
             return "not-claimed"
         delivery = session.get(Delivery, delivery_id)
         try:
