@@ -64,7 +64,9 @@ def _checkin_context(session: Session, notebook: Notebook, event_type: str, data
         )
         session.add(checkin)
     else:
-        checkin.sequence += 1
+        # In SQL, not Python: concurrent updates each get their own SEQUENCE on SQLite too,
+        # where the row lock above does nothing.
+        checkin.sequence = Checkin.sequence + 1
     if event_type == "checkin.cancelled":
         checkin.cancelled = True
         details = dict(checkin.details)
@@ -81,7 +83,23 @@ def _checkin_context(session: Session, notebook: Notebook, event_type: str, data
     }
 
 
-def record_event(
+def record_event(session: Session, notebook: Notebook, **event) -> tuple[Event, bool]:
+    """Store an event and its outbox entry; commit. Returns (event, created).
+
+    Keyword arguments: ``event_type``, ``data``, ``occurred_at``, ``author_member_id``,
+    ``idempotency_key``. With an idempotency key, a repeat of the same request returns the
+    first event (created=False); a different request under the same key raises
+    IdempotencyConflict. Concurrent requests are settled by the database's unique
+    constraints, not by a read: the one that loses the race is decided again against the
+    winner's row (the same event again, a 409, or a 422 for a check-in already scheduled).
+    """
+    try:
+        return _record(session, notebook, **event)
+    except IntegrityError:
+        return _record(session, notebook, **event)
+
+
+def _record(
     session: Session,
     notebook: Notebook,
     *,
@@ -91,12 +109,6 @@ def record_event(
     author_member_id: str | None,
     idempotency_key: str | None,
 ) -> tuple[Event, bool]:
-    """Store an event and its outbox entry; commit. Returns (event, created).
-
-    With an idempotency key, a repeat of the same request returns the first event
-    (created=False); a different request under the same key raises IdempotencyConflict.
-    Concurrent repeats are settled by the database's unique constraint, not by a read.
-    """
     payload = {
         "type": event_type,
         "data": data,
@@ -132,14 +144,6 @@ def record_event(
         session.flush()
         session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id))
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        if not idempotency_key:
-            raise
-        existing = _find_idempotent(session, notebook.id, idempotency_key, digest)
-        if existing is None:
-            raise
-        return existing, False
     except BaseException:
         session.rollback()
         raise

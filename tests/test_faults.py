@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -494,6 +495,64 @@ def test_two_workers_racing_on_500_deliveries_send_each_once(
     finally:
         for proc in workers:
             stop_worker(proc)
+        from careloop.runtime import set_runtime
+
+        set_runtime(None)
+
+
+def test_concurrent_checkin_requests_never_500_and_each_update_gets_its_own_sequence(
+    db_url, tmp_path, redis_conn, smtp, twilio_proxy
+):
+    """Twenty clinics' systems scheduling the same check-in at once: one wins, the rest get a
+    422 naming data.checkin_id. Then ten concurrent updates: ten distinct SEQUENCE numbers."""
+    from werkzeug.serving import make_server
+
+    from tests.conftest import checkin_data
+
+    settings = peer_settings(db_url, tmp_path, smtp, twilio_proxy)
+    app, api = build_app(settings)
+    nb, m = build_team(api)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1/notebooks/{nb['id']}/events"
+
+    def post(body):
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    attendees = [m["dad"]["id"], m["slp"]["id"]]
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            scheduled = list(
+                pool.map(post, [{"type": "checkin.scheduled", "data": checkin_data(attendees)}] * 20)
+            )
+        codes = sorted(code for code, _ in scheduled)
+        assert codes == [202] + [422] * 19, codes
+        assert all("data.checkin_id" in body["fields"] for code, body in scheduled if code == 422)
+
+        updates = [
+            {"type": "checkin.updated", "data": checkin_data(attendees, title=f"IEP v{i}")} for i in range(10)
+        ]
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(post, updates))
+        assert [code for code, _ in answers] == [202] * 10
+        with session_scope(db_url) as session:
+            sequences = sorted(
+                e.context["checkin"]["sequence"]
+                for e in session.scalars(select(Event).where(Event.type == "checkin.updated"))
+            )
+        assert sequences == list(range(1, 11))
+    finally:
+        server.shutdown()
         from careloop.runtime import set_runtime
 
         set_runtime(None)
