@@ -41,6 +41,18 @@ def cli_env(settings=None, **extra) -> dict:
     return env
 
 
+def _email_team(app):
+    """A notebook whose three members have email only (no SMS): two parents and neurology."""
+    api = Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
+    nb = api.notebook()
+    team = {
+        "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org"),
+        "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org"),
+        "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
+    }
+    return api, nb, team
+
+
 def invoke(*args: str, env: dict):
     """`careloop ARGS` in this process, reading its settings from ``env`` like a fresh process."""
     import careloop.runtime as runtime_module
@@ -194,13 +206,7 @@ def rq_mode(db_url, tmp_path, redis_conn, smtp):
         db_url, tmp_path, redis_url=REDIS_URL, smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=False
     )
     app = create_app({"TESTING": True}, settings=settings)
-    api = Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
-    nb = api.notebook()
-    team = {
-        "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org"),
-        "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org"),
-        "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
-    }
+    api, nb, team = _email_team(app)
     yield settings, app, api, nb, team
     set_runtime(None)
 
@@ -352,13 +358,7 @@ def test_embedded_failed_delivery_listed_and_retried_from_the_cli(tmp_path, db_u
     settings = make_settings(db_url, tmp_path)
     app = create_app({"TESTING": True}, settings=settings)
     try:
-        api = Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
-        nb = api.notebook()
-        team = {
-            "mom": api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org"),
-            "dad": api.member(nb["id"], "Sam Rivera", "parent", email="sam@example.org"),
-            "neuro": api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org"),
-        }
+        api, nb, team = _email_team(app)
         # the outbox's email folder cannot be created: a file is in its way
         settings.outbox_dir.mkdir(parents=True)
         (settings.outbox_dir / "email").write_text("in the way")

@@ -401,21 +401,26 @@ def test_demo_command_twice_starts_afresh(tmp_path, monkeypatch):
         assert session.scalar(select(func.count()).select_from(Notebook)) == 1
 
 
-def test_demo_as_a_real_process_from_a_fresh_directory(tmp_path):
+def _demo_process(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`careloop demo` as a real process in ``cwd``, with no careloop settings in its environment."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_"))
     }
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "careloop.cli", "demo", "--outbox", "out", "--database", "sqlite:///demo.db"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "careloop.cli", "demo", *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_demo_as_a_real_process_from_a_fresh_directory(tmp_path):
+    proc = _demo_process(tmp_path, "--outbox", "out", "--database", "sqlite:///demo.db")
     assert proc.returncode == 0, proc.stderr
     _check_demo_output(proc.stdout, tmp_path / "out")
     assert (tmp_path / "demo.db").exists()
@@ -423,20 +428,7 @@ def test_demo_as_a_real_process_from_a_fresh_directory(tmp_path):
 
 
 def test_demo_with_the_default_options_writes_into_the_working_directory(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_"))
-    }
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "careloop.cli", "demo"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _demo_process(tmp_path)
     assert proc.returncode == 0, proc.stderr
     _check_demo_output(proc.stdout, tmp_path / "careloop-outbox")
     assert (tmp_path / "careloop-demo.db").exists()
