@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 PRISM_VERSION=5.14.2
+# Twilio's published OpenAPI description of its 2010-04-01 API, as shipped inside this npm
+# package (twilio-oai/spec/json/twilio_api_v2010.json); pinned by version and by checksum.
+TWILIO_SPEC_PACKAGE=@twilio-alpha/mcp@0.7.0
+TWILIO_SPEC_PATH=twilio-oai/spec/json/twilio_api_v2010.json
+TWILIO_SPEC_SHA256=475b69553e34e797af05d34679cdad3bc3b8b4b8b92e6ac044fa6ebc255bf052
+TWILIO_SPEC=.peers/twilio/spec/json/twilio_api_v2010.json
 
 log() { printf '== %s\n' "$*"; }
 
@@ -20,6 +26,16 @@ log "installing careloop and its test dependencies"
 if [ ! -x .peers/prism/node_modules/.bin/prism ]; then
   log "installing Prism $PRISM_VERSION (Twilio's API shape for the tests)"
   npm install --silent --no-audit --no-fund --prefix .peers/prism "@stoplight/prism-cli@$PRISM_VERSION" >/dev/null
+fi
+
+if [ ! -f "$TWILIO_SPEC" ]; then
+  log "installing Twilio's OpenAPI description ($TWILIO_SPEC_PACKAGE, from npm)"
+  mkdir -p .peers/twilio
+  tarball=$(cd .peers/twilio && npm pack --silent "$TWILIO_SPEC_PACKAGE" | tail -n 1)
+  tar -xzf ".peers/twilio/$tarball" -C .peers/twilio --strip-components=2 "package/$TWILIO_SPEC_PATH"
+  rm -f ".peers/twilio/$tarball"
+  echo "$TWILIO_SPEC_SHA256  $TWILIO_SPEC" | sha256sum --check --quiet || {
+    rm -f "$TWILIO_SPEC"; echo "Twilio's OpenAPI description does not match its pinned checksum" >&2; exit 1; }
 fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

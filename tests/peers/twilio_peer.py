@@ -34,10 +34,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PRISM_BIN = ROOT / ".peers" / "prism" / "node_modules" / ".bin" / "prism"
 TWILIO_SPEC = Path(
-    os.environ.get(
-        "CARELOOP_TWILIO_SPEC", ROOT.parent / "shared" / "peers" / "twilio" / "twilio_messages_v2010.json"
-    )
+    os.environ.get("CARELOOP_TWILIO_SPEC")
+    or ROOT / ".peers" / "twilio" / "spec" / "json" / "twilio_api_v2010.json"
 )
+"""Twilio's published OpenAPI description of the 2010-04-01 API, served whole by Prism.
+scripts/test.sh installs it from npm (``@twilio-alpha/mcp``, pinned); CARELOOP_TWILIO_SPEC
+may point at another copy."""
 PRISM_READY_TIMEOUT = 30.0
 """Seconds Prism may take to print "Prism is listening"."""
 
@@ -91,7 +93,11 @@ class PrismProcess:
                 pytrace=False,
             )
         if not self.spec.exists():
-            pytest.fail(f"Twilio's OpenAPI spec is missing: {self.spec}", pytrace=False)
+            pytest.fail(
+                f"Twilio's OpenAPI spec is missing: {self.spec}. Run scripts/test.sh, which installs "
+                "it from npm (@twilio-alpha/mcp), or point CARELOOP_TWILIO_SPEC at a copy.",
+                pytrace=False,
+            )
         cmd = [str(PRISM_BIN), "mock", str(self.spec), "-h", "127.0.0.1", "-p", str(self.port)]
         self.proc = subprocess.Popen(
             cmd,
