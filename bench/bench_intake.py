@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from careloop.config.settings import Settings  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from careloop.db import dispose_all, get_engine, upgrade  # noqa: E402
 from careloop.models import Event, OutboxEntry, utcnow  # noqa: E402
 from careloop.runtime import set_runtime  # noqa: E402
-from config.settings import Settings  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/careloop_bench"
@@ -33,7 +33,7 @@ DATA = {"medication": "levetiracetam", "change": "dose_changed", "dose": "250 mg
 
 
 def bench(url: str, n: int) -> tuple[float, float]:
-    from service import create_app
+    from careloop.service import create_app
 
     upgrade(url)
     settings = Settings.from_values(

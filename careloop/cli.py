@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from config.rules import RulesError, load_rules
-from config.settings import get_settings
+from careloop.config.settings import get_settings
+from careloop.rules import RulesError, load_rules
 
 
 def _fail(message: str) -> None:
@@ -77,7 +77,7 @@ def worker(ctx: click.Context) -> None:
         "--url",
         settings.redis_url,
         "--worker-class",
-        "workers.runner.CareloopWorker",
+        "careloop.workers.runner.CareloopWorker",
         "--serializer",
         "rq.serializers.JSONSerializer",
         "--with-scheduler",
@@ -98,7 +98,7 @@ def relay(once: bool, parent_pid: int | None) -> None:
     import signal
     import threading
 
-    from workers.relay import relay_once, run_relay
+    from careloop.workers.relay import relay_once, run_relay
 
     runtime = _runtime()
     if once:

@@ -11,13 +11,13 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from importlib.resources import files
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-"""Where alembic's env.py and the versions live."""
+MIGRATIONS_DIR = str(files("careloop.migrations"))
+"""Where alembic's env.py and the versions live (the installed package careloop.migrations)."""
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -87,7 +87,7 @@ def alembic_config(url: str):
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", MIGRATIONS_DIR)
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     return cfg

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from config.settings import Settings
+from careloop.config.settings import Settings
 
 TEAM = [
     ("Dana Rivera", "parent", "dana@example.org", "+15555550101"),
@@ -28,7 +28,7 @@ def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = 
     """Run the demo; returns the events and their deliveries as the API shows them."""
     from careloop.db import get_engine, upgrade
     from careloop.runtime import set_runtime
-    from service import create_app
+    from careloop.service import create_app
 
     set_runtime(None)  # a previous run's in-process queue must not write into the new database
     if database_url.startswith("sqlite:///"):

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 log = logging.getLogger("careloop.dispatch")
 
-ROUTE_JOB = "workers.jobs.route_event"
-DELIVER_JOB = "workers.jobs.deliver"
+ROUTE_JOB = "careloop.workers.jobs.route_event"
+DELIVER_JOB = "careloop.workers.jobs.deliver"
 
 JOB_RESULT_TTL = 3600
 """Seconds RQ keeps a finished job's record (for operators looking at RQ's registries)."""
@@ -142,7 +142,7 @@ class InProcessDispatcher:
         return True
 
     def _run(self) -> None:
-        from workers import jobs
+        from careloop.workers import jobs
 
         functions = {ROUTE_JOB: jobs.route_event, DELIVER_JOB: jobs.deliver}
         last_sweep = time.monotonic()

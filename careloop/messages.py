@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
 
-from integrations.base import Attendee, CalendarInvite, OutgoingMessage
+from careloop.integrations.base import Attendee, CalendarInvite, OutgoingMessage
 
 KIND_LABELS = {
     "medication.changed": "a medication update",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from config.rules import Rule, Rules
+from careloop.rules import Rule, Rules
 
 SKIP_NO_PHONE = "member has no phone number"
 SKIP_NO_EMAIL = "member has no email address"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 
+from careloop.config.settings import Settings, get_settings
 from careloop.dispatch import InProcessDispatcher, RQDispatcher
-from config.rules import Rules, load_rules
-from config.settings import Settings, get_settings
-from integrations.base import Channel
+from careloop.integrations.base import Channel
+from careloop.rules import Rules, load_rules
 
 JOB_TIMEOUT_MARGIN = 5
 """Seconds between RQ's job timeout and careloop's claim timeout: RQ must stop a stuck
@@ -39,7 +39,7 @@ class Runtime:
 
     @cached_property
     def channels(self) -> dict[str, Channel]:
-        from integrations import build_channels
+        from careloop.integrations import build_channels
 
         return build_channels(self.settings)
 
@@ -55,7 +55,7 @@ class Runtime:
     def dispatcher(self) -> RQDispatcher | InProcessDispatcher:
         if self.settings.redis_url:
             return RQDispatcher(self.settings.redis_url, self.settings.queue_prefix, self.job_timeout)
-        from workers.relay import relay_once
+        from careloop.workers.relay import relay_once
 
         return InProcessDispatcher(
             idle_sweep=lambda: relay_once(self), sweep_interval=self.settings.relay_interval

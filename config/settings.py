@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` so they never show up when settings are printed or log
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -15,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATABASE_URL = "sqlite:///careloop.db"
 """Embedded default: a SQLite file in the working directory."""
 
-DEFAULT_RULES_FILE = Path(__file__).with_name("rules.yaml")
+DEFAULT_RULES_FILE = Path(str(files("careloop.config") / "rules.yaml"))
 """The routing rules shipped with careloop."""
 
 

@@ -6,15 +6,15 @@ outbox folder and the console (the embedded default), so nothing is sent by acci
 
 from __future__ import annotations
 
-from integrations.base import Channel
+from careloop.integrations.base import Channel
 
 
 def build_channels(settings) -> dict[str, Channel]:
     """kind → channel for ``sms``, ``email`` and ``calendar``."""
-    from integrations.calendar_invite import CalendarEmail
-    from integrations.email_smtp import SmtpEmail
-    from integrations.file_outbox import FileOutbox
-    from integrations.sms_twilio import TwilioSMS
+    from careloop.integrations.calendar_invite import CalendarEmail
+    from careloop.integrations.email_smtp import SmtpEmail
+    from careloop.integrations.file_outbox import FileOutbox
+    from careloop.integrations.sms_twilio import TwilioSMS
 
     channels: dict[str, Channel] = {}
     channels["sms"] = (

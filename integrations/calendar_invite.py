@@ -15,16 +15,15 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from icalendar import Calendar, Event, vCalAddress
-
-from integrations.base import (
+from careloop.integrations.base import (
     CalendarInvite,
     Channel,
     DeliveryError,
     OutgoingMessage,
     ProviderReceipt,
 )
-from integrations.email_smtp import SmtpEmail, build_email
+from careloop.integrations.email_smtp import SmtpEmail, build_email
+from icalendar import Calendar, Event, vCalAddress
 
 PRODID = "-//careloop//careloop calendar invites//EN"
 """Identifies careloop as the product that wrote the iCalendar object."""

@@ -20,7 +20,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from integrations.base import (
+from careloop.integrations.base import (
     DEFAULT_TIMEOUT,
     Channel,
     DeliveryError,

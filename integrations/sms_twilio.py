@@ -16,21 +16,20 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import requests
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
-from twilio.rest import Client
-
-from integrations.base import (
+from careloop.integrations.base import (
     DEFAULT_TIMEOUT,
     Channel,
     DeliveryError,
     OutgoingMessage,
     ProviderReceipt,
 )
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    from careloop.config.settings import Settings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Hosts Twilio can never reach: no status-callback URL is sent for them."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 
 from apiflask import APIFlask
+from careloop.config.settings import Settings, get_settings
 from flask import g
 from sqlalchemy.orm import sessionmaker
 
 from careloop import db
 from careloop.runtime import Runtime, set_runtime
-from config.settings import Settings, get_settings
 
 log = logging.getLogger("careloop.service")
 
@@ -69,7 +69,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         if session is not None:
             session.close()
 
-    from service import deliveries, errors, events, guards, health, notebooks, twilio
+    from careloop.service import deliveries, errors, events, guards, health, notebooks, twilio
 
     errors.init_app(app)
     guards.init_app(app)

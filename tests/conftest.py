@@ -148,7 +148,7 @@ def _truncate(url: str) -> None:
 
 
 def make_settings(db_url: str, tmp_path: Path, **overrides):
-    from config.settings import Settings
+    from careloop.config.settings import Settings
 
     values = dict(
         database_url=db_url,
@@ -182,7 +182,7 @@ def settings(db_url, tmp_path):
 
 def build_app(settings):
     """The app for these settings, and an Api helper holding the admin key."""
-    from service import create_app
+    from careloop.service import create_app
 
     app = create_app({"TESTING": True}, settings=settings)
     return app, Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
@@ -294,6 +294,7 @@ def drain(app, timeout=30.0):
 def run_rq_until_settled(runtime, timeout=60.0):
     """RQ mode: run a real RQ worker (in-process, burst, with scheduler) until no delivery is
     waiting or in flight and no event waits for routing."""
+    from careloop.workers.relay import relay_once
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
     from sqlalchemy import func, select
@@ -301,7 +302,6 @@ def run_rq_until_settled(runtime, timeout=60.0):
     from careloop.db import session_scope
     from careloop.dispatch import queue_names
     from careloop.models import Delivery, OutboxEntry
-    from workers.relay import relay_once
 
     dispatcher = runtime.dispatcher
     deadline = time.monotonic() + timeout

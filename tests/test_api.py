@@ -146,8 +146,9 @@ def other(api):
 @pytest.fixture
 def smtp_app(db_url, tmp_path, smtp):
     """Embedded mode with email and calendar through the aiosmtpd peer (SMS to the outbox)."""
+    from careloop.service import create_app
+
     from careloop.runtime import set_runtime
-    from service import create_app
 
     settings = make_settings(db_url, tmp_path, smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=False)
     app = create_app({"TESTING": True}, settings=settings)

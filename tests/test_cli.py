@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from careloop.config.settings import DEFAULT_RULES_FILE
 from click.testing import CliRunner
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -24,7 +25,6 @@ from sqlalchemy import func, select
 from careloop.cli import main
 from careloop.db import session_scope
 from careloop.models import Delivery, OutboxEntry
-from config.settings import DEFAULT_RULES_FILE
 from tests.conftest import ADMIN_KEY, REDIS_URL, Api, make_settings, run_rq_until_settled, settings_env
 from tests.test_migrations import current_revision, fresh_pg_database, head_revision, schema_diff, tables
 
@@ -55,8 +55,9 @@ def _email_team(app):
 
 def invoke(*args: str, env: dict):
     """`careloop ARGS` in this process, reading its settings from ``env`` like a fresh process."""
+    from careloop.config.settings import get_settings
+
     import careloop.runtime as runtime_module
-    from config.settings import get_settings
 
     previous = runtime_module._runtime
     runtime_module._runtime = None
@@ -199,8 +200,9 @@ def test_worker_burst_with_a_bad_rules_file_stops_with_the_rule_error(tmp_path, 
 @pytest.fixture
 def rq_mode(db_url, tmp_path, redis_conn, smtp):
     """RQ mode against Redis DB 13 and the aiosmtpd peer; SMS (unused here) to the file outbox."""
+    from careloop.service import create_app
+
     from careloop.runtime import set_runtime
-    from service import create_app
 
     settings = make_settings(
         db_url, tmp_path, redis_url=REDIS_URL, smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=False
@@ -352,8 +354,9 @@ def test_relay_once_hands_a_pending_event_to_redis(rq_mode, redis_conn, db_url):
 
 
 def test_embedded_failed_delivery_listed_and_retried_from_the_cli(tmp_path, db_url):
+    from careloop.service import create_app
+
     from careloop.runtime import set_runtime
-    from service import create_app
 
     settings = make_settings(db_url, tmp_path)
     app = create_app({"TESTING": True}, settings=settings)

@@ -16,10 +16,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from icalendar import Calendar
-
-from config.settings import Settings
-from integrations.base import (
+from careloop.config.settings import Settings
+from careloop.integrations.base import (
     Attendee,
     CalendarInvite,
     DeliveryError,
@@ -27,9 +25,11 @@ from integrations.base import (
     OutcomeUnknown,
     OutgoingMessage,
 )
-from integrations.calendar_invite import CalendarEmail, build_invite
-from integrations.email_smtp import SmtpEmail
-from integrations.file_outbox import FileOutbox
+from careloop.integrations.calendar_invite import CalendarEmail, build_invite
+from careloop.integrations.email_smtp import SmtpEmail
+from careloop.integrations.file_outbox import FileOutbox
+from icalendar import Calendar
+
 from tests.peers.smtp_peer import PEER_PASSWORD, PEER_USERNAME
 
 MAIL_FROM = "careloop <careloop@example.org>"

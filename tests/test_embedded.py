@@ -227,8 +227,9 @@ def _post_accepted_events(api, nb, m, count):
 
 
 def _restart(settings):
+    from careloop.service import create_app
+
     from careloop.runtime import set_runtime
-    from service import create_app
 
     set_runtime(None)
     app = create_app({"TESTING": True}, settings=settings)
@@ -263,7 +264,7 @@ def _assert_routed_once(url, event_ids, m):
 def test_events_accepted_while_the_queue_was_unreachable_are_routed_after_a_restart(
     app, api, team, settings, db_url
 ):
-    from workers.relay import relay_once
+    from careloop.workers.relay import relay_once
 
     nb, m = team
     runtime = app.extensions["careloop"].runtime
@@ -285,7 +286,7 @@ def test_events_accepted_while_the_queue_was_unreachable_are_routed_after_a_rest
 
 def test_events_in_a_stopped_in_process_queue_are_routed_after_a_restart(app, api, team, settings, db_url):
     """The process died with jobs in its in-memory queue: the outbox still has them."""
-    from workers.relay import relay_once
+    from careloop.workers.relay import relay_once
 
     nb, m = team
     app.extensions["careloop"].runtime.dispatcher.stop()
@@ -309,7 +310,7 @@ def test_events_in_a_stopped_in_process_queue_are_routed_after_a_restart(app, ap
 
 def test_a_delivery_left_queued_by_a_dead_process_is_sent_after_a_restart(app, api, team, settings, db_url):
     """Routed, deliveries recorded, then the process died before sending them."""
-    from workers.relay import relay_once
+    from careloop.workers.relay import relay_once
 
     nb, m = team
     runtime = app.extensions["careloop"].runtime

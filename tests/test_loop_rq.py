@@ -160,7 +160,7 @@ def test_checkin_invite_update_and_cancel_are_real_itip(rq_api, runtime, team, s
 
 def test_routing_twice_sends_nothing_twice(rq_api, runtime, team, smtp, twilio_proxy):
     """A route job that runs again (redelivery) creates no second delivery and no second send."""
-    from workers.jobs import route_event
+    from careloop.workers.jobs import route_event
 
     nb, _ = team
     accepted = rq_api.event(nb["id"], "medication.changed", {"medication": "baclofen", "change": "started"})

@@ -130,8 +130,9 @@ def test_upgrade_is_idempotent(empty_db_url):
 
 
 def test_the_embedded_app_applies_migrations_on_a_new_sqlite_file(tmp_path):
+    from careloop.service import create_app
+
     from careloop.runtime import set_runtime
-    from service import create_app
     from tests.conftest import ADMIN_KEY, make_settings
 
     path = tmp_path / "new" / "careloop.db"

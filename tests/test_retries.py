@@ -122,11 +122,11 @@ def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
 ):
     from datetime import timedelta
 
+    from careloop.workers.jobs import deliver
     from sqlalchemy import update
 
     from careloop.db import session_scope
     from careloop.models import Delivery, utcnow
-    from workers.jobs import deliver
 
     app, api = retry_app
     runtime = app.extensions["careloop"].runtime

@@ -11,6 +11,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from careloop.config.settings import DEFAULT_RULES_FILE
 
 from careloop.events import ROLES
 from careloop.routing import (
@@ -21,8 +22,7 @@ from careloop.routing import (
     PlannedDelivery,
     plan_deliveries,
 )
-from config.rules import CHANNELS, Rules, load_rules, parse_rules
-from config.settings import DEFAULT_RULES_FILE
+from careloop.rules import CHANNELS, Rules, load_rules, parse_rules
 
 NOW = datetime(2024, 5, 6, 9, 30, tzinfo=UTC)
 

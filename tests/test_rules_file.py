@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from careloop.config.settings import DEFAULT_RULES_FILE, Settings
 from click.testing import CliRunner
 
 from careloop.cli import main
-from config.rules import RulesError, load_rules, parse_rules
-from config.settings import DEFAULT_RULES_FILE, Settings
+from careloop.rules import RulesError, load_rules, parse_rules
 
 GOOD = {
     "name": "good",
@@ -421,7 +421,7 @@ def test_cli_check_fails_on_an_unreadable_or_malformed_file(tmp_path, content):
 
 
 def test_a_bad_rules_file_stops_app_start_up_with_the_checkers_message(tmp_path, bad_file):
-    from service import create_app
+    from careloop.service import create_app
 
     with pytest.raises(RulesError) as checked:
         load_rules(bad_file)
@@ -434,7 +434,7 @@ def test_a_bad_rules_file_stops_app_start_up_with_the_checkers_message(tmp_path,
 
 
 def test_a_missing_rules_file_stops_app_start_up(tmp_path):
-    from service import create_app
+    from careloop.service import create_app
 
     settings = Settings(
         database_url=f"sqlite:///{tmp_path}/x.db", rules_file=tmp_path / "missing.yaml", redis_url=None

@@ -326,7 +326,7 @@ def test_email_delivery_failed_as_outcome_unknown_ignores_a_twilio_callback(
     """An email whose worker vanished mid-send goes through the real stale-claim path and ends
     "outcome unknown" with no provider id. A Twilio callback naming it — even correctly
     signed — is about an SMS and must not mark the email delivered."""
-    from workers.relay import relay_once
+    from careloop.workers.relay import relay_once
 
     event_id, _, event = _send_medication_change(rq_api, runtime, team, twilio_proxy)
     (email,) = [

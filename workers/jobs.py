@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from careloop.integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -22,7 +23,6 @@ from careloop.messages import NotebookView, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime, get_runtime
-from integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
 
 log = logging.getLogger("careloop.workers")
 

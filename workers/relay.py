@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 
+from careloop.workers.jobs import recover_stale
 from sqlalchemy import or_, select, update
 
 from careloop import deliveries as dl
@@ -19,7 +20,6 @@ from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
 from careloop.runtime import Runtime
-from workers.jobs import recover_stale
 
 log = logging.getLogger("careloop.relay")
 

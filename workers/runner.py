@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
+from careloop.workers.relay import start_relay_process, stop_relay_process
 from rq import Worker
 from sqlalchemy import text
 
 from careloop.db import get_engine
 from careloop.runtime import get_runtime
-from workers.relay import start_relay_process, stop_relay_process
 
 log = logging.getLogger("careloop.workers")
 
