@@ -13,17 +13,13 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
-from careloop.config.settings import Settings  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from careloop.db import dispose_all, get_engine, upgrade  # noqa: E402
-from careloop.models import Event, OutboxEntry, utcnow  # noqa: E402
-from careloop.runtime import set_runtime  # noqa: E402
+from careloop.config.settings import Settings
+from careloop.db import dispose_all, get_engine, upgrade
+from careloop.models import Event, OutboxEntry, utcnow
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/careloop_bench"
@@ -66,7 +62,7 @@ def bench(url: str, n: int) -> tuple[float, float]:
             session.commit()
     baseline = time.perf_counter() - start
     app.extensions["careloop"].runtime.dispatcher.connection.flushdb()
-    set_runtime(None)
+    app.extensions["careloop"].runtime.close()
     return api, baseline
 
 

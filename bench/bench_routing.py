@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from careloop.config.settings import DEFAULT_RULES_FILE  # noqa: E402
-
-from careloop.events import ROLES as CARE_ROLES  # noqa: E402
-from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries  # noqa: E402
-from careloop.rules import load_rules  # noqa: E402
+from careloop.config.settings import DEFAULT_RULES_FILE
+from careloop.events import ROLES as CARE_ROLES
+from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
+from careloop.rules import load_rules
 
 ROLES = [*CARE_ROLES, "parent", "other"]  # a full team: every role, two parents
 MEMBERS = [

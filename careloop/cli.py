@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
+from rq.cli.cli import main as rq_main
+from sqlalchemy import select
 
+from careloop import serialize
 from careloop.config.settings import get_settings
+from careloop.db import session_scope, upgrade
+from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
+from careloop.dispatch import queue_names
+from careloop.handover import hand_over_deliveries
+from careloop.models import Delivery
 from careloop.rules import RulesError, load_rules
+from careloop.runtime import ConfigurationError, Runtime
+from careloop.workers import build_runtime
+from careloop.workers.relay import relay_once, run_relay
 
 
 def _fail(message: str) -> None:
@@ -18,11 +32,9 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _runtime():
-    from careloop.runtime import ConfigurationError, get_runtime
-
+def _runtime() -> Runtime:
     try:
-        runtime = get_runtime()
+        runtime = build_runtime()
         runtime.check()
     except (RulesError, ConfigurationError) as exc:
         _fail(str(exc))
@@ -44,7 +56,7 @@ def main(verbose: bool) -> None:
 @click.option("--database", default="sqlite:///careloop-demo.db", show_default=True)
 def demo(outbox: Path, database: str) -> None:
     """Build a sample notebook, record three events, show who was told what."""
-    from careloop.demo import run_demo
+    from careloop.demo import run_demo  # here, not at the top: only the demo needs Flask
 
     logging.getLogger().setLevel(logging.WARNING)
     run_demo(outbox_dir=outbox, database_url=database, echo=click.echo)
@@ -60,10 +72,6 @@ def worker(ctx: click.Context) -> None:
 
     Every option is RQ's own (`rq worker --help`), e.g. --burst, --name, --max-jobs.
     """
-    from rq.cli.cli import main as rq_main
-
-    from careloop.dispatch import queue_names
-
     args = list(ctx.args)
     if "--help" in args or "-h" in args:  # help needs no configuration
         rq_main.main(args=["worker", "--help"], prog_name="careloop")
@@ -78,6 +86,8 @@ def worker(ctx: click.Context) -> None:
         settings.redis_url,
         "--worker-class",
         "careloop.workers.runner.CareloopWorker",
+        "--job-class",
+        "careloop.workers.runner.CareloopJob",
         "--serializer",
         "rq.serializers.JSONSerializer",
         "--with-scheduler",
@@ -94,12 +104,6 @@ def worker(ctx: click.Context) -> None:
 )
 def relay(once: bool, parent_pid: int | None) -> None:
     """Hand pending events and due deliveries to the queue; check stale sends."""
-    import os
-    import signal
-    import threading
-
-    from careloop.workers.relay import relay_once, run_relay
-
     runtime = _runtime()
     if once:
         click.echo(json.dumps(relay_once(runtime)))
@@ -123,8 +127,6 @@ def db() -> None:
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from careloop.db import upgrade
-
     upgrade(get_settings().database_url, revision)
     click.echo(f"database at {revision}")
 
@@ -158,12 +160,6 @@ def deliveries() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def deliveries_failed(notebook_id: str | None, limit: int, as_json: bool) -> None:
     """List failed deliveries, newest first."""
-    from sqlalchemy import select
-
-    from careloop import serialize
-    from careloop.db import session_scope
-    from careloop.models import Delivery
-
     runtime = _runtime()
     with session_scope(runtime.database_url) as session:
         stmt = select(Delivery).where(Delivery.status.in_(("failed", "undelivered")))
@@ -187,13 +183,6 @@ def deliveries_failed(notebook_id: str | None, limit: int, as_json: bool) -> Non
 @click.option("--all-failed", is_flag=True, help="Every failed or undelivered delivery.")
 def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
     """Send failed deliveries again (idempotent: a delivery already queued or sent is left alone)."""
-    from sqlalchemy import select
-
-    from careloop.db import session_scope
-    from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
-    from careloop.handover import hand_over_deliveries
-    from careloop.models import Delivery
-
     if not delivery_ids and not all_failed:
         _fail("name delivery ids or pass --all-failed")
     runtime = _runtime()
@@ -216,6 +205,7 @@ def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
             drain = getattr(runtime.dispatcher, "drain", None)
             if drain:
                 drain(timeout=60)
+    runtime.close()
     if unknown:
         sys.exit(1)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from careloop.config.settings import Settings
+from careloop.db import get_engine, upgrade
+from careloop.service import create_app
 
 TEAM = [
     ("Dana Rivera", "parent", "dana@example.org", "+15555550101"),
@@ -26,11 +28,6 @@ TEAM = [
 
 def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = print) -> dict:
     """Run the demo; returns the events and their deliveries as the API shows them."""
-    from careloop.db import get_engine, upgrade
-    from careloop.runtime import set_runtime
-    from careloop.service import create_app
-
-    set_runtime(None)  # a previous run's in-process queue must not write into the new database
     if database_url.startswith("sqlite:///"):
         # Pooled connections of an earlier run in this process would keep writing into the
         # unlinked file; close them before starting afresh.
@@ -50,6 +47,13 @@ def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = 
     # The demo applies its migrations on any database (the app does so only for SQLite).
     upgrade(settings.database_url)
     app = create_app(settings=settings)
+    try:
+        return _record_and_show(app, admin, outbox_dir, echo)
+    finally:
+        app.extensions["careloop"].runtime.close()  # its in-process queue stops with the demo
+
+
+def _record_and_show(app, admin: str, outbox_dir: Path, echo: Callable[[str], None]) -> dict:
     client = app.test_client()
     headers = {"Authorization": f"Bearer {admin}"}
 

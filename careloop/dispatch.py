@@ -2,6 +2,7 @@
 
 Both take job *ids*, never objects, and both may see the same id twice: every job is safe
 to run again (routing inserts deliveries idempotently; a delivery must be claimed first).
+The job functions themselves are passed in (:class:`Jobs`); nothing here imports them.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 log = logging.getLogger("careloop.dispatch")
-
-ROUTE_JOB = "careloop.workers.jobs.route_event"
-DELIVER_JOB = "careloop.workers.jobs.deliver"
 
 JOB_RESULT_TTL = 3600
 """Seconds RQ keeps a finished job's record (for operators looking at RQ's registries)."""
@@ -26,9 +30,35 @@ JOB_FAILURE_TTL = 7 * 24 * 3600
 """Seconds RQ keeps a failed job (a bug, not a provider error: those are recorded on the row)."""
 
 
+@dataclass(frozen=True)
+class Jobs:
+    """The work a dispatcher hands out, as functions given by ``careloop.workers``.
+
+    ``route(event_id, runtime=None)`` and ``deliver(delivery_id, runtime=None)`` are RQ jobs
+    (importable by name, ids in); the in-process queue calls them with its runtime.
+    ``sweep(runtime)`` is one relay sweep, run by the in-process queue in its idle time.
+    """
+
+    route: Callable[..., Any]
+    deliver: Callable[..., Any]
+    sweep: Callable[[Any], Any]
+
+
 def queue_names(prefix: str) -> list[str]:
     """careloop's queues, highest priority first: deliveries in hand before new routing."""
     return [f"{prefix}-deliver", f"{prefix}-route"]
+
+
+def retry_due_time(delay: float, now: datetime | None = None) -> datetime:
+    """When a job delayed by ``delay`` seconds is due, rounded up to RQ's whole seconds.
+
+    RQ's scheduler keeps whole seconds (it truncates); rounding up means a retry is never
+    tried early, so a provider's Retry-After is always honoured.
+    """
+    due = (now or datetime.now(UTC)) + timedelta(seconds=delay)
+    if due.microsecond:
+        due = due.replace(microsecond=0) + timedelta(seconds=1)
+    return due
 
 
 class RQDispatcher:
@@ -36,11 +66,7 @@ class RQDispatcher:
 
     mode = "rq"
 
-    def __init__(self, redis_url: str, prefix: str, job_timeout: int):
-        from redis import Redis
-        from rq import Queue
-        from rq.serializers import JSONSerializer
-
+    def __init__(self, redis_url: str, prefix: str, job_timeout: int, jobs: Jobs):
         self.connection = Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False
         )
@@ -48,58 +74,43 @@ class RQDispatcher:
         self.deliver_queue = Queue(deliver_name, connection=self.connection, serializer=JSONSerializer)
         self.route_queue = Queue(route_name, connection=self.connection, serializer=JSONSerializer)
         self.job_timeout = job_timeout
+        self.jobs = jobs
+
+    def _prepared(self, function: Callable[..., Any], ref: str, job_id: str | None = None):
+        return Queue.prepare_data(
+            function,
+            args=(ref,),
+            job_id=job_id,
+            timeout=self.job_timeout,
+            result_ttl=JOB_RESULT_TTL,
+            failure_ttl=JOB_FAILURE_TTL,
+        )
 
     def route(self, event_ids: list[str]) -> None:
-        from rq import Queue
-
         self.route_queue.enqueue_many(
-            [
-                Queue.prepare_data(
-                    ROUTE_JOB,
-                    args=(event_id,),
-                    job_id=f"route-{event_id}",
-                    timeout=self.job_timeout,
-                    result_ttl=JOB_RESULT_TTL,
-                    failure_ttl=JOB_FAILURE_TTL,
-                )
-                for event_id in event_ids
-            ]
+            [self._prepared(self.jobs.route, event_id, f"route-{event_id}") for event_id in event_ids]
         )
 
     def deliver(self, delivery_ids: list[str], delay: float | None = None) -> None:
-        from rq import Queue
-
         if delay:
-            # RQ's scheduler keeps whole seconds (it truncates); rounding the due time up means a
-            # retry is never tried early, so a provider's Retry-After is always honoured.
-            due = datetime.now(UTC) + timedelta(seconds=delay)
-            if due.microsecond:
-                due = due.replace(microsecond=0) + timedelta(seconds=1)
+            due = retry_due_time(delay)
             for delivery_id in delivery_ids:
                 self.deliver_queue.enqueue_at(
                     due,
-                    DELIVER_JOB,
+                    self.jobs.deliver,
                     delivery_id,
                     job_timeout=self.job_timeout,
                     result_ttl=JOB_RESULT_TTL,
                     failure_ttl=JOB_FAILURE_TTL,
                 )
             return
-        self.deliver_queue.enqueue_many(
-            [
-                Queue.prepare_data(
-                    DELIVER_JOB,
-                    args=(delivery_id,),
-                    timeout=self.job_timeout,
-                    result_ttl=JOB_RESULT_TTL,
-                    failure_ttl=JOB_FAILURE_TTL,
-                )
-                for delivery_id in delivery_ids
-            ]
-        )
+        self.deliver_queue.enqueue_many([self._prepared(self.jobs.deliver, d) for d in delivery_ids])
 
     def ping(self) -> bool:
         return bool(self.connection.ping())
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 class InProcessDispatcher:
@@ -108,23 +119,31 @@ class InProcessDispatcher:
     Delayed jobs (retries) wait in a heap until due. Nothing here survives the process; the
     database does, and the relay (``careloop relay``, or this dispatcher's idle sweep)
     hands pending work over again after a restart.
+
+    Args:
+        jobs: the job functions; each is called with ``runtime=context``.
+        context: the runtime the jobs run with (the app's own, never a process global).
+        sweep_interval: seconds between relay sweeps while idle.
     """
 
     mode = "inprocess"
 
-    def __init__(self, idle_sweep: Callable[[], None] | None = None, sweep_interval: float = 5.0):
-        self._heap: list[tuple[float, int, str, str]] = []
+    def __init__(self, jobs: Jobs, context: Any, sweep_interval: float = 5.0):
+        self._heap: list[tuple[float, int, Callable[..., Any], str]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._busy = 0
-        self._idle_sweep = idle_sweep
+        self._jobs = jobs
+        self._context = context
         self._sweep_interval = sweep_interval
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def _push(self, job: str, ref: str, delay: float | None) -> None:
+    def _push(self, function: Callable[..., Any], ref: str, delay: float | None) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + (delay or 0), next(self._counter), job, ref))
+            if self._stopping:
+                return  # the database keeps the promise; the next start's relay hands it over
+            heapq.heappush(self._heap, (time.monotonic() + (delay or 0), next(self._counter), function, ref))
             self._cond.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="careloop-inprocess", daemon=True)
@@ -132,44 +151,46 @@ class InProcessDispatcher:
 
     def route(self, event_ids: list[str]) -> None:
         for event_id in event_ids:
-            self._push(ROUTE_JOB, event_id, None)
+            self._push(self._jobs.route, event_id, None)
 
     def deliver(self, delivery_ids: list[str], delay: float | None = None) -> None:
         for delivery_id in delivery_ids:
-            self._push(DELIVER_JOB, delivery_id, delay)
+            self._push(self._jobs.deliver, delivery_id, delay)
 
     def ping(self) -> bool:
         return True
 
-    def _run(self) -> None:
-        from careloop.workers import jobs
+    def _next(self, last_sweep: float) -> tuple[Callable[..., Any], str] | None | bool:
+        """The next due job; None when it is time to sweep; False when stopping."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, function, ref = heapq.heappop(self._heap)
+                    self._busy += 1
+                    return function, ref
+                if now - last_sweep >= self._sweep_interval:
+                    self._busy += 1
+                    return None
+                wait = self._heap[0][0] - now if self._heap else self._sweep_interval
+                self._cond.wait(timeout=min(wait, self._sweep_interval))
+            return False
 
-        functions = {ROUTE_JOB: jobs.route_event, DELIVER_JOB: jobs.deliver}
+    def _run(self) -> None:
         last_sweep = time.monotonic()
         while True:
-            with self._cond:
-                while not self._stopping:
-                    now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        break
-                    wait = self._heap[0][0] - now if self._heap else self._sweep_interval
-                    self._cond.wait(timeout=min(wait, self._sweep_interval))
-                    if self._idle_sweep and time.monotonic() - last_sweep >= self._sweep_interval:
-                        break
-                if self._stopping:
-                    return
-                item = (
-                    heapq.heappop(self._heap) if self._heap and self._heap[0][0] <= time.monotonic() else None
-                )
-                self._busy += 1
+            item = self._next(last_sweep)
+            if item is False:
+                return
             try:
-                if item is not None:
-                    functions[item[2]](item[3])
-                elif self._idle_sweep:
+                if item is None:
                     last_sweep = time.monotonic()
-                    self._idle_sweep()
+                    self._jobs.sweep(self._context)
+                else:
+                    function, ref = item
+                    function(ref, runtime=self._context)
             except Exception:
-                log.exception("in-process job %s failed", item[2] if item else "relay sweep")
+                log.exception("in-process %s failed", "relay sweep" if item is None else "job")
             finally:
                 with self._cond:
                     self._busy -= 1
@@ -195,3 +216,6 @@ class InProcessDispatcher:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop()

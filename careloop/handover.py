@@ -11,6 +11,7 @@ import logging
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from careloop.deliveries import mark_enqueued
 from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
 
@@ -37,8 +38,6 @@ def hand_over_events(session: Session, dispatcher, event_ids: list[str]) -> bool
 
 
 def hand_over_deliveries(session: Session, dispatcher, delivery_ids: list[str]) -> bool:
-    from careloop.deliveries import mark_enqueued
-
     try:
         dispatcher.deliver(delivery_ids)
     except Exception as exc:

@@ -1,16 +1,17 @@
-"""The process-wide pieces built from settings: rules, channels and the dispatcher.
+"""What a careloop process runs with, built from settings: rules, channels and a dispatcher.
 
-Web and worker processes build one Runtime at start (a bad rules file stops start-up here);
-RQ jobs, which run in forked work horses, reach it through :func:`get_runtime`.
+A web app keeps its runtime on ``app.extensions["careloop"]``; a worker process keeps one
+for the jobs it runs. ``careloop.workers.build_runtime`` is the one place a runtime is
+built (it supplies the job functions); nothing here is a process-wide global.
 """
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
-from careloop.config.settings import Settings, get_settings
-from careloop.dispatch import InProcessDispatcher, RQDispatcher
+from careloop.config.settings import Settings
+from careloop.dispatch import InProcessDispatcher, Jobs, RQDispatcher
+from careloop.integrations import build_channels
 from careloop.integrations.base import Channel
 from careloop.rules import Rules, load_rules
 
@@ -24,14 +25,24 @@ class ConfigurationError(RuntimeError):
 
 
 class Runtime:
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    """Settings and what is built from them, once per process (web app or worker).
+
+    Args:
+        settings: the validated settings.
+        jobs: the job functions the dispatcher hands work to.
+
+    Raises:
+        ConfigurationError: when the claim timeout is too short for the provider timeout.
+    """
+
+    def __init__(self, settings: Settings, jobs: Jobs):
         if settings.claim_timeout < 3 * settings.provider_timeout + JOB_TIMEOUT_MARGIN * 2:
             raise ConfigurationError(
                 "CARELOOP_CLAIM_TIMEOUT must be at least 3 × CARELOOP_PROVIDER_TIMEOUT + 10 seconds, "
                 "so a send still in progress is never mistaken for an abandoned one"
             )
-        self._lock = threading.Lock()
+        self.settings = settings
+        self.jobs = jobs
 
     @cached_property
     def rules(self) -> Rules:
@@ -39,8 +50,6 @@ class Runtime:
 
     @cached_property
     def channels(self) -> dict[str, Channel]:
-        from careloop.integrations import build_channels
-
         return build_channels(self.settings)
 
     def check(self) -> None:
@@ -54,37 +63,15 @@ class Runtime:
     @cached_property
     def dispatcher(self) -> RQDispatcher | InProcessDispatcher:
         if self.settings.redis_url:
-            return RQDispatcher(self.settings.redis_url, self.settings.queue_prefix, self.job_timeout)
-        from careloop.workers.relay import relay_once
-
-        return InProcessDispatcher(
-            idle_sweep=lambda: relay_once(self), sweep_interval=self.settings.relay_interval
-        )
+            settings = self.settings
+            return RQDispatcher(settings.redis_url, settings.queue_prefix, self.job_timeout, self.jobs)
+        return InProcessDispatcher(self.jobs, context=self, sweep_interval=self.settings.relay_interval)
 
     @property
     def database_url(self) -> str:
         return self.settings.database_url
 
-
-_runtime: Runtime | None = None
-_runtime_lock = threading.Lock()
-
-
-def get_runtime() -> Runtime:
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = Runtime(get_settings())
-        return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Install the runtime this process uses (the app factory, the CLI and tests)."""
-    global _runtime
-    with _runtime_lock:
-        old = _runtime
-        _runtime = runtime
-    if old is not None and old is not runtime and "dispatcher" in old.__dict__:
-        stop = getattr(old.dispatcher, "stop", None)
-        if stop:
-            stop()
+    def close(self) -> None:
+        """Stop the in-process queue (waiting for the job in hand) and drop queue connections."""
+        if "dispatcher" in self.__dict__:
+            self.dispatcher.close()

@@ -15,6 +15,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from icalendar import Calendar, Event, vCalAddress
+
 from careloop.integrations.base import (
     CalendarInvite,
     Channel,
@@ -23,7 +25,6 @@ from careloop.integrations.base import (
     ProviderReceipt,
 )
 from careloop.integrations.email_smtp import SmtpEmail, build_email
-from icalendar import Calendar, Event, vCalAddress
 
 PRODID = "-//careloop//careloop calendar invites//EN"
 """Identifies careloop as the product that wrote the iCalendar object."""

@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
 from careloop.integrations.base import (
     DEFAULT_TIMEOUT,
     Channel,
@@ -23,10 +28,6 @@ from careloop.integrations.base import (
     OutgoingMessage,
     ProviderReceipt,
 )
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
-from twilio.rest import Client
 
 if TYPE_CHECKING:
     from careloop.config.settings import Settings

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 
 from apiflask import APIFlask
-from careloop.config.settings import Settings, get_settings
 from flask import g
 from sqlalchemy.orm import sessionmaker
 
 from careloop import db
-from careloop.runtime import Runtime, set_runtime
+from careloop.config.settings import Settings, get_settings
+from careloop.runtime import Runtime
+from careloop.service import deliveries, errors, events, guards, health, notebooks, twilio
+from careloop.workers import build_runtime
 
 log = logging.getLogger("careloop.service")
 
@@ -52,11 +54,10 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     if test_config:
         app.config.update(test_config)
 
-    runtime = Runtime(settings)
+    runtime = build_runtime(settings)
     runtime.check()  # fail fast on a bad rules file
     if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
         db.upgrade(settings.database_url)
-    set_runtime(runtime)
     app.extensions["careloop"] = CareloopExtension(runtime)
 
     @app.before_request
@@ -68,8 +69,6 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         session = g.pop("db", None)
         if session is not None:
             session.close()
-
-    from careloop.service import deliveries, errors, events, guards, health, notebooks, twilio
 
     errors.init_app(app)
     guards.init_app(app)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint, abort
-from careloop.service.auth import auth, principal
-from careloop.service.pagination import decode_cursor, encode_cursor
-from careloop.service.schemas import DeliveriesQuery
 from flask import current_app, g
 from sqlalchemy import and_, or_, select
 
@@ -13,6 +10,9 @@ from careloop import serialize
 from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
+from careloop.service.auth import auth, principal
+from careloop.service.pagination import decode_cursor, encode_cursor
+from careloop.service.schemas import DeliveriesQuery
 
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint, abort
-from careloop.service.auth import auth, notebook_or_404, principal
-from careloop.service.pagination import decode_cursor, encode_cursor
-from careloop.service.schemas import EventIn, EventsQuery
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
@@ -13,6 +10,9 @@ from careloop import serialize
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event
 from careloop.models import Delivery, Event
+from careloop.service.auth import auth, notebook_or_404, principal
+from careloop.service.pagination import decode_cursor, encode_cursor
+from careloop.service.schemas import EventIn, EventsQuery
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint, abort
-from careloop.service.auth import auth, hash_key, mint_key, notebook_or_404, principal, require_admin
-from careloop.service.schemas import KeyIn, MemberIn, MemberPatch, NotebookIn
 from flask import g
 from sqlalchemy import select
 
 from careloop import serialize
 from careloop.models import ApiKey, Member, Notebook
+from careloop.service.auth import auth, hash_key, mint_key, notebook_or_404, principal, require_admin
+from careloop.service.schemas import KeyIn, MemberIn, MemberPatch, NotebookIn
 
 bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
 

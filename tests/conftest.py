@@ -188,12 +188,36 @@ def build_app(settings):
     return app, Api(app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"})
 
 
+def close_app(app) -> None:
+    """Stop what an app runs beside the requests: its in-process queue, its Redis connection."""
+    app.extensions["careloop"].runtime.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_apps(monkeypatch):
+    """Every app a test builds is closed when the test ends (a fixture that built one closes
+    it earlier, before its database is cleaned): no queue thread outlives its test."""
+    import careloop.service
+
+    built = []
+    original = careloop.service.create_app
+
+    def create_app(*args, **kwargs):
+        app = original(*args, **kwargs)
+        built.append(app)
+        return app
+
+    monkeypatch.setattr(careloop.service, "create_app", create_app)
+    yield
+    for app in built:
+        close_app(app)
+
+
 @pytest.fixture
 def app(settings):
-    from careloop.runtime import set_runtime
-
-    yield build_app(settings)[0]
-    set_runtime(None)
+    app = build_app(settings)[0]
+    yield app
+    close_app(app)
 
 
 @pytest.fixture
@@ -294,7 +318,6 @@ def drain(app, timeout=30.0):
 def run_rq_until_settled(runtime, timeout=60.0):
     """RQ mode: run a real RQ worker (in-process, burst, with scheduler) until no delivery is
     waiting or in flight and no event waits for routing."""
-    from careloop.workers.relay import relay_once
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
     from sqlalchemy import func, select
@@ -302,6 +325,8 @@ def run_rq_until_settled(runtime, timeout=60.0):
     from careloop.db import session_scope
     from careloop.dispatch import queue_names
     from careloop.models import Delivery, OutboxEntry
+    from careloop.workers import jobs
+    from careloop.workers.relay import relay_once
 
     dispatcher = runtime.dispatcher
     deadline = time.monotonic() + timeout
@@ -312,7 +337,11 @@ def run_rq_until_settled(runtime, timeout=60.0):
             connection=dispatcher.connection,
             serializer=JSONSerializer,
         )
-        worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+        jobs.use_runtime(runtime)  # what `careloop worker` does at its start
+        try:
+            worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+        finally:
+            jobs.use_runtime(None)
         with session_scope(runtime.database_url) as session:
             pending = session.scalar(
                 select(func.count()).select_from(Delivery).where(Delivery.status.in_(("queued", "sending")))
@@ -381,10 +410,9 @@ def peers_settings(db_url, tmp_path, redis_conn, smtp, twilio_proxy):
 
 @pytest.fixture
 def rq_app(peers_settings):
-    from careloop.runtime import set_runtime
-
-    yield build_app(peers_settings)[0]
-    set_runtime(None)
+    app = build_app(peers_settings)[0]
+    yield app
+    close_app(app)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 
 from careloop.events import ROLES
 from careloop.models import ApiKey, Delivery
-from tests.conftest import ADMIN_KEY, Api, checkin_data, drain, make_settings
+from tests.conftest import ADMIN_KEY, Api, checkin_data, close_app, drain, make_settings
 
 EVENT_TYPES = (
     "medication.changed",
@@ -147,14 +147,11 @@ def other(api):
 def smtp_app(db_url, tmp_path, smtp):
     """Embedded mode with email and calendar through the aiosmtpd peer (SMS to the outbox)."""
     from careloop.service import create_app
-
-    from careloop.runtime import set_runtime
-
     settings = make_settings(db_url, tmp_path, smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=False)
     app = create_app({"TESTING": True}, settings=settings)
     yield app
     drain(app)
-    set_runtime(None)
+    close_app(app)
 
 
 @pytest.fixture

@@ -16,16 +16,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-from careloop.config.settings import DEFAULT_RULES_FILE
 from click.testing import CliRunner
 from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlalchemy import func, select
 
 from careloop.cli import main
+from careloop.config.settings import DEFAULT_RULES_FILE
 from careloop.db import session_scope
 from careloop.models import Delivery, OutboxEntry
-from tests.conftest import ADMIN_KEY, REDIS_URL, Api, make_settings, run_rq_until_settled, settings_env
+from tests.conftest import (
+    ADMIN_KEY,
+    REDIS_URL,
+    Api,
+    close_app,
+    make_settings,
+    run_rq_until_settled,
+    settings_env,
+)
 from tests.test_migrations import current_revision, fresh_pg_database, head_revision, schema_diff, tables
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,16 +65,11 @@ def invoke(*args: str, env: dict):
     """`careloop ARGS` in this process, reading its settings from ``env`` like a fresh process."""
     from careloop.config.settings import get_settings
 
-    import careloop.runtime as runtime_module
-
-    previous = runtime_module._runtime
-    runtime_module._runtime = None
     get_settings.cache_clear()
     try:
         return CliRunner().invoke(main, list(args), env=env)
     finally:
         get_settings.cache_clear()
-        runtime_module.set_runtime(previous)  # stops the CLI's own in-process queue, if any
 
 
 def run_process(*args: str, env: dict, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -201,16 +204,13 @@ def test_worker_burst_with_a_bad_rules_file_stops_with_the_rule_error(tmp_path, 
 def rq_mode(db_url, tmp_path, redis_conn, smtp):
     """RQ mode against Redis DB 13 and the aiosmtpd peer; SMS (unused here) to the file outbox."""
     from careloop.service import create_app
-
-    from careloop.runtime import set_runtime
-
     settings = make_settings(
         db_url, tmp_path, redis_url=REDIS_URL, smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=False
     )
     app = create_app({"TESTING": True}, settings=settings)
     api, nb, team = _email_team(app)
     yield settings, app, api, nb, team
-    set_runtime(None)
+    close_app(app)
 
 
 def _therapy_log(api, nb, team) -> str:
@@ -355,9 +355,6 @@ def test_relay_once_hands_a_pending_event_to_redis(rq_mode, redis_conn, db_url):
 
 def test_embedded_failed_delivery_listed_and_retried_from_the_cli(tmp_path, db_url):
     from careloop.service import create_app
-
-    from careloop.runtime import set_runtime
-
     settings = make_settings(db_url, tmp_path)
     app = create_app({"TESTING": True}, settings=settings)
     try:
@@ -368,7 +365,7 @@ def test_embedded_failed_delivery_listed_and_retried_from_the_cli(tmp_path, db_u
         _therapy_log(api, nb, team)
         assert app.extensions["careloop"].runtime.dispatcher.drain(timeout=30)
     finally:
-        set_runtime(None)
+        close_app(app)
     rows = _rows(db_url)
     assert sorted(d.status for d in rows.values()) == ["failed", "failed"]
 

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from icalendar import Calendar
+
 from careloop.config.settings import Settings
 from careloop.integrations.base import (
     Attendee,
@@ -28,8 +30,6 @@ from careloop.integrations.base import (
 from careloop.integrations.calendar_invite import CalendarEmail, build_invite
 from careloop.integrations.email_smtp import SmtpEmail
 from careloop.integrations.file_outbox import FileOutbox
-from icalendar import Calendar
-
 from tests.peers.smtp_peer import PEER_PASSWORD, PEER_USERNAME
 
 MAIL_FROM = "careloop <careloop@example.org>"

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 
 from careloop.db import session_scope
 from careloop.models import Delivery, Event, OutboxEntry, utcnow
-from tests.conftest import checkin_data, drain
+from tests.conftest import checkin_data, close_app, drain
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -213,6 +213,9 @@ class _QueueDown:
     def ping(self):
         return False
 
+    def close(self):
+        pass
+
 
 def _post_accepted_events(api, nb, m, count):
     return [
@@ -226,12 +229,11 @@ def _post_accepted_events(api, nb, m, count):
     ]
 
 
-def _restart(settings):
+def _restart(settings, old_app):
+    """The process restarted: the old app's queue is gone (stopped), a new app starts."""
     from careloop.service import create_app
 
-    from careloop.runtime import set_runtime
-
-    set_runtime(None)
+    close_app(old_app)
     app = create_app({"TESTING": True}, settings=settings)
     return app, app.extensions["careloop"].runtime
 
@@ -272,7 +274,7 @@ def test_events_accepted_while_the_queue_was_unreachable_are_routed_after_a_rest
     ids = _post_accepted_events(api, nb, m, 3)
     assert _pending_outbox(db_url) == 3
 
-    app2, runtime2 = _restart(settings)
+    app2, runtime2 = _restart(settings, app)
     assert relay_once(runtime2)["events"] == 3
     drain(app2)
     _assert_routed_once(db_url, ids, m)
@@ -295,7 +297,7 @@ def test_events_in_a_stopped_in_process_queue_are_routed_after_a_restart(app, ap
         assert session.scalar(select(func.count()).select_from(Delivery)) == 0
     assert _pending_outbox(db_url) == 2
 
-    app2, runtime2 = _restart(settings)
+    app2, runtime2 = _restart(settings, app)
     # the restarted process sees them as handed over moments ago; once the claim timeout has
     # passed (simulated by ageing the records) the relay hands them over again
     with session_scope(db_url) as session:
@@ -321,7 +323,7 @@ def test_a_delivery_left_queued_by_a_dead_process_is_sent_after_a_restart(app, a
     rows = _deliveries(db_url, event_id)
     assert sorted(d.status for d in rows) == ["queued", "queued", "queued", "skipped"]
 
-    app2, runtime2 = _restart(settings)
+    app2, runtime2 = _restart(settings, app)
     with session_scope(db_url) as session:  # the enqueue happened long enough ago
         session.execute(
             update(Delivery)
@@ -367,15 +369,10 @@ def _check_demo_output(output: str, outbox: Path) -> None:
 
 def test_demo_command_runs_the_whole_loop_in_process(tmp_path, no_network, monkeypatch):
     from careloop.cli import main
-    from careloop.runtime import set_runtime
-
     monkeypatch.chdir(tmp_path)
     outbox = tmp_path / "outbox"
     database = f"sqlite:///{tmp_path / 'demo.db'}"
-    try:
-        result = CliRunner().invoke(main, ["demo", "--outbox", str(outbox), "--database", database])
-    finally:
-        set_runtime(None)
+    result = CliRunner().invoke(main, ["demo", "--outbox", str(outbox), "--database", database])
     assert result.exit_code == 0, (result.output, result.exception)
     _check_demo_output(result.output, outbox)
     assert f"outbox: {outbox.resolve()}" in result.output
@@ -385,16 +382,11 @@ def test_demo_command_runs_the_whole_loop_in_process(tmp_path, no_network, monke
 
 def test_demo_command_twice_starts_afresh(tmp_path, monkeypatch):
     from careloop.cli import main
-    from careloop.runtime import set_runtime
-
     monkeypatch.chdir(tmp_path)
     database = f"sqlite:///{tmp_path / 'demo.db'}"
-    try:
-        for _ in range(2):
-            result = CliRunner().invoke(main, ["demo", "--outbox", "ob", "--database", database])
-            assert result.exit_code == 0, (result.output, result.exception)
-    finally:
-        set_runtime(None)
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["demo", "--outbox", "ob", "--database", database])
+        assert result.exit_code == 0, (result.output, result.exception)
     # the database is rebuilt: one notebook, not two
     from careloop.models import Notebook
 
@@ -437,14 +429,10 @@ def test_demo_with_the_default_options_writes_into_the_working_directory(tmp_pat
 
 def test_demo_against_a_fresh_postgresql_database_applies_the_migrations(tmp_path, monkeypatch):
     from careloop.cli import main
-    from careloop.runtime import set_runtime
     from tests.test_migrations import fresh_pg_database
 
     monkeypatch.chdir(tmp_path)
     with fresh_pg_database("demo") as url:
-        try:
-            result = CliRunner().invoke(main, ["demo", "--outbox", str(tmp_path / "ob"), "--database", url])
-        finally:
-            set_runtime(None)
+        result = CliRunner().invoke(main, ["demo", "--outbox", str(tmp_path / "ob"), "--database", url])
         assert result.exit_code == 0, (result.output, result.exception)
         _check_demo_output(result.output, tmp_path / "ob")

@@ -167,7 +167,7 @@ def test_routing_twice_sends_nothing_twice(rq_api, runtime, team, smtp, twilio_p
     run_rq_until_settled(runtime)
     before = rq_api.get(f"/v1/events/{accepted['id']}")["deliveries"]
     sent_mail, sent_sms = len(smtp.messages), len(twilio_proxy.sent)
-    assert route_event(accepted["id"]) == 0
+    assert route_event(accepted["id"], runtime=runtime) == 0
     runtime.dispatcher.route([accepted["id"]])
     run_rq_until_settled(runtime)
     after = rq_api.get(f"/v1/events/{accepted['id']}")["deliveries"]

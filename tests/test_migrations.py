@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from careloop.db import upgrade
 from careloop.models import Base
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, close_app
 
 TABLES = {"notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries"}
 
@@ -131,16 +131,14 @@ def test_upgrade_is_idempotent(empty_db_url):
 
 def test_the_embedded_app_applies_migrations_on_a_new_sqlite_file(tmp_path):
     from careloop.service import create_app
-
-    from careloop.runtime import set_runtime
     from tests.conftest import ADMIN_KEY, make_settings
 
     path = tmp_path / "new" / "careloop.db"
     path.parent.mkdir()
     url = f"sqlite:///{path}"
     assert not path.exists()
+    app = create_app({"TESTING": True}, settings=make_settings(url, tmp_path))
     try:
-        app = create_app({"TESTING": True}, settings=make_settings(url, tmp_path))
         client = app.test_client()
         response = client.post(
             "/v1/notebooks",
@@ -149,7 +147,7 @@ def test_the_embedded_app_applies_migrations_on_a_new_sqlite_file(tmp_path):
         )
         assert response.status_code == 201, response.get_json()
     finally:
-        set_runtime(None)
+        close_app(app)
     assert path.exists()
     assert schema_diff(url) == []
     assert current_revision(url) == head_revision()

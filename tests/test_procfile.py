@@ -179,6 +179,3 @@ def test_worker_sigterm_finishes_the_send_in_hand(pg_only_url, tmp_path, redis_c
     finally:
         if worker is not None:
             stop_worker(worker)
-        from careloop.runtime import set_runtime
-
-        set_runtime(None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from careloop.deliveries import backoff
-from tests.conftest import build_app, build_team, peer_settings, run_rq_until_settled
+from tests.conftest import build_app, build_team, close_app, peer_settings, run_rq_until_settled
 from tests.peers.twilio_peer import Fault
 from tests.test_faults import all_deliveries, assert_exactly_once
 
@@ -28,14 +28,12 @@ def test_backoff_never_sooner_than_retry_after_but_still_capped():
 
 @pytest.fixture
 def retry_app(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
-    from careloop.runtime import set_runtime
-
     settings = peer_settings(
         pg_only_url, tmp_path, smtp, twilio_proxy, max_attempts=3, provider_timeout=1.0, claim_timeout=15.0
     )
     app, api = build_app(settings)
     yield app, api
-    set_runtime(None)
+    close_app(app)
 
 
 def _therapy_log(api):
@@ -122,11 +120,11 @@ def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
 ):
     from datetime import timedelta
 
-    from careloop.workers.jobs import deliver
     from sqlalchemy import update
 
     from careloop.db import session_scope
     from careloop.models import Delivery, utcnow
+    from careloop.workers.jobs import deliver
 
     app, api = retry_app
     runtime = app.extensions["careloop"].runtime
@@ -139,7 +137,7 @@ def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
         session.execute(
             update(Delivery).where(Delivery.id == d.id).values(status="queued", next_attempt_at=due)
         )
-    assert deliver(d.id) == "rescheduled"
+    assert deliver(d.id, runtime=runtime) == "rescheduled"
     (row,) = [x for x in all_deliveries(pg_only_url) if x.id == d.id]
     assert (row.status, row.attempts) == ("queued", 1)
     assert len(smtp.received) == 1  # nothing sent early

@@ -11,8 +11,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from careloop.config.settings import DEFAULT_RULES_FILE
 
+from careloop.config.settings import DEFAULT_RULES_FILE
 from careloop.events import ROLES
 from careloop.routing import (
     SKIP_NO_EMAIL,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from careloop.config.settings import DEFAULT_RULES_FILE, Settings
 from click.testing import CliRunner
 
 from careloop.cli import main
+from careloop.config.settings import DEFAULT_RULES_FILE, Settings
 from careloop.rules import RulesError, load_rules, parse_rules
 
 GOOD = {

@@ -2,15 +2,17 @@
 
 There is one retry layer: a transient provider error puts the delivery back in the queue
 with a due time on its row (exponential backoff with jitter, Retry-After honoured) and
-schedules the next try with RQ's ``enqueue_in``; the relay re-enqueues anything due that the
+schedules the next try with RQ's ``enqueue_at``; the relay re-enqueues anything due that the
 queue lost. Jobs do not raise for provider errors, so RQ's own retry never doubles ours.
+
+RQ calls a job with its id only; the job then runs with the runtime its worker process
+installed (:func:`use_runtime`). The in-process queue passes its app's runtime instead.
 """
 
 from __future__ import annotations
 
 import logging
 
-from careloop.integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -19,16 +21,35 @@ from careloop import deliveries as dl
 from careloop.db import session_scope
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
+from careloop.integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
 from careloop.messages import NotebookView, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.routing import EventView, MemberView, plan_deliveries
-from careloop.runtime import Runtime, get_runtime
+from careloop.runtime import Runtime
 
 log = logging.getLogger("careloop.workers")
 
 
 class RenderError(Exception):
     """The delivery can no longer be rendered (its member was removed, say)."""
+
+
+_worker_runtime: Runtime | None = None
+
+
+def use_runtime(runtime: Runtime | None) -> None:
+    """Install the runtime that RQ jobs in this worker process run with (the worker's start
+    does this; forked work horses inherit it)."""
+    global _worker_runtime
+    _worker_runtime = runtime
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    if _worker_runtime is None:
+        raise RuntimeError("no careloop runtime in this process: run careloop's jobs with `careloop worker`")
+    return _worker_runtime
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
@@ -44,12 +65,12 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
     session.execute(stmt)
 
 
-def route_event(event_id: str) -> int:
+def route_event(event_id: str, runtime: Runtime | None = None) -> int:
     """Plan and record the deliveries of one event, then hand them to the queue.
 
     Returns how many deliveries were handed over. Running it twice creates nothing new.
     """
-    runtime = get_runtime()
+    runtime = _runtime(runtime)
     with session_scope(runtime.database_url) as session:
         event = session.get(Event, event_id)
         if event is None:
@@ -164,9 +185,9 @@ def _missing_contact(message: OutgoingMessage) -> str | None:
     return "member has no phone number" if message.channel == "sms" else "member has no email address"
 
 
-def deliver(delivery_id: str) -> str:
+def deliver(delivery_id: str, runtime: Runtime | None = None) -> str:
     """Send one delivery, at most once per claim. Returns the status it ended in."""
-    runtime = get_runtime()
+    runtime = _runtime(runtime)
     settings = runtime.settings
     with session_scope(runtime.database_url) as session:
         claim = dl.claim(session, delivery_id)

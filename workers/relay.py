@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 
-from careloop.workers.jobs import recover_stale
 from sqlalchemy import or_, select, update
 
 from careloop import deliveries as dl
@@ -20,6 +19,7 @@ from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
 from careloop.runtime import Runtime
+from careloop.workers.jobs import recover_stale
 
 log = logging.getLogger("careloop.relay")
 
