@@ -7,11 +7,87 @@ kind of update it is, and a link. Email and calendar carry the details.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
 
-from careloop.integrations.base import Attendee, CalendarInvite, OutgoingMessage
+
+@dataclass(frozen=True)
+class Attendee:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class CalendarInvite:
+    """One check-in as an iTIP object.
+
+    ``method`` is ``REQUEST`` (new or updated) or ``CANCEL``. ``uid`` is stable per check-in,
+    ``sequence`` is raised by every update and the cancel. ``start``/``end`` are aware
+    datetimes; ``tzid`` is the IANA zone they are shown in (a VTIMEZONE for it is embedded).
+    """
+
+    method: str
+    uid: str
+    sequence: int
+    title: str
+    start: datetime
+    end: datetime
+    tzid: str
+    organizer: Attendee
+    attendees: tuple[Attendee, ...]
+    location: str | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("REQUEST", "CANCEL"):
+            raise ValueError(f"method must be REQUEST or CANCEL, not {self.method!r}")
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message for one recipient over one channel, fully rendered.
+
+    Args:
+        delivery_id: careloop's delivery id; used in status-callback URLs and Message-IDs.
+        attempt: 1 for the first try, raised on each retry.
+        channel: ``sms``, ``email`` or ``calendar``.
+        to: E.164 phone number (sms) or email address (email, calendar).
+        to_name: recipient's display name.
+        subject: email subject (ignored by sms).
+        text: plain text body; for sms the whole message (kept free of PHI by the templates).
+        html: optional HTML alternative for email/calendar.
+        invite: the iTIP payload for ``calendar``.
+        created_at: when the delivery was planned (lets an SMS lookup bound its search).
+    """
+
+    delivery_id: str
+    attempt: int
+    channel: str
+    to: str
+    to_name: str
+    subject: str
+    text: str
+    html: str | None = None
+    invite: CalendarInvite | None = None
+    created_at: datetime | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderReceipt:
+    """What the provider told us when it accepted a message.
+
+    ``provider_id`` is Twilio's message SID or the SMTP Message-ID. ``status`` is careloop's
+    delivery status it maps to: ``sent`` (accepted; Twilio's own "queued" counts) or
+    ``delivered`` (the provider already confirmed delivery).
+    """
+
+    provider_id: str
+    status: str = "sent"
+
 
 KIND_LABELS = {
     "medication.changed": "a medication update",

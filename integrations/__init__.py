@@ -6,16 +6,15 @@ outbox folder and the console (the embedded default), so nothing is sent by acci
 
 from __future__ import annotations
 
+from careloop.config.settings import Settings
 from careloop.integrations.base import Channel
+from careloop.integrations.email_smtp import CalendarEmail, SmtpEmail
+from careloop.integrations.file_outbox import FileOutbox
+from careloop.integrations.sms_twilio import TwilioSMS
 
 
-def build_channels(settings) -> dict[str, Channel]:
+def build_channels(settings: Settings) -> dict[str, Channel]:
     """kind → channel for ``sms``, ``email`` and ``calendar``."""
-    from careloop.integrations.calendar_invite import CalendarEmail
-    from careloop.integrations.email_smtp import SmtpEmail
-    from careloop.integrations.file_outbox import FileOutbox
-    from careloop.integrations.sms_twilio import TwilioSMS
-
     channels: dict[str, Channel] = {}
     channels["sms"] = (
         TwilioSMS.from_settings(settings)

@@ -1,39 +1,23 @@
-"""Calendar invites as iTIP (RFC 5546) over iMIP (RFC 6047) email.
+"""iCalendar: check-ins as iTIP objects (RFC 5546), built with the ``icalendar`` package.
 
-The invite travels the way Google Calendar sends its own: a ``multipart/alternative`` with
-the text, the HTML and a ``text/calendar; method=...`` part (the one Gmail, Outlook and Apple
-Mail act on), wrapped in ``multipart/mixed`` with the same object as an ``invite.ics``
-attachment for clients that only offer attachments. Sending goes through
-:meth:`SmtpEmail.deliver_mime`, so error mapping and the Message-ID rule are the email
-channel's.
+Only the calendar object lives here; :mod:`careloop.integrations.mime` wraps it in an iMIP
+email (RFC 6047) and the SMTP channel or the file outbox carries it.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address
-from email.message import EmailMessage
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from icalendar import Calendar, Event, vCalAddress
 
-from careloop.integrations.base import (
-    CalendarInvite,
-    Channel,
-    DeliveryError,
-    OutgoingMessage,
-    ProviderReceipt,
-)
-from careloop.integrations.email_smtp import SmtpEmail, build_email
+from careloop.messages import CalendarInvite
 
 PRODID = "-//careloop//careloop calendar invites//EN"
 """Identifies careloop as the product that wrote the iCalendar object."""
 
 TIMEZONE_MARGIN = timedelta(days=366)
 """How far before the start and after the end the embedded VTIMEZONE's transitions reach."""
-
-ICS_FILENAME = "invite.ics"
-"""Name of the attached copy of the invite."""
 
 
 def build_invite(invite: CalendarInvite, *, stamp: datetime | None = None) -> bytes:
@@ -90,52 +74,3 @@ def build_invite(invite: CalendarInvite, *, stamp: datetime | None = None) -> by
         first_date=(start - TIMEZONE_MARGIN).date(), last_date=(end + TIMEZONE_MARGIN).date()
     )
     return calendar.to_ical()
-
-
-def build_invite_email(message: OutgoingMessage, sender: Address) -> EmailMessage:
-    """The email for a calendar message: :func:`build_email` plus the iMIP parts.
-
-    Raises:
-        DeliveryError: (permanent) when the message has no invite or a bad time zone.
-    """
-    invite = message.invite
-    if invite is None:
-        raise DeliveryError("calendar message without an invite", permanent=True)
-    try:
-        ics = build_invite(invite)
-    except ValueError as exc:
-        raise DeliveryError(str(exc), permanent=True) from exc
-    msg = build_email(message, sender)
-    # base64 keeps the iCalendar bytes (CRLF, folded lines, UTF-8 names) exactly as written.
-    msg.add_alternative(
-        ics,
-        maintype="text",
-        subtype="calendar",
-        cte="base64",
-        params={"method": invite.method, "charset": "UTF-8"},
-    )
-    msg.add_attachment(
-        ics, maintype="application", subtype="ics", filename=ICS_FILENAME, params={"name": ICS_FILENAME}
-    )
-    return msg
-
-
-class CalendarEmail(Channel):
-    """Sends check-in invites, updates and cancellations to attendees by email (iMIP)."""
-
-    kind = "calendar"
-
-    def __init__(self, smtp: SmtpEmail):
-        self.smtp = smtp
-
-    @classmethod
-    def from_settings(cls, settings) -> CalendarEmail:
-        return cls(SmtpEmail.from_settings(settings))
-
-    def build_email(self, message: OutgoingMessage) -> EmailMessage:
-        return build_invite_email(message, self.smtp.sender)
-
-    def send(self, message: OutgoingMessage) -> ProviderReceipt:
-        msg = self.build_email(message)
-        self.smtp.deliver_mime(msg, message.to)
-        return ProviderReceipt(provider_id=msg["Message-ID"], status="sent")

@@ -1,8 +1,10 @@
 """Email over SMTP: one message per recipient, sent through the operator's relay.
 
-Every email careloop sends (plain notices and calendar invites) leaves through
+Two channels share the one transport: :class:`SmtpEmail` (notices) and
+:class:`CalendarEmail` (iMIP invites). Every email leaves through
 :meth:`SmtpEmail.deliver_mime`, so connecting, STARTTLS, login and the mapping of SMTP
-errors to :class:`DeliveryError` live in one place.
+errors to :class:`DeliveryError` live in one place; the MIME itself is built by
+:mod:`careloop.integrations.mime`.
 
 SMTP cannot be asked later whether a message arrived, so :meth:`Channel.lookup` keeps the
 base behaviour (``OutcomeUnknown``). The Message-ID is stable per (delivery, attempt), which
@@ -12,22 +14,13 @@ lets a recipient's mail system and an operator spot duplicates.
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import ssl
-from datetime import UTC, datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
 
-from careloop.integrations.base import (
-    DEFAULT_TIMEOUT,
-    Channel,
-    DeliveryError,
-    NotConfigured,
-    OutgoingMessage,
-    ProviderReceipt,
-)
+from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError, NotConfigured
+from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
+from careloop.messages import OutgoingMessage, ProviderReceipt
 
 log = logging.getLogger("careloop.integrations.email")
 
@@ -36,76 +29,6 @@ SMTPS_PORT = 465
 
 MAX_REASON_LENGTH = 200
 """Longest server text kept in a DeliveryError reason."""
-
-RESERVED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "cc",
-        "bcc",
-        "sender",
-    }
-)
-"""Headers built from the message itself; ``OutgoingMessage.headers`` cannot replace them."""
-
-_ADDR_SPEC = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-"""local@domain with no spaces or specials: a cheap sanity check, not full RFC 5321."""
-
-
-def parse_mail_from(value: str) -> Address:
-    """Parse MAIL_FROM (``addr@domain`` or ``Name <addr@domain>``).
-
-    Raises:
-        NotConfigured: when it is not an email address.
-    """
-    name, addr = parseaddr(value or "")
-    if not addr or not _ADDR_SPEC.match(addr) or "\n" in value or "\r" in value:
-        raise NotConfigured(f"MAIL_FROM is not an email address: {value!r}")
-    local, _, domain = addr.rpartition("@")
-    return Address(display_name=_one_line(name), username=local, domain=domain)
-
-
-def valid_address(addr: str) -> bool:
-    """Whether ``addr`` looks like a single deliverable address (cheap check, no DNS)."""
-    return bool(addr) and _ADDR_SPEC.match(addr) is not None
-
-
-def message_id(message: OutgoingMessage, sender: Address) -> str:
-    """``<delivery_id.attempt@domain-of-MAIL_FROM>``: the same for a repeated build of one attempt."""
-    return f"<{message.delivery_id}.{message.attempt}@{sender.domain}>"
-
-
-def build_email(message: OutgoingMessage, sender: Address) -> EmailMessage:
-    """Render ``message`` as a MIME email from ``sender``: text, and HTML when given.
-
-    Raises:
-        DeliveryError: (permanent) when the recipient address is not an address.
-    """
-    if not valid_address(message.to):
-        raise DeliveryError("recipient is not an email address", permanent=True)
-    local, _, domain = message.to.rpartition("@")
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = Address(display_name=_one_line(message.to_name), username=local, domain=domain)
-    msg["Subject"] = _one_line(message.subject)
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = message_id(message, sender)
-    for name, value in message.headers.items():
-        if name.lower() in RESERVED_HEADERS:
-            log.warning("ignoring header %s on delivery %s: careloop sets it", name, message.delivery_id)
-            continue
-        msg[name] = _one_line(value)
-    msg.set_content(message.text)
-    if message.html:
-        msg.add_alternative(message.html, subtype="html")
-    return msg
-
 
 class SmtpEmail(Channel):
     """Sends email through an SMTP relay (``SMTP_HOST``, ``SMTP_PORT`` and friends).
@@ -284,15 +207,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 1] + "…"
 
 
-def _one_line(value: str | None) -> str:
-    """Header values must not break lines (header injection); collapse whitespace."""
-    return " ".join((value or "").split())
+class CalendarEmail(SmtpEmail):
+    """Sends check-in invites, updates and cancellations to attendees by email (iMIP).
 
+    The same SMTP relay and settings as :class:`SmtpEmail`; only the message differs.
+    """
 
-__all__ = [
-    "SmtpEmail",
-    "build_email",
-    "message_id",
-    "parse_mail_from",
-    "valid_address",
-]
+    kind = "calendar"
+
+    def build_email(self, message: OutgoingMessage) -> EmailMessage:
+        return build_invite_email(message, self.sender)

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
-from careloop.integrations.base import Channel, DeliveryError, OutgoingMessage, ProviderReceipt
-from careloop.integrations.calendar_invite import build_invite_email
-from careloop.integrations.email_smtp import build_email, parse_mail_from
+from careloop.integrations.base import Channel, DeliveryError
+from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
+from careloop.messages import OutgoingMessage, ProviderReceipt
 
 KINDS = ("sms", "email", "calendar")
 """Channels the outbox can stand in for."""

@@ -12,7 +12,7 @@ import re
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import requests
@@ -21,16 +21,9 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from careloop.integrations.base import (
-    DEFAULT_TIMEOUT,
-    Channel,
-    DeliveryError,
-    OutgoingMessage,
-    ProviderReceipt,
-)
-
-if TYPE_CHECKING:
-    from careloop.config.settings import Settings
+from careloop.config.settings import Settings
+from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError
+from careloop.messages import OutgoingMessage, ProviderReceipt
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Hosts Twilio can never reach: no status-callback URL is sent for them."""

@@ -19,17 +19,11 @@ import pytest
 from icalendar import Calendar
 
 from careloop.config.settings import Settings
-from careloop.integrations.base import (
-    Attendee,
-    CalendarInvite,
-    DeliveryError,
-    NotConfigured,
-    OutcomeUnknown,
-    OutgoingMessage,
-)
-from careloop.integrations.calendar_invite import CalendarEmail, build_invite
-from careloop.integrations.email_smtp import SmtpEmail
+from careloop.integrations.base import DeliveryError, NotConfigured, OutcomeUnknown
+from careloop.integrations.calendar_invite import build_invite
+from careloop.integrations.email_smtp import CalendarEmail, SmtpEmail
 from careloop.integrations.file_outbox import FileOutbox
+from careloop.messages import Attendee, CalendarInvite, OutgoingMessage
 from tests.peers.smtp_peer import PEER_PASSWORD, PEER_USERNAME
 
 MAIL_FROM = "careloop <careloop@example.org>"
@@ -307,8 +301,8 @@ def test_peer_takes_mail_from_another_process(smtp):
 
 
 @pytest.fixture
-def calendar(mailer) -> CalendarEmail:
-    return CalendarEmail(mailer)
+def calendar(smtp) -> CalendarEmail:
+    return CalendarEmail(smtp.host, smtp.port, starttls=False, mail_from=MAIL_FROM, timeout=5)
 
 
 def test_invite_arrives_as_imip_request(smtp, calendar):

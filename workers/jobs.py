@@ -21,8 +21,8 @@ from careloop import deliveries as dl
 from careloop.db import session_scope
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
-from careloop.integrations.base import DeliveryError, OutcomeUnknown, OutgoingMessage
-from careloop.messages import NotebookView, Recipient, render
+from careloop.integrations.base import DeliveryError, OutcomeUnknown
+from careloop.messages import NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
