@@ -10,9 +10,9 @@ import sys
 import time
 
 from careloop.config.settings import DEFAULT_RULES_FILE
-from careloop.events import ROLES as CARE_ROLES
 from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
 from careloop.rules import load_rules
+from careloop.vocabulary import ROLES as CARE_ROLES
 
 ROLES = [*CARE_ROLES, "parent", "other"]  # a full team: every role, two parents
 MEMBERS = [

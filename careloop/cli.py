@@ -17,12 +17,13 @@ from sqlalchemy import select
 from careloop import serialize
 from careloop.config.settings import get_settings
 from careloop.db import session_scope, upgrade
-from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
+from careloop.deliveries import retry_failed
 from careloop.dispatch import queue_names
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
+from careloop.vocabulary import RETRYABLE_STATUSES
 from careloop.workers import build_runtime
 from careloop.workers.relay import relay_once, run_relay
 
@@ -162,7 +163,7 @@ def deliveries_failed(notebook_id: str | None, limit: int, as_json: bool) -> Non
     """List failed deliveries, newest first."""
     runtime = _runtime()
     with session_scope(runtime.database_url) as session:
-        stmt = select(Delivery).where(Delivery.status.in_(("failed", "undelivered")))
+        stmt = select(Delivery).where(Delivery.status.in_(RETRYABLE_STATUSES))
         if notebook_id:
             stmt = stmt.where(Delivery.notebook_id == notebook_id)
         rows = session.scalars(stmt.order_by(Delivery.updated_at.desc()).limit(limit)).all()

@@ -5,7 +5,8 @@
        └──transient──────┤
                          └──permanent / out of attempts──▶ failed ──manual retry──▶ queued
 
-``skipped`` is final from the start (the member cannot be reached on that channel).
+``skipped`` is final from the start (the member cannot be reached on that channel). The
+statuses and the table of allowed moves are :mod:`careloop.vocabulary`'s.
 
 The claim is the heart of "never twice": a worker may call the provider only after its own
 UPDATE moved the row from ``queued`` to ``sending`` and stamped its ``claim_token``; every
@@ -24,33 +25,15 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from careloop.models import Delivery, utcnow
+from careloop.vocabulary import RETRYABLE_STATUSES, STATUS_RANK, ChannelKind, DeliveryStatus
 
-STATUSES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "skipped")
-FINAL_STATUSES = ("delivered", "undelivered", "failed", "skipped")
-RETRYABLE_STATUSES = ("failed", "undelivered")
-"""Statuses a person may send again (dead letters)."""
+OUTCOME_UNKNOWN_PREFIX = "outcome unknown"
+"""How every "the provider may or may not have it" reason starts (a provider's report overrules it)."""
 
 OUTCOME_UNKNOWN = (
-    "outcome unknown: the worker stopped during the provider call and the provider cannot be "
+    f"{OUTCOME_UNKNOWN_PREFIX}: the worker stopped during the provider call and the provider cannot be "
     "asked whether it went through; check with the recipient before retrying"
 )
-
-# How far along a status is; a provider callback never moves a delivery backwards.
-_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
-
-TWILIO_STATUS_MAP = {
-    "accepted": "sent",
-    "scheduled": "sent",
-    "queued": "sent",
-    "sending": "sent",
-    "sent": "sent",
-    "delivered": "delivered",
-    "read": "delivered",
-    "undelivered": "undelivered",
-    "failed": "failed",
-    "canceled": "failed",
-}
-"""Twilio's MessageStatus → careloop's delivery status (Twilio's "queued" counts as sent)."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +61,11 @@ def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Cl
         update(Delivery)
         .where(
             Delivery.id == delivery_id,
-            Delivery.status == "queued",
+            Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
         )
         .values(
-            status="sending",
+            status=DeliveryStatus.SENDING,
             attempts=Delivery.attempts + 1,
             round_attempts=Delivery.round_attempts + 1,
             claimed_at=now,
@@ -106,7 +89,7 @@ def seconds_until_due(session: Session, delivery_id: str, now: datetime | None =
         select(Delivery.status, Delivery.next_attempt_at).where(Delivery.id == delivery_id)
     ).one_or_none()
     session.commit()
-    if row is None or row.status != "queued" or row.next_attempt_at is None:
+    if row is None or row.status != DeliveryStatus.QUEUED or row.next_attempt_at is None:
         return None
     remaining = (row.next_attempt_at - (now or utcnow())).total_seconds()
     return remaining if remaining > 0 else None
@@ -116,12 +99,14 @@ def _owned(c: Claim):
     return and_(Delivery.id == c.delivery_id, Delivery.claim_token == c.token)
 
 
-def mark_sent(session: Session, c: Claim, provider_id: str, status: str = "sent") -> bool:
+def mark_sent(
+    session: Session, c: Claim, provider_id: str, status: DeliveryStatus = DeliveryStatus.SENT
+) -> bool:
     """Record the provider's acceptance. A status a callback already moved further is kept."""
     now = utcnow()
     result = session.execute(
         update(Delivery)
-        .where(_owned(c), Delivery.status.in_(("sending", "failed")))
+        .where(_owned(c), Delivery.status.in_((DeliveryStatus.SENDING, DeliveryStatus.FAILED)))
         .values(status=status, provider_id=provider_id, error=None, sent_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -141,8 +126,8 @@ def mark_failed(session: Session, c: Claim, reason: str) -> None:
     now = utcnow()
     session.execute(
         update(Delivery)
-        .where(_owned(c), Delivery.status == "sending")
-        .values(status="failed", error=reason, updated_at=now)
+        .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.FAILED, error=reason, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -154,8 +139,10 @@ def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
     due = now + timedelta(seconds=delay)
     session.execute(
         update(Delivery)
-        .where(_owned(c), Delivery.status == "sending")
-        .values(status="queued", error=reason, next_attempt_at=due, enqueued_at=now, updated_at=now)
+        .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
+        .values(
+            status=DeliveryStatus.QUEUED, error=reason, next_attempt_at=due, enqueued_at=now, updated_at=now
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -184,7 +171,7 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status.in_(RETRYABLE_STATUSES))
         .values(
-            status="queued",
+            status=DeliveryStatus.QUEUED,
             round_attempts=0,
             next_attempt_at=now,
             enqueued_at=now,
@@ -198,40 +185,42 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
 
 
 def apply_provider_status(
-    session: Session, delivery_id: str, provider_id: str, provider_status: str, error_code: str | None = None
+    session: Session,
+    delivery_id: str,
+    provider_id: str,
+    status: DeliveryStatus,
+    reason: str | None = None,
+    channel: ChannelKind = ChannelKind.SMS,
 ) -> bool:
-    """Apply a provider's status report (Twilio callback). Never moves a status backwards.
+    """Apply a provider's status report (a Twilio callback, already mapped to careloop's
+    status). Never moves a status backwards.
 
     A careloop-side "outcome unknown" failure is overruled by the provider, who knows.
-    Only SMS deliveries take Twilio's reports (an email's id in a callback URL is ignored).
+    Only deliveries of ``channel`` take the report (an email's id in an SMS callback URL is
+    ignored). ``reason`` is kept as the error of an undelivered or failed report.
     Returns True when the delivery changed.
     """
-    status = TWILIO_STATUS_MAP.get(provider_status)
-    if status is None:
-        return False
     delivery = session.get(Delivery, delivery_id, with_for_update=True)
-    if delivery is None or delivery.channel != "sms" or delivery.status == "skipped":
+    if delivery is None or delivery.channel != channel or delivery.status == DeliveryStatus.SKIPPED:
         session.rollback()
         return False
     if delivery.provider_id and delivery.provider_id != provider_id:
         session.rollback()
         return False
-    unknown = delivery.status == "failed" and (delivery.error or "").startswith("outcome unknown")
-    current_rank = _RANK.get(delivery.status, 0)
-    if not unknown and _RANK[status] <= current_rank:
+    failed = delivery.status == DeliveryStatus.FAILED
+    unknown = failed and (delivery.error or "").startswith(OUTCOME_UNKNOWN_PREFIX)
+    if not unknown and STATUS_RANK[status] <= STATUS_RANK[DeliveryStatus(delivery.status)]:
         session.rollback()
         return False
     now = utcnow()
     delivery.status = status
     delivery.provider_id = provider_id
     delivery.updated_at = now
-    if status == "delivered":
+    if status == DeliveryStatus.DELIVERED:
         delivery.delivered_at = now
         delivery.error = None
-    elif status in ("failed", "undelivered"):
-        delivery.error = f"Twilio reported {provider_status}" + (
-            f" (error {error_code})" if error_code else ""
-        )
+    elif status in (DeliveryStatus.FAILED, DeliveryStatus.UNDELIVERED):
+        delivery.error = reason
     else:  # sent: whatever went wrong before (an earlier attempt, "outcome unknown") is over
         delivery.error = None
     if delivery.sent_at is None:
@@ -245,7 +234,7 @@ def stale_claims(session: Session, claim_timeout: float, limit: int = 100) -> li
     cutoff = utcnow() - timedelta(seconds=claim_timeout)
     rows = session.execute(
         select(Delivery.id, Delivery.claim_token)
-        .where(Delivery.status == "sending", Delivery.claimed_at < cutoff)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < cutoff)
         .limit(limit)
     ).all()
     return [(r[0], r[1]) for r in rows]
@@ -257,7 +246,11 @@ def take_over(session: Session, delivery_id: str, old_token: str) -> Claim | Non
     now = utcnow()
     result = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "sending", Delivery.claim_token == old_token)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claim_token == old_token,
+        )
         .values(claim_token=token, claimed_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -277,7 +270,7 @@ def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> l
     rows = session.scalars(
         select(Delivery.id)
         .where(
-            Delivery.status == "queued",
+            Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < cutoff),
         )

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from careloop.config.settings import Settings
 from careloop.db import get_engine, upgrade
 from careloop.service import create_app
+from careloop.vocabulary import DONE_STATUSES, ChannelKind
 
 TEAM = [
     ("Dana Rivera", "parent", "dana@example.org", "+15555550101"),
@@ -125,12 +126,12 @@ def _record_and_show(app, admin: str, outbox_dir: Path, echo: Callable[[str], No
         recorded.append(call("GET", f"/v1/events/{accepted['id']}", expect=200))
     echo("")
     order = {member_id: index for index, member_id in enumerate(names)}
-    channels = ("sms", "email", "calendar")
+    channels = tuple(ChannelKind)
     for event in recorded:
         echo(f"● {event['type']}  ({event['id']}, recorded {event['recorded_at']})")
         for d in sorted(
             event["deliveries"], key=lambda d: (order[d["member_id"]], channels.index(d["channel"]))
         ):
-            outcome = d["provider_id"] if d["status"] in ("sent", "delivered") else d["error"]
+            outcome = d["provider_id"] if d["status"] in DONE_STATUSES else d["error"]
             echo(f"    {d['status']:<8} {d['channel']:<8} → {names[d['member_id']]}: {outcome}")
     return {"notebook": notebook, "events": recorded}

@@ -1,13 +1,19 @@
-"""Notebook event types and the shape of each one's ``data``.
+"""Notebook event types and the shape of each one's ``data``, each written once.
 
-These pydantic models validate intake, describe the API in the OpenAPI document, and tell
-the rules checker which data fields a rule may match on.
+An event type is a member of :class:`EventType`, a pydantic model of its ``data`` (field
+titles are the labels messages show) and a row in :data:`EVENT_KINDS` (how messages name
+it, which preference category it falls in). From these the API builds its request models
+and OpenAPI document, the rules checker learns which data fields a rule may match on, and
+the message templates find their labels: adding an event type touches this module only
+(and, for routing, the rules file).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,23 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-THERAPY_ROLES = ("physical_therapy", "occupational_therapy", "speech_therapy")
-
-Role = Literal[
-    "parent",
-    "guardian",
-    "child",
-    "neurology",
-    "developmental_pediatrics",
-    "physical_therapy",
-    "occupational_therapy",
-    "speech_therapy",
-    "school",
-    "other",
-]
-
-ROLES: tuple[str, ...] = get_args(Role)
-"""Care-team roles a member can have."""
+from careloop.vocabulary import THERAPY_ROLES
 
 Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text2000 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -69,42 +59,42 @@ class _Data(BaseModel):
 
 
 class MedicationChanged(_Data):
-    medication: Text200
-    change: Literal["started", "stopped", "dose_changed", "schedule_changed"]
-    dose: Text200 | None = None
-    effects: Text2000 | None = None
-    note: Text2000 | None = None
+    medication: Text200 = Field(title="Medication")
+    change: Literal["started", "stopped", "dose_changed", "schedule_changed"] = Field(title="Change")
+    dose: Text200 | None = Field(None, title="Dose")
+    effects: Text2000 | None = Field(None, title="Effects seen")
+    note: Text2000 | None = Field(None, title="Note")
 
 
 class ConcernRaised(_Data):
-    summary: Text2000
-    severity: Literal["low", "medium", "high", "urgent"]
+    summary: Text2000 = Field(title="Concern")
+    severity: Literal["low", "medium", "high", "urgent"] = Field(title="Severity")
     area: (
         Literal["movement", "speech", "swallowing", "sleep", "mood", "pain", "seizure", "school", "other"]
         | None
-    ) = None
+    ) = Field(None, title="Area")
 
 
 class TherapyLogged(_Data):
-    discipline: Literal["physical_therapy", "occupational_therapy", "speech_therapy"]
-    activity: Text200
-    minutes: Annotated[StrictInt, Field(ge=0, le=24 * 60)] | None = None
-    note: Text2000 | None = None
+    discipline: Literal[tuple(r.value for r in THERAPY_ROLES)] = Field(title="Discipline")  # type: ignore[valid-type]
+    activity: Text200 = Field(title="Activity")
+    minutes: Annotated[StrictInt, Field(ge=0, le=24 * 60)] | None = Field(None, title="Minutes")
+    note: Text2000 | None = Field(None, title="Note")
 
 
 class GoalUpdated(_Data):
-    goal: Text200
-    status: Literal["new", "progress", "met", "revised"]
-    note: Text2000 | None = None
+    goal: Text200 = Field(title="Goal")
+    status: Literal["new", "progress", "met", "revised"] = Field(title="Status")
+    note: Text2000 | None = Field(None, title="Note")
 
 
 class CheckinDetails(_Data):
-    checkin_id: Text200
-    title: Text200
-    start: Timestamp
-    end: Timestamp
-    location: Text200 | None = None
-    attendees: Annotated[list[MemberId], Field(min_length=1, max_length=100)]
+    checkin_id: Text200 = Field(title="Check-in id", description="your stable id for this check-in")
+    title: Text200 = Field(title="Check-in")
+    start: Timestamp = Field(title="Starts")
+    end: Timestamp = Field(title="Ends")
+    location: Text200 | None = Field(None, title="Location")
+    attendees: Annotated[list[MemberId], Field(min_length=1, max_length=100, title="Attendees")]
 
     @model_validator(mode="after")
     def _end_after_start(self) -> CheckinDetails:
@@ -116,29 +106,60 @@ class CheckinDetails(_Data):
 
 
 class CheckinCancelled(_Data):
-    checkin_id: Text200
+    checkin_id: Text200 = Field(title="Check-in id")
 
 
 class NoteAdded(_Data):
-    text: Text2000
-    voice: Literal["child", "family", "team"]
+    text: Text2000 = Field(title="Note")
+    voice: Literal["child", "family", "team"] = Field(title="In the words of")
 
 
-EVENT_DATA: dict[str, type[_Data]] = {
-    "medication.changed": MedicationChanged,
-    "concern.raised": ConcernRaised,
-    "therapy.logged": TherapyLogged,
-    "goal.updated": GoalUpdated,
-    "checkin.scheduled": CheckinDetails,
-    "checkin.updated": CheckinDetails,
-    "checkin.cancelled": CheckinCancelled,
-    "note.added": NoteAdded,
+class EventType(StrEnum):
+    """What happened in the notebook."""
+
+    MEDICATION_CHANGED = "medication.changed"
+    CONCERN_RAISED = "concern.raised"
+    THERAPY_LOGGED = "therapy.logged"
+    GOAL_UPDATED = "goal.updated"
+    CHECKIN_SCHEDULED = "checkin.scheduled"
+    CHECKIN_UPDATED = "checkin.updated"
+    CHECKIN_CANCELLED = "checkin.cancelled"
+    NOTE_ADDED = "note.added"
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """What careloop knows about one event type.
+
+    Args:
+        data: the model of the event's ``data``.
+        label: how messages name such an event ("There is {label} in Maya's care notebook").
+        category: the preference category (medication, concern, therapy, goal, checkin, note).
+    """
+
+    data: type[_Data]
+    label: str
+    category: str
+
+
+EVENT_KINDS: dict[EventType, EventKind] = {
+    EventType.MEDICATION_CHANGED: EventKind(MedicationChanged, "a medication update", "medication"),
+    EventType.CONCERN_RAISED: EventKind(ConcernRaised, "a new concern", "concern"),
+    EventType.THERAPY_LOGGED: EventKind(TherapyLogged, "a therapy session log", "therapy"),
+    EventType.GOAL_UPDATED: EventKind(GoalUpdated, "a goal update", "goal"),
+    EventType.CHECKIN_SCHEDULED: EventKind(CheckinDetails, "a new team check-in", "checkin"),
+    EventType.CHECKIN_UPDATED: EventKind(CheckinDetails, "a changed team check-in", "checkin"),
+    EventType.CHECKIN_CANCELLED: EventKind(CheckinCancelled, "a cancelled team check-in", "checkin"),
+    EventType.NOTE_ADDED: EventKind(NoteAdded, "a new note", "note"),
 }
+"""Every event type, in its documented order."""
+
+EVENT_DATA: dict[str, type[_Data]] = {event_type: kind.data for event_type, kind in EVENT_KINDS.items()}
 """Event type → the model of its ``data``."""
 
-EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA)
+EVENT_TYPES: tuple[str, ...] = tuple(EventType)
 
-CHECKIN_TYPES = ("checkin.scheduled", "checkin.updated", "checkin.cancelled")
+CHECKIN_TYPES = (EventType.CHECKIN_SCHEDULED, EventType.CHECKIN_UPDATED, EventType.CHECKIN_CANCELLED)
 
 
 def data_fields(event_type: str) -> set[str]:

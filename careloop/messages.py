@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
 
+from careloop.events import EVENT_DATA, EVENT_KINDS, EventType
+from careloop.vocabulary import ChannelKind, DeliveryStatus
+
 
 @dataclass(frozen=True)
 class Attendee:
@@ -86,41 +89,13 @@ class ProviderReceipt:
     """
 
     provider_id: str
-    status: str = "sent"
+    status: DeliveryStatus = DeliveryStatus.SENT
 
 
-KIND_LABELS = {
-    "medication.changed": "a medication update",
-    "concern.raised": "a new concern",
-    "therapy.logged": "a therapy session log",
-    "goal.updated": "a goal update",
-    "checkin.scheduled": "a new team check-in",
-    "checkin.updated": "a changed team check-in",
-    "checkin.cancelled": "a cancelled team check-in",
-    "note.added": "a new note",
-}
-
-FIELD_LABELS = {
-    "medication": "Medication",
-    "change": "Change",
-    "dose": "Dose",
-    "effects": "Effects seen",
-    "note": "Note",
-    "summary": "Concern",
-    "severity": "Severity",
-    "area": "Area",
-    "discipline": "Discipline",
-    "activity": "Activity",
-    "minutes": "Minutes",
-    "goal": "Goal",
-    "status": "Status",
-    "title": "Check-in",
-    "start": "Starts",
-    "end": "Ends",
-    "location": "Location",
-    "text": "Note",
-    "voice": "In the words of",
-}
+def field_label(event_type: str, field_name: str) -> str:
+    """How a message labels a data field: its title in the event type's model."""
+    info = EVENT_DATA[event_type].model_fields.get(field_name)
+    return (info.title if info and info.title else None) or field_name.replace("_", " ").capitalize()
 
 
 @dataclass(frozen=True)
@@ -143,13 +118,13 @@ def first_name(full_name: str) -> str:
 
 
 def _label(event_type: str, data: dict) -> str:
-    label = KIND_LABELS[event_type]
+    label = EVENT_KINDS[EventType(event_type)].label
     if event_type == "concern.raised" and data.get("severity") == "urgent":
         label = "an URGENT concern"
     return label
 
 
-def _detail_lines(data: dict) -> list[tuple[str, str]]:
+def _detail_lines(event_type: str, data: dict) -> list[tuple[str, str]]:
     lines = []
     for key, value in data.items():
         if key in ("attendees", "checkin_id") or value in (None, ""):
@@ -157,7 +132,7 @@ def _detail_lines(data: dict) -> list[tuple[str, str]]:
         text = (
             str(value).replace("_", " ") if key in ("change", "discipline", "voice", "area") else str(value)
         )
-        lines.append((FIELD_LABELS.get(key, key.replace("_", " ").capitalize()), text))
+        lines.append((field_label(event_type, key), text))
     return lines
 
 
@@ -185,13 +160,14 @@ def render(
     child = first_name(notebook.child_name)
     label = _label(event_type, data)
     link = event_link(public_url, event_id)
-    if channel == "sms":
+    kind = ChannelKind(channel)
+    if kind is ChannelKind.SMS:
         body = f"careloop: {label} in {child}'s care notebook. Details: {link}"
         return OutgoingMessage(
             delivery_id=delivery_id,
             attempt=attempt,
-            channel="sms",
-            to=recipient.phone or "",
+            channel=kind,
+            to=kind.address(recipient) or "",
             to_name=recipient.name,
             subject="",
             text=body,
@@ -199,7 +175,7 @@ def render(
         )
 
     subject = f"{label[0].upper()}{label[1:]} for {child}"
-    details = _detail_lines(data)
+    details = _detail_lines(event_type, data)
     text_lines = [f"Hello {recipient.name},", "", f"There is {label} in {child}'s care notebook.", ""]
     text_lines += [f"{name}: {value}" for name, value in details]
     text_lines += [
@@ -219,7 +195,7 @@ def render(
         f"<p><a href='{html.escape(link)}'>See it in careloop</a></p>"
     )
     invite = None
-    if channel == "calendar":
+    if kind is ChannelKind.CALENDAR:
         invite = build_checkin_invite(
             event_type=event_type,
             data=data,
@@ -233,8 +209,8 @@ def render(
     return OutgoingMessage(
         delivery_id=delivery_id,
         attempt=attempt,
-        channel=channel,
-        to=recipient.email or "",
+        channel=kind,
+        to=kind.address(recipient) or "",
         to_name=recipient.name,
         subject=subject,
         text="\n".join(text_lines),

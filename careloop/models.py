@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from careloop.vocabulary import DeliveryStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -164,7 +166,7 @@ class Delivery(Base):
     notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"))
     member_id: Mapped[str] = mapped_column(String(40))
     channel: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
     rules: Mapped[list] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Attempts since the last manual retry; the retry budget counts these.

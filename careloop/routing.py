@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from careloop.rules import Rule, Rules
-
-SKIP_NO_PHONE = "member has no phone number"
-SKIP_NO_EMAIL = "member has no email address"
+from careloop.vocabulary import ChannelKind
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class MemberView:
 @dataclass(frozen=True)
 class PlannedDelivery:
     member_id: str
-    channel: str
+    channel: ChannelKind
     rules: tuple[str, ...] = field(default=())
     skip_reason: str | None = None
 
@@ -66,14 +64,6 @@ def _targets(rule: Rule, event: EventView, members: list[MemberView]) -> list[Me
     return chosen
 
 
-def _skip_reason(member: MemberView, channel: str) -> str | None:
-    if channel == "sms" and not member.phone:
-        return SKIP_NO_PHONE
-    if channel in ("email", "calendar") and not member.email:
-        return SKIP_NO_EMAIL
-    return None
-
-
 def plan_deliveries(
     event: EventView, members: list[MemberView], rules: Rules, now: datetime | None = None
 ) -> list[PlannedDelivery]:
@@ -92,7 +82,7 @@ def plan_deliveries(
         calendar entry, not an alert. A member the channel cannot reach gets a delivery with
         ``skip_reason`` set.
     """
-    planned: dict[tuple[str, str], list[str]] = {}
+    planned: dict[tuple[str, ChannelKind], list[str]] = {}
     by_id = {m.id: m for m in members}
     position = {m.id: i for i, m in enumerate(members)}
     for rule in rules.rules:
@@ -102,7 +92,7 @@ def plan_deliveries(
             if not member.active:
                 continue
             for channel in rule.channels:
-                if member.id == event.author_member_id and channel != "calendar":
+                if member.id == event.author_member_id and channel != ChannelKind.CALENDAR:
                     continue
                 planned.setdefault((member.id, channel), []).append(rule.name)
     return [
@@ -110,7 +100,7 @@ def plan_deliveries(
             member_id=member_id,
             channel=channel,
             rules=tuple(rule_names),
-            skip_reason=_skip_reason(by_id[member_id], channel),
+            skip_reason=channel.unreachable_reason(by_id[member_id]),
         )
         # Stable sort: member order, and within a member the order channels were first named.
         for (member_id, channel), rule_names in sorted(planned.items(), key=lambda kv: position[kv[0][0]])

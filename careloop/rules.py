@@ -1,4 +1,4 @@
-"""The routing rules file: YAML in, plain validated data out.
+"""The routing rules file: YAML in, validated :class:`Rule` models out.
 
 Format (see README, "Rules"):
 
@@ -11,6 +11,9 @@ Format (see README, "Rules"):
 ``when`` holds ``type`` and any data fields of that type; a list means "any of". ``notify``
 holds roles, member ids, ``attendees`` (a check-in's attendees), ``team`` (every member but
 the child) or ``everyone``. ``channels`` are ``sms``, ``email`` and ``calendar``.
+
+Each rule is a pydantic model; every problem in a file is reported at once, one line each,
+named by the rule (``rule 'meds': when.change values ['paused'] are not among [...]``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from careloop.events import CHECKIN_TYPES, EVENT_DATA, ROLES
+from careloop.events import CHECKIN_TYPES, EVENT_DATA, EventType
+from careloop.vocabulary import ROLES, ChannelKind
 
-CHANNELS = ("sms", "email", "calendar")
+CHANNELS = tuple(ChannelKind)
 """Channels a rule may name."""
 
 TARGET_KEYWORDS = ("attendees", "team", "everyone")
 """Targets that are not a role or a member id."""
+
+_PROBLEMS = "rules"
+"""The pydantic error type of careloop's own messages (one or more lines each)."""
 
 
 class RulesError(ValueError):
@@ -39,13 +47,167 @@ class RulesError(ValueError):
         super().__init__(f"{source}: " + "; ".join(errors))
 
 
-@dataclass(frozen=True)
-class Rule:
+def _problems(*messages: str) -> PydanticCustomError:
+    return PydanticCustomError(_PROBLEMS, "\n".join(messages))
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def _field_annotation(event_type: str, field: str):
+    return EVENT_DATA[event_type].model_fields[field].annotation
+
+
+def _allowed_values(event_type: str, field: str) -> tuple | None:
+    """The enum values of a data field, or None where any value goes."""
+    annotation = _field_annotation(event_type, field)
+    values: list = []
+    for arg in (*typing.get_args(annotation), annotation):
+        if typing.get_origin(arg) is typing.Literal:
+            values.extend(typing.get_args(arg))
+    return tuple(values) or None
+
+
+def _is_list_field(event_type: str, field: str) -> bool:
+    """Whether a data field holds a list (such as ``attendees``), which ``when`` cannot match."""
+    annotation = _field_annotation(event_type, field)
+    return any(typing.get_origin(a) is list for a in (annotation, *typing.get_args(annotation)))
+
+
+def _field_problem(types: tuple[str, ...], field: str, values: tuple) -> str | None:
+    """What is wrong with matching data field ``field`` against ``values``, if anything."""
+    missing = [t for t in types if field not in EVENT_DATA[t].model_fields]
+    if missing:
+        return f"when.{field} is not a data field of {missing}"
+    if not values:
+        return f"when.{field} must list at least one value"
+    if any(_is_list_field(t, field) for t in types):
+        return f"when.{field} is a list and cannot be matched on"
+    for event_type in types:
+        allowed = _allowed_values(event_type, field)
+        if allowed is not None:
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                return f"when.{field} values {bad} are not among {list(allowed)}"
+            continue
+        adapter = TypeAdapter(_field_annotation(event_type, field))
+        bad = []
+        for value in values:
+            try:
+                adapter.validate_python(value, strict=True)
+            except ValidationError:
+                bad.append(value)
+        if bad:
+            return f"when.{field} values {bad} are not valid for {event_type}"
+    return None
+
+
+class When(BaseModel):
+    """Which events a rule matches: any of ``types``, with every data field in ``match``
+    equal to one of its values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    types: tuple[EventType, ...]
+    match: tuple[tuple[str, tuple[typing.Any, ...]], ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, raw):
+        if isinstance(raw, When):
+            return raw
+        if not isinstance(raw, dict) or "type" not in raw:
+            raise _problems("when.type is required")
+        problems = []
+        types = _as_tuple(raw["type"])
+        if not types:
+            problems.append("when.type must name at least one event type")
+        unknown = [t for t in types if not isinstance(t, str) or t not in EVENT_DATA]
+        if unknown:
+            problems.append(f"when.type has unknown event types {unknown}")
+            types = tuple(t for t in types if t not in unknown)
+        match = []
+        for field, value in raw.items():
+            if field == "type":
+                continue
+            values = _as_tuple(value)
+            problem = _field_problem(types, field, values)
+            if problem:
+                problems.append(problem)
+            else:
+                match.append((field, values))
+        if problems:
+            raise _problems(*problems)
+        return {"types": types, "match": tuple(match)}
+
+
+class Rule(BaseModel):
+    """One routing rule, as the file gives it and as routing reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
-    types: tuple[str, ...]
-    match: tuple[tuple[str, tuple[typing.Any, ...]], ...]
+    description: str | None = None
+    when: When
     notify: tuple[str, ...]
-    channels: tuple[str, ...]
+    channels: tuple[ChannelKind, ...]
+
+    @property
+    def types(self) -> tuple[EventType, ...]:
+        return self.when.types
+
+    @property
+    def match(self) -> tuple[tuple[str, tuple[typing.Any, ...]], ...]:
+        return self.when.match
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _named(cls, value):
+        if not isinstance(value, str) or not value.strip():
+            raise _problems("name is required")
+        return value
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _text(cls, value):
+        if value is not None and not isinstance(value, str):
+            raise _problems("description must be text")
+        return value
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _targets(cls, value, info):
+        if not isinstance(value, list) or not value:
+            raise _problems("notify must be a non-empty list")
+        problems = []
+        for target in value:
+            if not isinstance(target, str):
+                problems.append(f"notify entries must be strings, not {target!r}")
+            elif target not in ROLES and target not in TARGET_KEYWORDS and not target.startswith("mem_"):
+                problems.append(f"notify has unknown role or target {target!r}")
+        when = info.data.get("when")
+        if "attendees" in value and when and any(t not in CHECKIN_TYPES for t in when.types):
+            problems.append("notify 'attendees' only applies to check-in events")
+        if problems:
+            raise _problems(*problems)
+        return tuple(value)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels(cls, value, info):
+        if not isinstance(value, list) or not value:
+            raise _problems("channels must be a non-empty list")
+        problems = []
+        unknown = [c for c in value if c not in CHANNELS]
+        if unknown:
+            problems.append(f"channels has unknown channels {unknown} (use {[c.value for c in CHANNELS]})")
+        when = info.data.get("when")
+        if ChannelKind.CALENDAR in value and when and any(t not in CHECKIN_TYPES for t in when.types):
+            problems.append("the calendar channel only applies to check-in events")
+        if problems:
+            raise _problems(*problems)
+        return tuple(dict.fromkeys(value))
 
 
 @dataclass(frozen=True)
@@ -53,134 +215,32 @@ class Rules:
     rules: tuple[Rule, ...]
 
 
-def _as_tuple(value) -> tuple:
-    return tuple(value) if isinstance(value, list) else (value,)
+_MISSING = {
+    "name": "name is required",
+    "when": "when.type is required",
+    "notify": "notify must be a non-empty list",
+    "channels": "channels must be a non-empty list",
+}
+_ORDER = ("name", "unknown keys", "description", "when", "notify", "channels")
 
 
-def _allowed_values(event_type: str, field: str) -> tuple | None:
-    """The enum values of a data field, or None where any value goes."""
-    annotation = EVENT_DATA[event_type].model_fields[field].annotation
-    values: list = []
-    for arg in typing.get_args(annotation) or (annotation,):
-        if typing.get_origin(arg) is typing.Literal:
-            values.extend(typing.get_args(arg))
-    if typing.get_origin(annotation) is typing.Literal:
-        values.extend(typing.get_args(annotation))
-    return tuple(values) or None
-
-
-def _is_list_field(event_type: str, field: str) -> bool:
-    """Whether a data field holds a list (such as ``attendees``), which ``when`` cannot match."""
-    annotation = EVENT_DATA[event_type].model_fields[field].annotation
-    return typing.get_origin(annotation) is list or any(
-        typing.get_origin(arg) is list for arg in typing.get_args(annotation)
-    )
-
-
-def _bad_typed_values(event_type: str, field: str, values: tuple) -> list:
-    """The values that can never equal the field's data (e.g. text where a number belongs)."""
-    adapter = TypeAdapter(EVENT_DATA[event_type].model_fields[field].annotation)
-    bad = []
-    for value in values:
-        try:
-            adapter.validate_python(value, strict=True)
-        except ValidationError:
-            bad.append(value)
-    return bad
-
-
-def _parse_rule(index: int, raw, seen: set[str]) -> tuple[Rule | None, list[str]]:
-    if not isinstance(raw, dict):
-        return None, [f"rule #{index + 1}: must be a mapping"]
-    name = raw.get("name")
-    label = f"rule {name!r}" if isinstance(name, str) and name else f"rule #{index + 1}"
-    errors: list[str] = []
-    if not isinstance(name, str) or not name.strip():
-        errors.append(f"{label}: name is required")
-    elif name in seen:
-        errors.append(f"{label}: name is used twice")
-    else:
-        seen.add(name)
-    unknown = set(raw) - {"name", "when", "notify", "channels", "description"}
-    if unknown:
-        errors.append(f"{label}: unknown keys {sorted(unknown, key=str)}")
-    if "description" in raw and not isinstance(raw["description"], str):
-        errors.append(f"{label}: description must be text")
-
-    when = raw.get("when")
-    if not isinstance(when, dict) or "type" not in when:
-        errors.append(f"{label}: when.type is required")
-        when = {}
-    types = _as_tuple(when.get("type")) if when else ()
-    if when and not types:
-        errors.append(f"{label}: when.type must name at least one event type")
-    bad_types = [t for t in types if not isinstance(t, str) or t not in EVENT_DATA]
-    if bad_types:
-        errors.append(f"{label}: when.type has unknown event types {bad_types}")
-        types = tuple(t for t in types if isinstance(t, str) and t in EVENT_DATA)
-    match = []
-    for field, value in when.items():
-        if field == "type":
-            continue
-        values = _as_tuple(value)
-        missing = [t for t in types if field not in EVENT_DATA[t].model_fields]
-        if missing:
-            errors.append(f"{label}: when.{field} is not a data field of {missing}")
-            continue
-        if not values:
-            errors.append(f"{label}: when.{field} must list at least one value")
-            continue
-        if any(_is_list_field(t, field) for t in types):
-            errors.append(f"{label}: when.{field} is a list and cannot be matched on")
-            continue
-        for event_type in types:
-            allowed = _allowed_values(event_type, field)
-            if allowed is not None:
-                bad = [v for v in values if v not in allowed]
-                if bad:
-                    errors.append(f"{label}: when.{field} values {bad} are not among {list(allowed)}")
-                    break
-            else:
-                bad = _bad_typed_values(event_type, field, values)
-                if bad:
-                    errors.append(f"{label}: when.{field} values {bad} are not valid for {event_type}")
-                    break
-        match.append((field, values))
-
-    notify = raw.get("notify")
-    if not isinstance(notify, list) or not notify:
-        errors.append(f"{label}: notify must be a non-empty list")
-        notify = []
-    for target in notify:
-        if not isinstance(target, str):
-            errors.append(f"{label}: notify entries must be strings, not {target!r}")
-        elif target not in ROLES and target not in TARGET_KEYWORDS and not target.startswith("mem_"):
-            errors.append(f"{label}: notify has unknown role or target {target!r}")
-    if "attendees" in notify and any(t not in CHECKIN_TYPES for t in types):
-        errors.append(f"{label}: notify 'attendees' only applies to check-in events")
-
-    channels = raw.get("channels")
-    if not isinstance(channels, list) or not channels:
-        errors.append(f"{label}: channels must be a non-empty list")
-        channels = []
-    bad_channels = [c for c in channels if c not in CHANNELS]
-    if bad_channels:
-        errors.append(f"{label}: channels has unknown channels {bad_channels} (use {list(CHANNELS)})")
-    if "calendar" in channels and any(t not in CHECKIN_TYPES for t in types):
-        errors.append(f"{label}: the calendar channel only applies to check-in events")
-
-    if errors:
-        return None, errors
-    return (
-        Rule(
-            name=name,
-            types=types,
-            match=tuple(match),
-            notify=tuple(notify),
-            channels=tuple(dict.fromkeys(channels)),
-        ),
-        [],
-    )
+def _messages(error: ValidationError) -> list[str]:
+    """careloop's messages for one rule's validation errors, in the order of the rule's keys."""
+    found: dict[str, list[str]] = {}
+    unknown_keys = []
+    for item in error.errors():
+        key = item["loc"][0] if item["loc"] else ""
+        if item["type"] in ("extra_forbidden", "invalid_key"):  # a key no rule has (or not text)
+            unknown_keys.append(key)
+        elif item["type"] == _PROBLEMS:
+            found.setdefault(str(key), []).extend(item["msg"].split("\n"))
+        elif item["type"] == "missing" and key in _MISSING:
+            found.setdefault(str(key), []).append(_MISSING[str(key)])
+        else:  # a shape pydantic refused before careloop's validators saw it
+            found.setdefault(str(key), []).append(f"{key}: {item['msg']}")
+    if unknown_keys:
+        found["unknown keys"] = [f"unknown keys {sorted(unknown_keys, key=str)}"]
+    return [message for key in _ORDER for message in found.get(key, [])]
 
 
 def parse_rules(document, source: str = "rules") -> Rules:
@@ -189,10 +249,24 @@ def parse_rules(document, source: str = "rules") -> Rules:
         raise RulesError(["the file must be a mapping with a 'rules' list"], source)
     rules, errors, seen = [], [], set()
     for index, raw in enumerate(document["rules"]):
-        rule, rule_errors = _parse_rule(index, raw, seen)
-        errors.extend(rule_errors)
-        if rule:
-            rules.append(rule)
+        if not isinstance(raw, dict):
+            errors.append(f"rule #{index + 1}: must be a mapping")
+            continue
+        name = raw.get("name")
+        label = f"rule {name!r}" if isinstance(name, str) and name else f"rule #{index + 1}"
+        messages = []
+        if isinstance(name, str) and name.strip():
+            if name in seen:
+                messages.append("name is used twice")
+            seen.add(name)
+        try:
+            rule = Rule.model_validate(raw)
+        except ValidationError as exc:
+            messages += _messages(exc)
+        else:
+            if not messages:
+                rules.append(rule)
+        errors += [f"{label}: {message}" for message in messages]
     if errors:
         raise RulesError(errors, source)
     return Rules(rules=tuple(rules))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from careloop.models import ApiKey, Delivery, Event, Member, Notebook
+from careloop.vocabulary import DeliveryStatus
 
 
 def iso(value: datetime | None) -> str | None:
@@ -54,7 +55,7 @@ def delivery(d: Delivery) -> dict:
         "rules": d.rules or [],
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
-        "next_attempt_at": iso(d.next_attempt_at) if d.status == "queued" else None,
+        "next_attempt_at": iso(d.next_attempt_at) if d.status == DeliveryStatus.QUEUED else None,
         "sent_at": iso(d.sent_at),
         "delivered_at": iso(d.delivered_at),
     }

@@ -11,20 +11,16 @@ from careloop.integrations.base import Channel
 from careloop.integrations.email_smtp import CalendarEmail, SmtpEmail
 from careloop.integrations.file_outbox import FileOutbox
 from careloop.integrations.sms_twilio import TwilioSMS
+from careloop.vocabulary import ChannelKind
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
-    """kind → channel for ``sms``, ``email`` and ``calendar``."""
-    channels: dict[str, Channel] = {}
-    channels["sms"] = (
-        TwilioSMS.from_settings(settings)
-        if settings.twilio_configured
-        else FileOutbox.from_settings("sms", settings)
-    )
+def build_channels(settings: Settings) -> dict[ChannelKind, Channel]:
+    """One channel per :class:`ChannelKind`: the provider's when configured, else the outbox."""
+    outbox = {kind: FileOutbox.from_settings(kind, settings) for kind in ChannelKind}
+    channels: dict[ChannelKind, Channel] = dict(outbox)
+    if settings.twilio_configured:
+        channels[ChannelKind.SMS] = TwilioSMS.from_settings(settings)
     if settings.smtp_configured:
-        channels["email"] = SmtpEmail.from_settings(settings)
-        channels["calendar"] = CalendarEmail.from_settings(settings)
-    else:
-        channels["email"] = FileOutbox.from_settings("email", settings)
-        channels["calendar"] = FileOutbox.from_settings("calendar", settings)
+        channels[ChannelKind.EMAIL] = SmtpEmail.from_settings(settings)
+        channels[ChannelKind.CALENDAR] = CalendarEmail.from_settings(settings)
     return channels

@@ -14,6 +14,7 @@ never the other way round.
 from __future__ import annotations
 
 from careloop.messages import OutgoingMessage, ProviderReceipt
+from careloop.vocabulary import ChannelKind, Reachable
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds any single network call to a provider may take (connect and read)."""
@@ -64,7 +65,12 @@ class NotConfigured(DeliveryError):
 class Channel:
     """Base class of every channel. Subclasses set ``kind`` and implement ``send``."""
 
-    kind: str = ""
+    kind: ChannelKind
+
+    def unreachable_reason(self, member: Reachable) -> str | None:
+        """Why this channel cannot reach ``member`` (no phone for SMS, no email for mail), or
+        None when it can. Checked before any provider call."""
+        return self.kind.unreachable_reason(member)
 
     def send(self, message: OutgoingMessage) -> ProviderReceipt:  # pragma: no cover - interface
         raise NotImplementedError

@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError, NotConfigured
 from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
 from careloop.messages import OutgoingMessage, ProviderReceipt
+from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 log = logging.getLogger("careloop.integrations.email")
 
@@ -38,7 +39,7 @@ class SmtpEmail(Channel):
     uses implicit TLS instead.
     """
 
-    kind = "email"
+    kind = ChannelKind.EMAIL
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class SmtpEmail(Channel):
     def send(self, message: OutgoingMessage) -> ProviderReceipt:
         msg = self.build_email(message)
         self.deliver_mime(msg, message.to)
-        return ProviderReceipt(provider_id=msg["Message-ID"], status="sent")
+        return ProviderReceipt(provider_id=msg["Message-ID"], status=DeliveryStatus.SENT)
 
     def deliver_mime(self, msg: EmailMessage, to_addr: str) -> None:
         """Hand one built email to the SMTP server for ``to_addr`` (envelope sender MAIL_FROM).
@@ -213,7 +214,7 @@ class CalendarEmail(SmtpEmail):
     The same SMTP relay and settings as :class:`SmtpEmail`; only the message differs.
     """
 
-    kind = "calendar"
+    kind = ChannelKind.CALENDAR
 
     def build_email(self, message: OutgoingMessage) -> EmailMessage:
         return build_invite_email(message, self.sender)

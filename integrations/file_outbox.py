@@ -21,8 +21,9 @@ from pathlib import Path
 from careloop.integrations.base import Channel, DeliveryError
 from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
 from careloop.messages import OutgoingMessage, ProviderReceipt
+from careloop.vocabulary import ChannelKind
 
-KINDS = ("sms", "email", "calendar")
+KINDS = tuple(ChannelKind)
 """Channels the outbox can stand in for."""
 
 SMS_LOG = "sms.log"
@@ -55,7 +56,7 @@ class FileOutbox(Channel):
     ):
         if kind not in KINDS:
             raise ValueError(f"FileOutbox kind must be one of {KINDS}, not {kind!r}")
-        self.kind = kind
+        self.kind = ChannelKind(kind)
         self.outbox_dir = Path(outbox_dir)
         self.echo = echo
         self.sender = parse_mail_from(mail_from)
@@ -65,18 +66,18 @@ class FileOutbox(Channel):
         return cls(kind, settings.outbox_dir, echo, mail_from=settings.mail_from)
 
     def send(self, message: OutgoingMessage) -> ProviderReceipt:
-        if self.kind == "sms":
+        if self.kind == ChannelKind.SMS:
             path = self._append_sms(message)
             self._say(f"[sms] to {message.to_name} ({message.to}): {_excerpt(message.text)}")
-            return ProviderReceipt(provider_id=f"outbox:{path}", status="sent")
+            return ProviderReceipt(provider_id=f"outbox:{path}")
 
-        if self.kind == "email":
+        if self.kind == ChannelKind.EMAIL:
             msg = build_email(message, self.sender)
         else:
             msg = build_invite_email(message, self.sender)
         path = self._eml_path(message)
         _write_atomic(path, _eml_bytes(msg))
-        if self.kind == "calendar":
+        if self.kind == ChannelKind.CALENDAR:
             invite = message.invite
             assert invite is not None  # build_invite_email refused it otherwise
             ics_path = self.outbox_dir / "calendar" / f"{_safe(invite.uid)}.{invite.sequence}.ics"
@@ -88,19 +89,19 @@ class FileOutbox(Channel):
             )
         else:
             self._say(f"[email] to {message.to_name} <{message.to}>: {_excerpt(message.subject)} -> {path}")
-        return ProviderReceipt(provider_id=f"outbox:{path}", status="sent")
+        return ProviderReceipt(provider_id=f"outbox:{path}")
 
     def lookup(self, message: OutgoingMessage) -> ProviderReceipt | None:
         """The receipt of any attempt of this delivery already in the outbox, else None."""
         ref = _safe(message.delivery_id)
-        if self.kind == "sms":
+        if self.kind == ChannelKind.SMS:
             log_path = self.outbox_dir / SMS_LOG
             try:
                 with open(log_path, encoding="utf-8") as fh:
                     for line in fh:
                         fields = line.split("\t")
                         if len(fields) > 1 and fields[1].rpartition(".")[0] == ref:
-                            return ProviderReceipt(provider_id=f"outbox:{log_path}", status="sent")
+                            return ProviderReceipt(provider_id=f"outbox:{log_path}")
             except FileNotFoundError:
                 pass
             return None
@@ -110,7 +111,7 @@ class FileOutbox(Channel):
             for path in (self.outbox_dir / "email").glob("*.eml")
             if (m := pattern.fullmatch(path.name))
         )
-        return ProviderReceipt(provider_id=f"outbox:{found[-1][1]}", status="sent") if found else None
+        return ProviderReceipt(provider_id=f"outbox:{found[-1][1]}") if found else None
 
     def _eml_path(self, message: OutgoingMessage) -> Path:
         return self.outbox_dir / "email" / f"{_safe(message.delivery_id)}.{int(message.attempt)}.eml"

@@ -24,6 +24,7 @@ from twilio.rest import Client
 from careloop.config.settings import Settings
 from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError
 from careloop.messages import OutgoingMessage, ProviderReceipt
+from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Hosts Twilio can never reach: no status-callback URL is sent for them."""
@@ -43,10 +44,25 @@ PERMANENT_CODES: dict[int, str] = {
 }
 """Twilio error codes that no resend can fix, with the reason kept on the delivery row."""
 
-SENT_STATUSES = frozenset({"queued", "accepted", "scheduled", "sending", "sent"})
+TWILIO_STATUSES: dict[str, DeliveryStatus] = {
+    "accepted": DeliveryStatus.SENT,
+    "scheduled": DeliveryStatus.SENT,
+    "queued": DeliveryStatus.SENT,
+    "sending": DeliveryStatus.SENT,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.UNDELIVERED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.FAILED,
+}
+"""Twilio's MessageStatus → careloop's delivery status, the one mapping (Twilio's "queued"
+means it has the message: careloop's ``sent``)."""
+
+SENT_STATUSES = frozenset(k for k, v in TWILIO_STATUSES.items() if v == DeliveryStatus.SENT)
 """Twilio statuses that mean it has the message and will deliver it (careloop's ``sent``)."""
 
-DELIVERED_STATUSES = frozenset({"delivered", "read"})
+DELIVERED_STATUSES = frozenset(k for k, v in TWILIO_STATUSES.items() if v == DeliveryStatus.DELIVERED)
 """Twilio statuses that mean the handset has it (careloop's ``delivered``)."""
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -204,15 +220,9 @@ class TwilioSMS(Channel):
         ValueError: naming the setting that is missing or malformed.
     """
 
-    kind = "sms"
-    service_name = "Twilio"
+    kind = ChannelKind.SMS
     body_maxlen = 1600
     """Twilio refuses longer bodies (error 21617); careloop refuses them before sending."""
-    segment_len_gsm7 = 160
-    """Characters per segment when every character is GSM-7 (70 when one is not)."""
-    request_rate_per_sec = 1.0
-    """Throughput of one long-code sender; Twilio queues what goes faster (pacing is the worker's)."""
-    required_settings = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM")
     lookup_window = timedelta(minutes=5)
     """How long before ``message.created_at`` a matching message still counts as this delivery."""
     lookup_page_size = 50
@@ -439,8 +449,8 @@ class TwilioSMS(Channel):
 
     def _receipt(self, sid: str, status: str | None) -> ProviderReceipt:
         if status in DELIVERED_STATUSES:
-            return ProviderReceipt(provider_id=sid, status="delivered")
+            return ProviderReceipt(provider_id=sid, status=DeliveryStatus.DELIVERED)
         if status in SENT_STATUSES or status is None:
-            return ProviderReceipt(provider_id=sid, status="sent")
+            return ProviderReceipt(provider_id=sid, status=DeliveryStatus.SENT)
         # created but already failed/undelivered/canceled: Twilio will not deliver it
         raise DeliveryError(f"Twilio accepted the message as {status!r}", permanent=True)

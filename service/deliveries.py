@@ -7,12 +7,13 @@ from flask import current_app, g
 from sqlalchemy import and_, or_, select
 
 from careloop import serialize
-from careloop.deliveries import RETRYABLE_STATUSES, retry_failed
+from careloop.deliveries import retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.service.auth import auth, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import DeliveriesQuery
+from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
 
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
 
@@ -77,7 +78,7 @@ def get_delivery(delivery_id: str):
 )
 def retry_delivery(delivery_id: str):
     delivery = _delivery_or_404(delivery_id)
-    if delivery.status == "skipped":
+    if delivery.status == DeliveryStatus.SKIPPED:
         abort(409, f"this delivery was skipped ({delivery.error}); fix the member and record the event again")
     if delivery.status not in RETRYABLE_STATUSES:
         return serialize.delivery(delivery), 200

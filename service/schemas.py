@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -13,22 +13,11 @@ from pydantic import (
     Field,
     RootModel,
     StringConstraints,
+    create_model,
 )
 
-from careloop.deliveries import STATUSES
-from careloop.events import (
-    EVENT_TYPES,
-    CheckinCancelled,
-    CheckinDetails,
-    ConcernRaised,
-    GoalUpdated,
-    MedicationChanged,
-    NoteAdded,
-    Role,
-    Text200,
-    TherapyLogged,
-    Timestamp,
-)
+from careloop.events import EVENT_KINDS, EventType, Text200, Timestamp
+from careloop.vocabulary import DeliveryStatus, Role
 
 
 def _check_zone(value: str) -> str:
@@ -42,6 +31,8 @@ def _check_zone(value: str) -> str:
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_zone)]
 E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
 IdRef = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
+"""A role, documented inline as an enum of its values."""
 
 
 class _In(BaseModel):
@@ -60,7 +51,7 @@ class KeyIn(_In):
 
 class MemberIn(_In):
     name: Text200
-    role: Role
+    role: RoleName
     email: EmailStr | None = None
     phone: E164 | None = Field(None, description="E.164, e.g. +15551234567")
     timezone: TimeZone | None = None
@@ -68,7 +59,7 @@ class MemberIn(_In):
 
 class MemberPatch(_In):
     name: Text200 | None = None
-    role: Role | None = None
+    role: RoleName | None = None
     email: EmailStr | None = None
     phone: E164 | None = None
     timezone: TimeZone | None = None
@@ -80,74 +71,36 @@ class _EventBase(_In):
     author_member_id: IdRef | None = None
 
 
-class MedicationChangedIn(_EventBase):
-    type: Literal["medication.changed"]
-    data: MedicationChanged
+def _request_model(event_type: EventType) -> type[_EventBase]:
+    """``{"type": <event_type>, "data": <its data model>, ...}``, named after the type
+    (``medication.changed`` → ``MedicationChangedIn``) in the OpenAPI document."""
+    name = "".join(part.capitalize() for part in event_type.replace(".", "_").split("_")) + "In"
+    return create_model(
+        name,
+        __base__=_EventBase,
+        type=(Literal[event_type.value], ...),
+        data=(EVENT_KINDS[event_type].data, ...),
+    )
 
 
-class ConcernRaisedIn(_EventBase):
-    type: Literal["concern.raised"]
-    data: ConcernRaised
+EVENT_REQUESTS: tuple[type[_EventBase], ...] = tuple(_request_model(t) for t in EVENT_KINDS)
+"""One request model per event type, built from ``careloop.events``."""
 
 
-class TherapyLoggedIn(_EventBase):
-    type: Literal["therapy.logged"]
-    data: TherapyLogged
-
-
-class GoalUpdatedIn(_EventBase):
-    type: Literal["goal.updated"]
-    data: GoalUpdated
-
-
-class CheckinScheduledIn(_EventBase):
-    type: Literal["checkin.scheduled"]
-    data: CheckinDetails
-
-
-class CheckinUpdatedIn(_EventBase):
-    type: Literal["checkin.updated"]
-    data: CheckinDetails
-
-
-class CheckinCancelledIn(_EventBase):
-    type: Literal["checkin.cancelled"]
-    data: CheckinCancelled
-
-
-class NoteAddedIn(_EventBase):
-    type: Literal["note.added"]
-    data: NoteAdded
-
-
-class EventIn(
-    RootModel[
-        Annotated[
-            MedicationChangedIn
-            | ConcernRaisedIn
-            | TherapyLoggedIn
-            | GoalUpdatedIn
-            | CheckinScheduledIn
-            | CheckinUpdatedIn
-            | CheckinCancelledIn
-            | NoteAddedIn,
-            Field(discriminator="type"),
-        ]
-    ]
-):
+class EventIn(RootModel[Annotated[Union[EVENT_REQUESTS], Field(discriminator="type")]]):  # noqa: UP007
     """A notebook event: `type` selects the shape of `data`."""
 
 
 class EventsQuery(_In):
     model_config = ConfigDict(extra="forbid")
-    type: Literal[EVENT_TYPES] | None = None  # type: ignore[valid-type]
+    type: Literal[tuple(t.value for t in EventType)] | None = None  # type: ignore[valid-type]
     since: Timestamp | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = None
 
 
 class DeliveriesQuery(_In):
-    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    status: Literal[tuple(s.value for s in DeliveryStatus)] | None = None  # type: ignore[valid-type]
     notebook_id: IdRef | None = None
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = None

@@ -9,6 +9,7 @@ from flask import current_app, g, request
 from twilio.request_validator import RequestValidator
 
 from careloop.deliveries import apply_provider_status
+from careloop.integrations.sms_twilio import TWILIO_STATUSES
 
 log = logging.getLogger("careloop.service")
 
@@ -52,7 +53,10 @@ def status_callback():
     }
     if missing:
         abort(422, "Validation error", detail={"form": missing})
-    changed = apply_provider_status(g.db, delivery_id, sid, status, request.form.get("ErrorCode"))
+    mapped = TWILIO_STATUSES.get(status)
+    code = request.form.get("ErrorCode")
+    reason = f"Twilio reported {status}" + (f" (error {code})" if code else "")
+    changed = mapped is not None and apply_provider_status(g.db, delivery_id, sid, mapped, reason)
     log.info(
         "twilio status %s for delivery %s (%s)", status, delivery_id, "applied" if changed else "ignored"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from careloop.events import ROLES
 from careloop.models import ApiKey, Delivery
+from careloop.vocabulary import ROLES
 from tests.conftest import ADMIN_KEY, Api, checkin_data, close_app, drain, make_settings
 
 EVENT_TYPES = (

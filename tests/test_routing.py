@@ -13,16 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from careloop.config.settings import DEFAULT_RULES_FILE
-from careloop.events import ROLES
-from careloop.routing import (
-    SKIP_NO_EMAIL,
-    SKIP_NO_PHONE,
-    EventView,
-    MemberView,
-    PlannedDelivery,
-    plan_deliveries,
-)
+from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
 from careloop.rules import CHANNELS, Rules, load_rules, parse_rules
+from careloop.vocabulary import ROLES, SKIP_NO_EMAIL, SKIP_NO_PHONE
 
 NOW = datetime(2024, 5, 6, 9, 30, tzinfo=UTC)
 

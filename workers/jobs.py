@@ -26,6 +26,7 @@ from careloop.messages import NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
+from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 log = logging.getLogger("careloop.workers")
 
@@ -106,7 +107,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
                     "notebook_id": event.notebook_id,
                     "member_id": p.member_id,
                     "channel": p.channel,
-                    "status": "skipped" if p.skip_reason else "queued",
+                    "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
                     "error": p.skip_reason,
                     "rules": list(p.rules),
                     "attempts": 0,
@@ -132,7 +133,8 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         session.commit()
         to_send = session.scalars(
             select(Delivery.id).where(
-                Delivery.event_id == event.id, Delivery.status == "queued", Delivery.enqueued_at.is_(None)
+                Delivery.event_id == event.id, Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.enqueued_at.is_(None),
             )
         ).all()
         if to_send:
@@ -157,7 +159,7 @@ def build_message(session: Session, runtime: Runtime, delivery: Delivery, attemp
         raise RenderError("member is no longer active")
     attendee_ids = set((event.context or {}).get("checkin", {}).get("attendees") or []) | {member.id}
     attendees = []
-    if delivery.channel == "calendar":
+    if delivery.channel == ChannelKind.CALENDAR:
         attendees = [
             Recipient(id=m.id, name=m.name, email=m.email, phone=m.phone)
             for m in session.scalars(select(Member).where(Member.id.in_(attendee_ids))).all()
@@ -179,12 +181,6 @@ def build_message(session: Session, runtime: Runtime, delivery: Delivery, attemp
     )
 
 
-def _missing_contact(message: OutgoingMessage) -> str | None:
-    if message.to:
-        return None
-    return "member has no phone number" if message.channel == "sms" else "member has no email address"
-
-
 def deliver(delivery_id: str, runtime: Runtime | None = None) -> str:
     """Send one delivery, at most once per claim. Returns the status it ended in."""
     runtime = _runtime(runtime)
@@ -203,18 +199,19 @@ def deliver(delivery_id: str, runtime: Runtime | None = None) -> str:
             message = build_message(session, runtime, delivery, claim.attempt)
         except RenderError as exc:
             dl.mark_failed(session, claim, str(exc))
-            return "failed"
+            return DeliveryStatus.FAILED
         except Exception as exc:  # a bug or bad stored data; no provider was called
             log.exception("delivery %s: could not build the message", delivery_id)
             dl.mark_failed(
                 session, claim, f"could not build the message ({type(exc).__name__}); nothing was sent"
             )
-            return "failed"
-        missing = _missing_contact(message)
+            return DeliveryStatus.FAILED
+        channel = runtime.channels[ChannelKind(delivery.channel)]
+        # the member's contact may have been removed since routing planned this delivery
+        missing = channel.unreachable_reason(session.get(Member, delivery.member_id))
         if missing:
             dl.mark_failed(session, claim, missing)
-            return "failed"
-        channel = runtime.channels[delivery.channel]
+            return DeliveryStatus.FAILED
         try:
             receipt = channel.send(message)
         except DeliveryError as exc:
@@ -229,12 +226,12 @@ def deliver(delivery_id: str, runtime: Runtime | None = None) -> str:
                 )
                 dl.mark_failed(session, claim, reason)
                 log.warning("delivery %s failed: %s", delivery_id, reason)
-                return "failed"
+                return DeliveryStatus.FAILED
             delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max, exc.retry_after)
             dl.requeue(session, claim, exc.reason, delay)
             log.info("delivery %s: %s; trying again in %.1fs", delivery_id, exc.reason, delay)
             runtime.dispatcher.deliver([delivery_id], delay=delay)
-            return "queued"
+            return DeliveryStatus.QUEUED
         except Exception:
             # A bug, not a provider answer: the provider may or may not have the message.
             dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)")
@@ -259,7 +256,7 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
             message = build_message(session, runtime, delivery, claim.attempt)
         except RenderError as exc:
             dl.mark_failed(session, claim, str(exc))
-            return "failed"
+            return DeliveryStatus.FAILED
         return _settle_by_lookup(
             session,
             runtime,
@@ -278,16 +275,16 @@ def _settle_by_lookup(
     to decide; where asking fails for now, the claim is left to go stale and be checked again.
     """
     try:
-        receipt = runtime.channels[message.channel].lookup(message)
+        receipt = runtime.channels[ChannelKind(message.channel)].lookup(message)
     except OutcomeUnknown:
         dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN)
         log.warning("delivery %s: outcome unknown", claim.delivery_id)
-        return "failed"
+        return DeliveryStatus.FAILED
     except DeliveryError as exc:
         log.info(
             "delivery %s: cannot ask the provider yet (%s); will look again", claim.delivery_id, exc.reason
         )
-        return "sending"
+        return DeliveryStatus.SENDING
     if receipt is not None:
         dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
         log.info(
@@ -297,8 +294,8 @@ def _settle_by_lookup(
     settings = runtime.settings
     if claim.round_attempt >= settings.max_attempts:
         dl.mark_failed(session, claim, f"gave up after {claim.round_attempt} attempts: {resend_reason}")
-        return "failed"
+        return DeliveryStatus.FAILED
     delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max)
     dl.requeue(session, claim, f"{resend_reason}; the provider does not have it, sending again", delay)
     runtime.dispatcher.deliver([claim.delivery_id], delay=delay)
-    return "queued"
+    return DeliveryStatus.QUEUED
