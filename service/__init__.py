@@ -16,6 +16,7 @@ from careloop import db
 from careloop.config.settings import Settings, get_settings
 from careloop.runtime import Runtime
 from careloop.service import deliveries, errors, events, guards, health, notebooks, twilio
+from careloop.service.schemas import ERROR_SCHEMA
 from careloop.workers import build_runtime
 
 log = logging.getLogger("careloop.service")
@@ -50,6 +51,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         AUTO_404_RESPONSE=True,
         MAX_CONTENT_LENGTH=256 * 1024,
         INFO={"description": "Care notebook events in; the right care-team member told."},
+        HTTP_ERROR_SCHEMA=ERROR_SCHEMA,
+        VALIDATION_ERROR_SCHEMA=ERROR_SCHEMA,
     )
     if test_config:
         app.config.update(test_config)

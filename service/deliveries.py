@@ -12,7 +12,7 @@ from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.service.auth import auth, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
-from careloop.service.schemas import DeliveriesQuery
+from careloop.service.schemas import DeliveriesQuery, DeliveryList, DeliveryOut
 from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
 
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
@@ -28,7 +28,8 @@ def _delivery_or_404(delivery_id: str) -> Delivery:
 @bp.get("/deliveries")
 @bp.auth_required(auth)
 @bp.input(DeliveriesQuery, location="query", arg_name="query")
-@bp.doc(summary="List deliveries, newest first; ?status=failed lists the dead letters")
+@bp.output(DeliveryList)
+@bp.doc(summary="List deliveries, newest first; ?status=failed lists the dead letters", responses=[404])
 def list_deliveries(query: DeliveriesQuery):
     who = principal()
     stmt = select(Delivery)
@@ -58,13 +59,15 @@ def list_deliveries(query: DeliveriesQuery):
 
 @bp.get("/deliveries/<delivery_id>")
 @bp.auth_required(auth)
-@bp.doc(summary="Get one delivery")
+@bp.output(DeliveryOut)
+@bp.doc(summary="Get one delivery", responses=[404])
 def get_delivery(delivery_id: str):
     return serialize.delivery(_delivery_or_404(delivery_id))
 
 
 @bp.post("/deliveries/<delivery_id>/retry")
 @bp.auth_required(auth)
+@bp.output(DeliveryOut, status_code=202)
 @bp.doc(
     summary="Send a failed delivery again",
     description="Moves a failed or undelivered delivery back to the queue with a fresh attempt budget. "
@@ -72,7 +75,11 @@ def get_delivery(delivery_id: str):
     "answers 200 with its current state; a skipped one answers 409.",
     responses={
         202: "Queued again",
-        200: "Already on its way or sent",
+        200: {
+            "description": "Already on its way or sent: the delivery as it is",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeliveryOut"}}},
+        },
+        404: "No such delivery",
         409: "Skipped deliveries cannot be retried",
     },
 )

@@ -12,7 +12,7 @@ from careloop.intake import FieldError, IdempotencyConflict, record_event
 from careloop.models import Delivery, Event
 from careloop.service.auth import auth, notebook_or_404, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
-from careloop.service.schemas import EventIn, EventsQuery
+from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQuery, EventWithDeliveries
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
@@ -22,12 +22,18 @@ IDEMPOTENCY_KEY_MAX = 200
 @bp.post("/notebooks/<notebook_id>/events")
 @bp.auth_required(auth)
 @bp.input(EventIn, arg_name="body")
+@bp.output(EventAccepted, status_code=202)
 @bp.doc(
     summary="Record a notebook event",
     description="Answers 202 once the event is stored; routing and delivery happen in the background. "
     "Send an `Idempotency-Key` header to make retries safe: the same key and body return the "
     "first event, the same key with another body answers 409.",
-    responses={202: "Accepted", 409: "Idempotency-Key reused with a different body", 422: "Invalid"},
+    responses={
+        202: "Accepted",
+        404: "No such notebook",
+        409: "Idempotency-Key reused with a different body",
+        422: "Invalid",
+    },
 )
 def create_event(notebook_id: str, body: EventIn):
     notebook = notebook_or_404(notebook_id)
@@ -64,7 +70,8 @@ def create_event(notebook_id: str, body: EventIn):
 @bp.get("/notebooks/<notebook_id>/events")
 @bp.auth_required(auth)
 @bp.input(EventsQuery, location="query", arg_name="query")
-@bp.doc(summary="List events, newest first (by occurred_at)")
+@bp.output(EventList)
+@bp.doc(summary="List events, newest first (by occurred_at)", responses=[404])
 def list_events(notebook_id: str, query: EventsQuery):
     notebook = notebook_or_404(notebook_id)
     stmt = select(Event).where(Event.notebook_id == notebook.id)
@@ -86,7 +93,8 @@ def list_events(notebook_id: str, query: EventsQuery):
 
 @bp.get("/events/<event_id>")
 @bp.auth_required(auth)
-@bp.doc(summary="Get an event with its deliveries")
+@bp.output(EventWithDeliveries)
+@bp.doc(summary="Get an event with its deliveries", responses=[404])
 def get_event(event_id: str):
     event = g.db.get(Event, event_id)
     if event is None or not principal().may_reach(event.notebook_id):

@@ -6,12 +6,21 @@ from apiflask import APIBlueprint
 from flask import current_app, g
 from sqlalchemy import text
 
+from careloop.service.schemas import HealthOut
+
 bp = APIBlueprint("health", __name__, tag="Health")
 
 
 @bp.get("/healthz")
+@bp.output(HealthOut)
 @bp.doc(
     summary="Database and queue reachability",
+    responses={
+        503: {
+            "description": "Down: the database does not answer",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HealthOut"}}},
+        }
+    },
     description="200 while the database answers (intake works even with the queue down: events "
     "wait in the outbox); 503 when the database does not. `queue` says whether Redis answers.",
 )

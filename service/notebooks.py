@@ -9,7 +9,16 @@ from sqlalchemy import select
 from careloop import serialize
 from careloop.models import ApiKey, Member, Notebook
 from careloop.service.auth import auth, hash_key, mint_key, notebook_or_404, principal, require_admin
-from careloop.service.schemas import KeyIn, MemberIn, MemberPatch, NotebookIn
+from careloop.service.schemas import (
+    CreatedKeyOut,
+    KeyIn,
+    MemberIn,
+    MemberList,
+    MemberOut,
+    MemberPatch,
+    NotebookIn,
+    NotebookOut,
+)
 
 bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
 
@@ -17,6 +26,7 @@ bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
 @bp.post("/notebooks")
 @bp.auth_required(auth)
 @bp.input(NotebookIn, arg_name="body")
+@bp.output(NotebookOut, status_code=201)
 @bp.doc(summary="Create a notebook (admin key)", responses={201: "Created", 403: "Not the admin key"})
 def create_notebook(body: NotebookIn):
     require_admin()
@@ -28,7 +38,8 @@ def create_notebook(body: NotebookIn):
 
 @bp.get("/notebooks/<notebook_id>")
 @bp.auth_required(auth)
-@bp.doc(summary="Get a notebook")
+@bp.output(NotebookOut)
+@bp.doc(summary="Get a notebook", responses=[404])
 def get_notebook(notebook_id: str):
     return serialize.notebook(notebook_or_404(notebook_id))
 
@@ -36,6 +47,7 @@ def get_notebook(notebook_id: str):
 @bp.post("/notebooks/<notebook_id>/keys")
 @bp.auth_required(auth)
 @bp.input(KeyIn, arg_name="body")
+@bp.output(CreatedKeyOut, status_code=201)
 @bp.doc(
     summary="Mint a key for this notebook only (admin key); the key is shown once",
     responses={201: "Created: `key` is shown this once", 403: "Not the admin key"},
@@ -53,7 +65,8 @@ def create_key(notebook_id: str, body: KeyIn):
 @bp.post("/notebooks/<notebook_id>/members")
 @bp.auth_required(auth)
 @bp.input(MemberIn, arg_name="body")
-@bp.doc(summary="Add a care-team member", responses={201: "Created"})
+@bp.output(MemberOut, status_code=201)
+@bp.doc(summary="Add a care-team member", responses={201: "Created", 404: "No such notebook"})
 def create_member(notebook_id: str, body: MemberIn):
     notebook = notebook_or_404(notebook_id)
     member = Member(notebook_id=notebook.id, **body.model_dump())
@@ -64,7 +77,8 @@ def create_member(notebook_id: str, body: MemberIn):
 
 @bp.get("/notebooks/<notebook_id>/members")
 @bp.auth_required(auth)
-@bp.doc(summary="List the care team")
+@bp.output(MemberList)
+@bp.doc(summary="List the care team", responses=[404])
 def list_members(notebook_id: str):
     notebook = notebook_or_404(notebook_id)
     members = g.db.scalars(
@@ -76,7 +90,8 @@ def list_members(notebook_id: str):
 @bp.patch("/members/<member_id>")
 @bp.auth_required(auth)
 @bp.input(MemberPatch, arg_name="body")
-@bp.doc(summary="Change a member (send null to clear email, phone or timezone)")
+@bp.output(MemberOut)
+@bp.doc(summary="Change a member (send null to clear email, phone or timezone)", responses=[404])
 def patch_member(member_id: str, body: MemberPatch):
     member = g.db.get(Member, member_id)
     if member is None or not principal().may_reach(member.notebook_id):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from careloop.events import EVENT_KINDS, EventType, Text200, Timestamp
-from careloop.vocabulary import DeliveryStatus, Role
+from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
 
 
 def _check_zone(value: str) -> str:
@@ -104,3 +104,119 @@ class DeliveriesQuery(_In):
     notebook_id: IdRef | None = None
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = None
+
+
+# --- Responses ---------------------------------------------------------------------------------
+# Declared so /openapi.json describes every body that comes back; apiflask passes each
+# answer through its model, so an answer that broke the documented shape would fail loudly.
+
+DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+"""An ISO 8601 date-time in UTC, as careloop writes them (``2026-11-29T08:00:00Z``)."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(_Out):
+    error: str = Field(description="a short code: validation_error, not_found, conflict, …")
+    message: str
+    fields: dict[str, list[str]] | None = Field(None, description="what is wrong with each named field")
+    detail: dict[str, Any] | None = Field(None, description="more about the error, where there is more")
+
+
+class NotebookOut(_Out):
+    id: str
+    name: str
+    child_name: str
+    timezone: str
+    created_at: DateTimeText
+
+
+class KeyOut(_Out):
+    id: str
+    notebook_id: str
+    name: str
+    created_at: DateTimeText
+
+
+class CreatedKeyOut(KeyOut):
+    key: str = Field(description="the secret: shown this once, stored only as a hash")
+
+
+class MemberOut(_Out):
+    id: str
+    notebook_id: str
+    name: str
+    role: RoleName
+    email: str | None
+    phone: str | None
+    timezone: str | None
+    active: bool
+    created_at: DateTimeText
+    updated_at: DateTimeText
+
+
+class MemberList(_Out):
+    items: list[MemberOut]
+
+
+class EventAccepted(_Out):
+    id: str
+    status: Literal["accepted"]
+    type: Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
+
+
+class DeliveryOut(_Out):
+    id: str
+    event_id: str
+    notebook_id: str
+    member_id: str
+    channel: Literal[tuple(c.value for c in ChannelKind)]  # type: ignore[valid-type]
+    status: Literal[tuple(s.value for s in DeliveryStatus)]  # type: ignore[valid-type]
+    attempts: int
+    provider_id: str | None
+    error: str | None
+    rules: list[str]
+    created_at: DateTimeText
+    updated_at: DateTimeText
+    next_attempt_at: DateTimeText | None = Field(description="when a queued delivery is tried next")
+    sent_at: DateTimeText | None
+    delivered_at: DateTimeText | None
+
+
+class DeliveryList(_Out):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class EventOut(_Out):
+    id: str
+    notebook_id: str
+    type: Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
+    data: dict[str, Any] = Field(description="as recorded; its shape is the request's for this type")
+    occurred_at: DateTimeText
+    recorded_at: DateTimeText
+    author_member_id: str | None
+    status: Literal["accepted", "routed"]
+    routed_at: DateTimeText | None
+
+
+class EventWithDeliveries(EventOut):
+    deliveries: list[DeliveryOut]
+
+
+class EventList(_Out):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class HealthOut(_Out):
+    status: Literal["ok", "degraded", "down"]
+    queue_mode: Literal["rq", "inprocess"]
+    database: str
+    queue: str
+
+
+ERROR_SCHEMA = ErrorOut.model_json_schema()
+"""The body of every 4xx/5xx answer, for apiflask's generated error responses."""

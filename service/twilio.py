@@ -24,6 +24,7 @@ def _public_url() -> str:
 
 
 @bp.post("/status")
+@bp.output({}, status_code=204)
 @bp.doc(
     summary="Twilio message status callback",
     description="Form-encoded, as Twilio sends it; needs a valid X-Twilio-Signature. "

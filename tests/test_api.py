@@ -1222,6 +1222,45 @@ def test_openapi_is_generated_from_the_schemas(client):
     assert {"type", "since", "limit", "cursor"} <= params
 
 
+def test_openapi_describes_every_response_body(client):
+    """Each operation documents what comes back: a schema for every non-204 success, and the
+    error body (``error``, ``message``, ``fields``) for every error it lists."""
+    spec = client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema):
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    assert len(operations) >= 12
+    for path, method, op in operations:
+        for status, response in op["responses"].items():
+            where = f"{method.upper()} {path} → {status}"
+            if status == "204":
+                assert "content" not in response or not response["content"], where
+                continue
+            schema = resolve(response["content"]["application/json"]["schema"])
+            assert schema.get("properties"), where
+            if path == "/healthz" and status == "503":  # down: the health report itself
+                assert schema["title"] == "HealthOut", where
+            elif status.startswith(("4", "5")):
+                assert {"error", "message"} <= set(schema["required"]), where
+                assert "fields" in schema["properties"], where
+            else:
+                assert schema.get("title") != "ErrorOut", where
+    event = resolve(
+        spec["paths"]["/v1/events/{event_id}"]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"
+        ]
+    )
+    delivery = resolve(event["properties"]["deliveries"]["items"])
+    assert delivery["properties"]["status"]["enum"] == [
+        "queued", "sending", "sent", "delivered", "undelivered", "failed", "skipped"
+    ]  # fmt: skip
+
+
 def _refs(node):
     if isinstance(node, dict):
         for key, value in node.items():

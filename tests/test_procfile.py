@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,14 +56,33 @@ def start_web(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
     base = f"http://127.0.0.1:{port}"
 
     def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
                 return response.status == 200
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, timed out, an HTTP error: not up yet
             return False
 
-    wait_until(up, timeout=30, interval=0.2, message="gunicorn to answer /healthz")
+    try:
+        wait_until(up, timeout=30, interval=0.2, message="gunicorn to answer /healthz")
+    except BaseException:
+        stop_worker(proc)  # its whole process group: no gunicorn outlives a failed start
+        raise
     return proc, base
+
+
+def _waiting_on_a_lock(url: str) -> bool:
+    """Whether another connection to this database is blocked on a lock (the request in hand)."""
+    with get_engine(url).connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        )
 
 
 def call(base: str, method: str, path: str, body: dict | None = None, timeout: float = 30):
@@ -137,9 +155,11 @@ def test_web_and_worker_from_the_environment_alone_then_graceful_sigterm(
 
         thread = threading.Thread(target=update)
         thread.start()
-        time.sleep(1.0)  # the request is now waiting on the lock inside gunicorn
+        wait_until(
+            lambda: _waiting_on_a_lock(pg_only_url), timeout=30, message="the request to wait on the row lock"
+        )
         os.kill(web.pid, signal.SIGTERM)
-        time.sleep(1.0)
+        wait_until(lambda: "Handling signal: term" in log.read_text(), timeout=30, message="the SIGTERM")
         assert web.poll() is None, "gunicorn quit with a request in hand"
         transaction.commit()
         blocker.close()

@@ -79,8 +79,9 @@ def run_relay(runtime: Runtime, should_stop: Callable[[], bool], wait: Callable[
     while not should_stop():
         try:
             relay_once(runtime)
-        except Exception as exc:
-            log.warning("relay sweep failed: %s", exc)
+        except Exception:
+            interval = runtime.settings.relay_interval
+            log.warning("relay sweep failed; trying again in %ss", interval, exc_info=True)
         wait(runtime.settings.relay_interval)
 
 
