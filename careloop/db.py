@@ -84,7 +84,7 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 def alembic_config(url: str):
-    from alembic.config import Config
+    from alembic.config import Config  # alembic only where migrations run: start-up cost
 
     cfg = Config()
     cfg.set_main_option("script_location", MIGRATIONS_DIR)
@@ -95,6 +95,6 @@ def alembic_config(url: str):
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply alembic migrations up to ``revision``."""
-    from alembic import command
+    from alembic import command  # as above
 
     command.upgrade(alembic_config(url), revision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from careloop.config.settings import get_settings
 from careloop.models import Base
 
 config = context.config
@@ -15,8 +16,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from careloop.config.settings import get_settings
-
     return get_settings().database_url
 
 
