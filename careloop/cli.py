@@ -18,12 +18,12 @@ from careloop import serialize
 from careloop.config.settings import get_settings
 from careloop.db import session_scope, upgrade
 from careloop.deliveries import retry_failed
-from careloop.dispatch import queue_names
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
+from careloop.queues import queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
-from careloop.vocabulary import RETRYABLE_STATUSES
+from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind
 from careloop.workers import build_runtime
 from careloop.workers.relay import relay_once, run_relay
 
@@ -67,13 +67,24 @@ def demo(outbox: Path, database: str) -> None:
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
 )
+@click.option(
+    "--channels",
+    default=None,
+    help="Comma-separated channels whose deliveries this worker sends (default: all). "
+    "Every worker also routes events; urgent deliveries of its channels go first.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
-    """Run RQ's worker on careloop's queues, with RQ's scheduler and careloop's relay.
+def worker(ctx: click.Context, channels: str | None) -> None:
+    """Run careloop's worker on its queues, with RQ's scheduler and careloop's relay.
 
-    Every option is RQ's own (`rq worker --help`), e.g. --burst, --name, --max-jobs.
+    --channels sms (say) keeps a hung SMTP server from delaying texts; every other option is
+    RQ's own (`rq worker --help`), e.g. --burst, --name, --max-jobs.
     """
     args = list(ctx.args)
+    chosen = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
+    unknown = sorted(set(chosen or ()) - set(ChannelKind))
+    if unknown:
+        _fail(f"--channels: unknown channels {unknown} (use {', '.join(ChannelKind)})")
     if "--help" in args or "-h" in args:  # help needs no configuration
         rq_main.main(args=["worker", "--help"], prog_name="careloop")
         return
@@ -87,13 +98,15 @@ def worker(ctx: click.Context) -> None:
         settings.redis_url,
         "--worker-class",
         "careloop.workers.runner.CareloopWorker",
+        "--connection-class",
+        "careloop.workers.runner.ResilientRedis",
         "--job-class",
         "careloop.workers.runner.CareloopJob",
         "--serializer",
         "rq.serializers.JSONSerializer",
         "--with-scheduler",
         *args,
-        *queue_names(settings.queue_prefix),
+        *queue_names(settings.queue_prefix, chosen),
     ]
     rq_main.main(args=rq_args, prog_name="careloop")
 

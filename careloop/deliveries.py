@@ -25,6 +25,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from careloop.models import Delivery, utcnow
+from careloop.queues import DeliveryJob, delivery_queue
 from careloop.vocabulary import RETRYABLE_STATUSES, STATUS_RANK, ChannelKind, DeliveryStatus
 
 OUTCOME_UNKNOWN_PREFIX = "outcome unknown"
@@ -42,21 +43,38 @@ class Claim:
     token: str
     attempt: int
     round_attempt: int
+    provider_called: bool = False
+    """Whether this attempt's provider call was (about to be) made: see :func:`mark_provider_called`."""
 
 
-def backoff(round_attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Seconds before the next try: exponential with jitter, never sooner than Retry-After."""
-    delay = min(cap, base * (2 ** max(0, round_attempt - 1)))
-    delay = delay * (0.5 + random.random() / 2)
+RETRY_JITTER = 0.1
+"""Each retry waits its scheduled delay ±10 %, so a burst of failures does not retry in step."""
+
+
+def retry_delay(round_attempt: int, schedule: tuple[float, ...], retry_after: float | None = None) -> float:
+    """Seconds before the try after attempt ``round_attempt`` (1-based): the schedule's entry,
+    jittered, never sooner than a provider's Retry-After (capped at the schedule's longest)."""
+    delay = schedule[min(round_attempt, len(schedule)) - 1]
+    delay *= 1 + RETRY_JITTER * (2 * random.random() - 1)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
+        delay = max(delay, min(retry_after, max(schedule)))
     return delay
 
 
-def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Claim | None:
-    """Atomically take a queued, due delivery for sending. None if someone else has it."""
+def new_claim_token() -> str:
+    return secrets.token_hex(8)
+
+
+def claim(
+    session: Session, delivery_id: str, now: datetime | None = None, token: str | None = None
+) -> Claim | None:
+    """Atomically take a queued, due delivery for sending. None if someone else has it.
+
+    ``token`` (made by :func:`new_claim_token`) lets a caller that loses the database mid-way
+    find its claim again.
+    """
     now = now or utcnow()
-    token = secrets.token_hex(8)
+    token = token or new_claim_token()
     result = session.execute(
         update(Delivery)
         .where(
@@ -70,6 +88,7 @@ def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Cl
             round_attempts=Delivery.round_attempts + 1,
             claimed_at=now,
             claim_token=token,
+            provider_called_at=None,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -81,6 +100,22 @@ def claim(session: Session, delivery_id: str, now: datetime | None = None) -> Cl
         select(Delivery.attempts, Delivery.round_attempts).where(Delivery.id == delivery_id)
     ).one()
     return Claim(delivery_id, token, attempts, round_attempts)
+
+
+def mark_provider_called(session: Session, c: Claim) -> None:
+    """Record, before the provider is called, that this attempt is about to call it.
+
+    A worker that vanishes before this line sent nothing (its claim is simply retried); one
+    that vanishes after it may have reached the provider (who is asked, where it can be).
+    """
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
+        .values(provider_called_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def seconds_until_due(session: Session, delivery_id: str, now: datetime | None = None) -> float | None:
@@ -147,6 +182,16 @@ def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
     )
     session.commit()
     return due
+
+
+def forget_enqueued(session: Session) -> None:
+    """Every queued delivery counts as never handed to the queue (the queue lost its data)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.QUEUED)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def mark_enqueued(session: Session, delivery_ids: list[str]) -> None:
@@ -257,24 +302,44 @@ def take_over(session: Session, delivery_id: str, old_token: str) -> Claim | Non
     session.commit()
     if result.rowcount != 1:
         return None
-    attempts, round_attempts = session.execute(
-        select(Delivery.attempts, Delivery.round_attempts).where(Delivery.id == delivery_id)
+    attempts, round_attempts, called = session.execute(
+        select(Delivery.attempts, Delivery.round_attempts, Delivery.provider_called_at).where(
+            Delivery.id == delivery_id
+        )
     ).one()
-    return Claim(delivery_id, token, attempts, round_attempts)
+    return Claim(delivery_id, token, attempts, round_attempts, provider_called=called is not None)
 
 
-def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> list[str]:
-    """Queued deliveries that are due and were not handed to the queue recently."""
+_JOB_COLUMNS = (Delivery.id, Delivery.queue, Delivery.attempts, Delivery.channel)
+
+
+def _job(row) -> DeliveryJob:
+    # rows from before queues were recorded go to their channel's ordinary queue
+    return DeliveryJob(row.id, row.queue or delivery_queue(row.channel, urgent=False), row.attempts)
+
+
+def delivery_jobs(session: Session, delivery_ids: list[str]) -> list[DeliveryJob]:
+    """What the dispatcher needs to hand these deliveries over (queue, attempts so far)."""
+    if not delivery_ids:
+        return []
+    rows = session.execute(select(*_JOB_COLUMNS).where(Delivery.id.in_(delivery_ids))).all()
+    return [_job(row) for row in rows]
+
+
+def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> list[DeliveryJob]:
+    """Queued deliveries that are due and were not handed to the queue in the last
+    ``stale_after`` seconds (0: every due one, after Redis lost its data)."""
     now = utcnow()
     cutoff = now - timedelta(seconds=stale_after)
-    rows = session.scalars(
-        select(Delivery.id)
+    rows = session.execute(
+        select(*_JOB_COLUMNS)
         .where(
             Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < cutoff),
+            or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at <= cutoff),
         )
+        .order_by(Delivery.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # locked until the caller marks them enqueued
     ).all()
-    return list(rows)
+    return [_job(row) for row in rows]

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+
+from careloop.queues import ROUTE_QUEUE, DeliveryJob, delivery_job_id, retry_due_time, route_job_id
 
 log = logging.getLogger("careloop.dispatch")
 
@@ -44,23 +45,6 @@ class Jobs:
     sweep: Callable[[Any], Any]
 
 
-def queue_names(prefix: str) -> list[str]:
-    """careloop's queues, highest priority first: deliveries in hand before new routing."""
-    return [f"{prefix}-deliver", f"{prefix}-route"]
-
-
-def retry_due_time(delay: float, now: datetime | None = None) -> datetime:
-    """When a job delayed by ``delay`` seconds is due, rounded up to RQ's whole seconds.
-
-    RQ's scheduler keeps whole seconds (it truncates); rounding up means a retry is never
-    tried early, so a provider's Retry-After is always honoured.
-    """
-    due = (now or datetime.now(UTC)) + timedelta(seconds=delay)
-    if due.microsecond:
-        due = due.replace(microsecond=0) + timedelta(seconds=1)
-    return due
-
-
 class RQDispatcher:
     """Enqueues careloop's jobs on RQ (JSON serializer, explicit ids)."""
 
@@ -70,13 +54,25 @@ class RQDispatcher:
         self.connection = Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False
         )
-        deliver_name, route_name = queue_names(prefix)
-        self.deliver_queue = Queue(deliver_name, connection=self.connection, serializer=JSONSerializer)
-        self.route_queue = Queue(route_name, connection=self.connection, serializer=JSONSerializer)
+        self.prefix = prefix
         self.job_timeout = job_timeout
         self.jobs = jobs
+        self._queues: dict[str, Queue] = {}
+        self._epoch: int | None = None
 
-    def _prepared(self, function: Callable[..., Any], ref: str, job_id: str | None = None):
+    def queue(self, role: str) -> Queue:
+        """The RQ queue for a role (``route``, ``sms``, ``email-urgent``, …)."""
+        queue = self._queues.get(role)
+        if queue is None:
+            queue = Queue(f"{self.prefix}-{role}", connection=self.connection, serializer=JSONSerializer)
+            self._queues[role] = queue
+        return queue
+
+    @property
+    def route_queue(self) -> Queue:
+        return self.queue(ROUTE_QUEUE)
+
+    def _prepared(self, function: Callable[..., Any], ref: str, job_id: str):
         return Queue.prepare_data(
             function,
             args=(ref,),
@@ -88,23 +84,103 @@ class RQDispatcher:
 
     def route(self, event_ids: list[str]) -> None:
         self.route_queue.enqueue_many(
-            [self._prepared(self.jobs.route, event_id, f"route-{event_id}") for event_id in event_ids]
+            [self._prepared(self.jobs.route, event_id, route_job_id(event_id)) for event_id in event_ids]
         )
 
-    def deliver(self, delivery_ids: list[str], delay: float | None = None) -> None:
-        if delay:
+    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None, again: bool = False) -> None:
+        """Enqueue each delivery's next attempt on its queue, now or after ``delay`` seconds
+        (RQ's scheduler; due times rounded up, never early). ``again``: a job that ran before
+        its due time puts itself back (its id differs from the running job's)."""
+        by_queue: dict[str, list[DeliveryJob]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+        for role, queued in by_queue.items():
+            queue = self.queue(role)
+            if not delay:
+                ids = [(j.delivery_id, delivery_job_id(j, again)) for j in queued]
+                queue.enqueue_many([self._prepared(self.jobs.deliver, ref, job) for ref, job in ids])
+                continue
             due = retry_due_time(delay)
-            for delivery_id in delivery_ids:
-                self.deliver_queue.enqueue_at(
+            for job in queued:
+                queue.enqueue_at(
                     due,
                     self.jobs.deliver,
-                    delivery_id,
+                    job.delivery_id,
+                    job_id=delivery_job_id(job, again),
                     job_timeout=self.job_timeout,
                     result_ttl=JOB_RESULT_TTL,
                     failure_ttl=JOB_FAILURE_TTL,
                 )
-            return
-        self.deliver_queue.enqueue_many([self._prepared(self.jobs.deliver, d) for d in delivery_ids])
+
+    def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
+        """Run a delivery job again after ``delay`` seconds, holding on to its claim (the job met
+        a database error; its queue does not matter any more, the route queue is taken first)."""
+        due = retry_due_time(delay)
+        self.route_queue.enqueue_at(
+            due,
+            self.jobs.deliver,
+            delivery_id,
+            claim_token=claim_token,
+            job_id=f"deliver-{delivery_id}-resume-{claim_token}-{int(due.timestamp())}",
+            job_timeout=self.job_timeout,
+            result_ttl=JOB_RESULT_TTL,
+            failure_ttl=JOB_FAILURE_TTL,
+        )
+
+    def route_later(self, event_id: str, delay: float) -> None:
+        """Route an event again after ``delay`` seconds (its job met a database error)."""
+        due = retry_due_time(delay)
+        self.route_queue.enqueue_at(
+            due,
+            self.jobs.route,
+            event_id,
+            job_id=f"{route_job_id(event_id)}-{int(due.timestamp())}",
+            job_timeout=self.job_timeout,
+            result_ttl=JOB_RESULT_TTL,
+            failure_ttl=JOB_FAILURE_TTL,
+        )
+
+    def missing_deliveries(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
+        """The deliveries whose next-attempt job Redis no longer has waiting (one round trip)."""
+        ids = {job: (delivery_job_id(job), delivery_job_id(job, again=True)) for job in jobs}
+        waiting = self._waiting([(self.queue(job.queue).name, i) for job in jobs for i in ids[job]])
+        return [job for job in jobs if not any(i in waiting for i in ids[job])]
+
+    def missing_routes(self, event_ids: list[str]) -> list[str]:
+        """The events whose routing job Redis no longer has waiting (one round trip)."""
+        waiting = self._waiting([(self.route_queue.name, route_job_id(e)) for e in event_ids])
+        return [e for e in event_ids if route_job_id(e) not in waiting]
+
+    def _waiting(self, jobs: list[tuple[str, str]]) -> set[str]:
+        """Of these (queue name, job id) pairs, the ids of jobs still waiting to run: queued, or
+        scheduled with their entry in the scheduler's registry. (A job "started" long ago whose
+        delivery is still queued died with its worker: not waiting.)"""
+        if not jobs:
+            return set()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue_name, job_id in jobs:
+                pipe.hget(f"rq:job:{job_id}", "status")
+                pipe.zscore(f"rq:scheduled:{queue_name}", job_id)
+            answers = pipe.execute()
+        waiting = set()
+        for (_, job_id), status, score in zip(jobs, answers[0::2], answers[1::2], strict=True):
+            status = status.decode() if isinstance(status, bytes) else status
+            if status in ("queued", "deferred") or (status == "scheduled" and score is not None):
+                waiting.add(job_id)
+        return waiting
+
+    def lost_data(self) -> bool:
+        """Whether Redis lost its data since this dispatcher last asked (O(1): one INCR).
+
+        Redis's answer to INCR only grows while it keeps its data, so an answer of 1 (a fresh
+        data set) or one not above the last seen means a restart without persistence, a
+        FLUSHALL, a failover to an empty replica or a restart from an older snapshot. One call
+        per loss answers True. Raises when Redis is unreachable.
+        """
+        value = int(self.connection.incr(f"{self.prefix}:redis-epoch"))
+        lost = value == 1 or (self._epoch is not None and value <= self._epoch)
+        self._epoch = value
+        return lost
 
     def ping(self) -> bool:
         return bool(self.connection.ping())
@@ -129,7 +205,7 @@ class InProcessDispatcher:
     mode = "inprocess"
 
     def __init__(self, jobs: Jobs, context: Any, sweep_interval: float = 5.0):
-        self._heap: list[tuple[float, int, Callable[..., Any], str]] = []
+        self._heap: list[tuple[float, int, Callable[..., Any], str, dict]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._busy = 0
@@ -139,11 +215,12 @@ class InProcessDispatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def _push(self, function: Callable[..., Any], ref: str, delay: float | None) -> None:
+    def _push(self, function: Callable[..., Any], ref: str, delay: float | None, **kwargs: Any) -> None:
         with self._cond:
             if self._stopping:
                 return  # the database keeps the promise; the next start's relay hands it over
-            heapq.heappush(self._heap, (time.monotonic() + (delay or 0), next(self._counter), function, ref))
+            due = time.monotonic() + (delay or 0)
+            heapq.heappush(self._heap, (due, next(self._counter), function, ref, kwargs))
             self._cond.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="careloop-inprocess", daemon=True)
@@ -153,22 +230,37 @@ class InProcessDispatcher:
         for event_id in event_ids:
             self._push(self._jobs.route, event_id, None)
 
-    def deliver(self, delivery_ids: list[str], delay: float | None = None) -> None:
-        for delivery_id in delivery_ids:
-            self._push(self._jobs.deliver, delivery_id, delay)
+    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None, again: bool = False) -> None:
+        for job in jobs:
+            self._push(self._jobs.deliver, job.delivery_id, delay)
+
+    def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
+        self._push(self._jobs.deliver, delivery_id, delay, claim_token=claim_token)
+
+    def route_later(self, event_id: str, delay: float) -> None:
+        self._push(self._jobs.route, event_id, delay)
 
     def ping(self) -> bool:
         return True
 
-    def _next(self, last_sweep: float) -> tuple[Callable[..., Any], str] | None | bool:
+    def lost_data(self) -> bool:
+        return False  # nothing here outlives the process; the relay's first sweep hands it over
+
+    def missing_deliveries(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
+        return jobs  # the in-process queue cannot be asked; its jobs are safe to run twice
+
+    def missing_routes(self, event_ids: list[str]) -> list[str]:
+        return event_ids
+
+    def _next(self, last_sweep: float) -> tuple[Callable[..., Any], str, dict] | None | bool:
         """The next due job; None when it is time to sweep; False when stopping."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
                 if self._heap and self._heap[0][0] <= now:
-                    _, _, function, ref = heapq.heappop(self._heap)
+                    _, _, function, ref, kwargs = heapq.heappop(self._heap)
                     self._busy += 1
-                    return function, ref
+                    return function, ref, kwargs
                 if now - last_sweep >= self._sweep_interval:
                     self._busy += 1
                     return None
@@ -187,8 +279,8 @@ class InProcessDispatcher:
                     last_sweep = time.monotonic()
                     self._jobs.sweep(self._context)
                 else:
-                    function, ref = item
-                    function(ref, runtime=self._context)
+                    function, ref, kwargs = item
+                    function(ref, runtime=self._context, **kwargs)
             except Exception:
                 log.exception("in-process %s failed", "relay sweep" if item is None else "job")
             finally:

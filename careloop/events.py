@@ -162,5 +162,10 @@ EVENT_TYPES: tuple[str, ...] = tuple(EventType)
 CHECKIN_TYPES = (EventType.CHECKIN_SCHEDULED, EventType.CHECKIN_UPDATED, EventType.CHECKIN_CANCELLED)
 
 
+def is_urgent(event_type: str, data: dict) -> bool:
+    """Whether an event's alerts go first (their own queues, ahead of any backlog)."""
+    return event_type == EventType.CONCERN_RAISED and data.get("severity") == "urgent"
+
+
 def data_fields(event_type: str) -> set[str]:
     return set(EVENT_DATA[event_type].model_fields)

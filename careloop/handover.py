@@ -11,7 +11,7 @@ import logging
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from careloop.deliveries import mark_enqueued
+from careloop.deliveries import delivery_jobs, mark_enqueued
 from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
 
@@ -38,8 +38,9 @@ def hand_over_events(session: Session, dispatcher, event_ids: list[str]) -> bool
 
 
 def hand_over_deliveries(session: Session, dispatcher, delivery_ids: list[str]) -> bool:
+    jobs = delivery_jobs(session, delivery_ids)
     try:
-        dispatcher.deliver(delivery_ids)
+        dispatcher.deliver(jobs)
     except Exception as exc:
         log.warning("queue unavailable, %d deliveries left for the relay: %s", len(delivery_ids), exc)
         return False

@@ -179,5 +179,10 @@ class Delivery(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claim_token: Mapped[str | None] = mapped_column(String(40))
+    # The queue its jobs go to (``sms``, ``email-urgent``, …: careloop.dispatch.delivery_queue).
+    queue: Mapped[str | None] = mapped_column(String(32))
+    # Written (committed) just before the provider is called: a claim whose worker vanished
+    # with this older than ``claimed_at`` never reached the provider and is simply retried.
+    provider_called_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -9,15 +9,33 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///careloop.db"
 """Embedded default: a SQLite file in the working directory."""
 
 DEFAULT_RULES_FILE = Path(str(files("careloop.config") / "rules.yaml"))
 """The routing rules shipped with careloop."""
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+"""Seconds between attempts (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — Svix's schedule): eight
+attempts over about 27 hours, so an outage of minutes or hours dead-letters nothing."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"5m"``, ``"2h"``, ``"1d"`` → seconds."""
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            return float(text[:-1]) * _UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 2h") from None
 
 
 def _env(name: str) -> AliasChoices:
@@ -48,11 +66,26 @@ class Settings(BaseSettings):
     mail_from: str = Field("careloop@localhost", validation_alias=_env("MAIL_FROM"))
 
     provider_timeout: float = Field(10.0, gt=0, validation_alias=_env("CARELOOP_PROVIDER_TIMEOUT"))
-    max_attempts: int = Field(5, ge=1, le=50, validation_alias=_env("CARELOOP_MAX_ATTEMPTS"))
-    retry_base: float = Field(5.0, ge=0, validation_alias=_env("CARELOOP_RETRY_BASE"))
-    retry_max: float = Field(900.0, ge=0, validation_alias=_env("CARELOOP_RETRY_MAX"))
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULT_RETRY_SCHEDULE, validation_alias=_env("CARELOOP_RETRY_SCHEDULE")
+    )
     claim_timeout: float = Field(90.0, gt=0, validation_alias=_env("CARELOOP_CLAIM_TIMEOUT"))
     relay_interval: float = Field(5.0, gt=0, validation_alias=_env("CARELOOP_RELAY_INTERVAL"))
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value):
+        if isinstance(value, str):
+            value = [parse_duration(part) for part in value.split(",") if part.strip()]
+        delays = tuple(float(v) for v in value)
+        if not 1 <= len(delays) <= 50 or any(d < 0 for d in delays):
+            raise ValueError("CARELOOP_RETRY_SCHEDULE must list 1 to 50 delays such as 5s,5m,30m,2h")
+        return delays
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per delivery (per manual retry): the first, and one per scheduled retry."""
+        return len(self.retry_schedule) + 1
 
     @field_validator("public_url")
     @classmethod

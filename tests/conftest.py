@@ -164,9 +164,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides):
         mail_from="careloop <careloop@careloop.test>",
         provider_timeout=2.0,
         claim_timeout=30.0,
-        retry_base=0.05,
-        retry_max=1.0,
-        max_attempts=5,
+        retry_schedule=(0.05, 0.1, 0.2, 0.4),  # five attempts in well under a second
         relay_interval=0.5,
         queue_prefix="careloop-test",
     )
@@ -323,8 +321,8 @@ def run_rq_until_settled(runtime, timeout=60.0):
     from sqlalchemy import func, select
 
     from careloop.db import session_scope
-    from careloop.dispatch import queue_names
     from careloop.models import Delivery, OutboxEntry
+    from careloop.queues import queue_names
     from careloop.workers import jobs
     from careloop.workers.relay import relay_once
 
@@ -383,8 +381,7 @@ def settings_env(settings) -> dict[str, str]:
         "CARELOOP_PUBLIC_URL": settings.public_url,
         "CARELOOP_PROVIDER_TIMEOUT": str(settings.provider_timeout),
         "CARELOOP_CLAIM_TIMEOUT": str(settings.claim_timeout),
-        "CARELOOP_RETRY_BASE": str(settings.retry_base),
-        "CARELOOP_RETRY_MAX": str(settings.retry_max),
+        "CARELOOP_RETRY_SCHEDULE": ",".join(str(d) for d in settings.retry_schedule),
         "CARELOOP_RELAY_INTERVAL": str(settings.relay_interval),
         "CARELOOP_OUTBOX_DIR": str(settings.outbox_dir),
         "MAIL_FROM": settings.mail_from,

@@ -125,7 +125,7 @@ def test_embedded_full_loop_writes_sms_email_and_invites_to_the_outbox(app, api,
         assert _outbox_path(d["provider_id"]) == outbox / "sms.log"
         _stamp, _ref, to, body = by_ref[f"{d['id']}.1"]
         assert to == members_by_id[d["member_id"]]["phone"]
-        assert "Maya" in body and "levetiracetam" not in body and "250" not in body
+        assert "Maya" in body and "levetiracetam" not in body and "250 mg" not in body
         assert "Choking" not in body
 
     # -- email: a parseable .eml per delivery, addressed to the member, with a stable Message-ID

@@ -480,8 +480,12 @@ def test_two_workers_racing_on_50_deliveries_send_each_once(
         to_send = [d.id for d in all_deliveries(pg_only_url) if d.status == "queued"]
         assert len(to_send) == 49
         # ...then enqueue every delivery a second time, as a redelivery would: two jobs per delivery.
-        runtime.dispatcher.deliver(to_send)
-        assert runtime.dispatcher.deliver_queue.count == 98
+        # (each with an id of its own: as if an older release had enqueued it, or a relay had)
+        queues = {d.id: d.queue for d in all_deliveries(pg_only_url)}
+        for delivery_id in to_send:
+            runtime.dispatcher.queue(queues[delivery_id]).enqueue(jobs.deliver, delivery_id)
+        queued = sum(runtime.dispatcher.queue(q).count for q in ("sms-urgent", "email-urgent"))
+        assert queued == 98
         workers = [start_worker(env, log, "--burst"), start_worker(env, log, "--burst")]
         for proc in workers:
             proc.wait(timeout=300)

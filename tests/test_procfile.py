@@ -98,9 +98,17 @@ def call(base: str, method: str, path: str, body: dict | None = None, timeout: f
 
 def test_procfile_names_the_web_and_worker_processes():
     entries = procfile()
-    assert set(entries) == {"web", "worker"}
+    assert set(entries) == {"web", "worker", "mailer"}
     assert "$PORT" in entries["web"] or "${PORT" in entries["web"]
     assert shlex.split(entries["worker"])[:2] == ["careloop", "worker"]
+    # texts and mail in processes of their own (a hung SMTP server never delays a text);
+    # together they send every channel
+    channels = []
+    for name in ("worker", "mailer"):
+        words = shlex.split(entries[name])
+        assert words[:2] == ["careloop", "worker"]
+        channels += words[words.index("--channels") + 1].split(",")
+    assert sorted(channels) == ["calendar", "email", "sms"]
 
 
 def test_web_and_worker_from_the_environment_alone_then_graceful_sigterm(

@@ -1,35 +1,72 @@
-"""The one retry layer: backoff with jitter, a bounded number of attempts, and no blind resend
-when an attempt's outcome is unknown — through a real RQ worker and the real peers."""
+"""The one retry layer: a schedule reaching a day, jittered, a bounded number of attempts, and
+no blind resend when an attempt's outcome is unknown — through a real RQ worker and the real
+peers."""
 
 from __future__ import annotations
 
 import pytest
 
-from careloop.deliveries import backoff
+from careloop.config.settings import DEFAULT_RETRY_SCHEDULE, Settings
+from careloop.deliveries import RETRY_JITTER, retry_delay
 from tests.conftest import build_app, build_team, close_app, peer_settings, run_rq_until_settled
 from tests.peers.twilio_peer import Fault
 from tests.test_faults import all_deliveries, assert_exactly_once
 
+SCHEDULE = (5.0, 300.0, 1800.0, 7200.0)
+
 
 @pytest.mark.parametrize(
     ("attempt", "low", "high"),
-    [(1, 2.5, 5.0), (2, 5.0, 10.0), (3, 10.0, 20.0), (4, 20.0, 40.0), (10, 50.0, 100.0)],
+    [(1, 4.5, 5.5), (2, 270.0, 330.0), (3, 1620.0, 1980.0), (4, 6480.0, 7920.0), (10, 6480.0, 7920.0)],
 )
-def test_backoff_doubles_with_jitter_and_is_capped(attempt, low, high):
-    delays = [backoff(attempt, base=5.0, cap=100.0) for _ in range(300)]
+def test_retry_delays_follow_the_schedule_with_jitter_and_stay_on_its_last_step(attempt, low, high):
+    delays = [retry_delay(attempt, SCHEDULE) for _ in range(300)]
     assert low <= min(delays) and max(delays) <= high
     assert len({round(d, 6) for d in delays}) > 250, "no jitter"
 
 
-def test_backoff_never_sooner_than_retry_after_but_still_capped():
-    assert all(backoff(1, base=0.1, cap=60.0, retry_after=30.0) >= 30.0 for _ in range(50))
-    assert all(backoff(1, base=0.1, cap=60.0, retry_after=3600.0) == 60.0 for _ in range(50))
+def test_retry_delay_never_sooner_than_retry_after_but_still_capped():
+    assert all(retry_delay(1, SCHEDULE, retry_after=30.0) >= 30.0 for _ in range(50))
+    assert all(retry_delay(1, SCHEDULE, retry_after=86400.0) == 7200.0 for _ in range(50))
+
+
+def test_the_default_schedule_keeps_trying_for_more_than_a_day():
+    settings = Settings.from_values()
+    assert settings.retry_schedule == DEFAULT_RETRY_SCHEDULE
+    assert settings.max_attempts == len(DEFAULT_RETRY_SCHEDULE) + 1
+    # even with every delay at the low end of its jitter
+    assert sum(DEFAULT_RETRY_SCHEDULE) * (1 - RETRY_JITTER) >= 24 * 3600
+    assert DEFAULT_RETRY_SCHEDULE[:4] == (5.0, 300.0, 1800.0, 7200.0)  # 5 s, 5 min, 30 min, 2 h
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5s,5m,30m,2h", (5.0, 300.0, 1800.0, 7200.0)), ("0.5, 1, 1d", (0.5, 1.0, 86400.0))],
+)
+def test_the_schedule_is_read_from_the_environment(monkeypatch, text, expected):
+    monkeypatch.setenv("CARELOOP_RETRY_SCHEDULE", text)
+    assert Settings().retry_schedule == expected
+
+
+@pytest.mark.parametrize("text", ["", "5s,soon", "-1", "5x"])
+def test_a_bad_schedule_is_refused_naming_the_setting(monkeypatch, text):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("CARELOOP_RETRY_SCHEDULE", text)
+    with pytest.raises(ValidationError, match="CARELOOP_RETRY_SCHEDULE|duration"):
+        Settings()
 
 
 @pytest.fixture
 def retry_app(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
     settings = peer_settings(
-        pg_only_url, tmp_path, smtp, twilio_proxy, max_attempts=3, provider_timeout=1.0, claim_timeout=15.0
+        pg_only_url,
+        tmp_path,
+        smtp,
+        twilio_proxy,
+        retry_schedule=(0.05, 0.1),  # three attempts
+        provider_timeout=1.0,
+        claim_timeout=15.0,
     )
     app, api = build_app(settings)
     yield app, api
@@ -141,6 +178,6 @@ def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
     (row,) = [x for x in all_deliveries(pg_only_url) if x.id == d.id]
     assert (row.status, row.attempts) == ("queued", 1)
     assert len(smtp.received) == 1  # nothing sent early
-    registry = runtime.dispatcher.deliver_queue.scheduled_job_registry
+    registry = runtime.dispatcher.queue("email").scheduled_job_registry
     (job_id,) = registry.get_job_ids()
     assert registry.get_scheduled_time(job_id) >= due.replace(microsecond=0)

@@ -29,7 +29,7 @@ def test_jobs_queued_under_the_old_names_still_run(pg_only_url, tmp_path, redis_
 
     old = [dispatcher.route_queue.enqueue("workers.jobs.route_event", first["id"], job_id="legacy-route")]
     old += [
-        dispatcher.deliver_queue.enqueue("workers.jobs.deliver", delivery_id, job_id=f"legacy-{i}")
+        dispatcher.queue("deliver").enqueue("workers.jobs.deliver", delivery_id, job_id=f"legacy-{i}")
         for i, delivery_id in enumerate(waiting)
     ]
     assert {job.func_name for job in old} == {"workers.jobs.route_event", "workers.jobs.deliver"}

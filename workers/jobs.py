@@ -1,9 +1,10 @@
 """RQ jobs. Each takes an id, loads what it needs, and is safe to run more than once.
 
 There is one retry layer: a transient provider error puts the delivery back in the queue
-with a due time on its row (exponential backoff with jitter, Retry-After honoured) and
-schedules the next try with RQ's ``enqueue_at``; the relay re-enqueues anything due that the
-queue lost. Jobs do not raise for provider errors, so RQ's own retry never doubles ours.
+with a due time on its row (the retry schedule, jittered, Retry-After honoured) and schedules
+the next try with RQ's ``enqueue_at``; the relay re-enqueues anything due that the queue lost.
+Jobs do not raise for provider errors, so RQ's own retry never doubles ours. A job that meets
+a database error puts itself back after a short wait, holding on to its claim.
 
 RQ calls a job with its id only; the job then runs with the runtime its worker process
 installed (:func:`use_runtime`). The in-process queue passes its app's runtime instead.
@@ -12,18 +13,22 @@ installed (:func:`use_runtime`). The in-process queue passes its app's runtime i
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop.db import session_scope
+from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.messages import NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
+from careloop.queues import delivery_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -53,6 +58,17 @@ def _runtime(runtime: Runtime | None) -> Runtime:
     return _worker_runtime
 
 
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+"""The database went away (restart, failover, network): try again shortly, never a verdict."""
+
+DATABASE_RETRY_DELAY = 2.0
+"""Seconds before a job that met a database error runs again."""
+
+OUTCOME_WRITE_PATIENCE = 60.0
+"""Seconds a job keeps trying to record what the provider answered while the database is down;
+after that the claim goes stale and the relay settles it (asking Twilio; SMTP: unknown)."""
+
+
 def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
     if not rows:
         return
@@ -72,6 +88,23 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
     Returns how many deliveries were handed over. Running it twice creates nothing new.
     """
     runtime = _runtime(runtime)
+    try:
+        return _route(runtime, event_id)
+    except DATABASE_ERRORS as exc:
+        log.warning(
+            "route %s: the database is unavailable (%s); trying again in %ss",
+            event_id,
+            type(exc).__name__,
+            DATABASE_RETRY_DELAY,
+        )
+        try:
+            runtime.dispatcher.route_later(event_id, DATABASE_RETRY_DELAY)
+        except Exception:
+            log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
+        return 0
+
+
+def _route(runtime: Runtime, event_id: str) -> int:
     with session_scope(runtime.database_url) as session:
         event = session.get(Event, event_id)
         if event is None:
@@ -83,6 +116,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
             .order_by(Member.created_at, Member.id)
         ).all()
         now = utcnow()
+        urgent = is_urgent(event.type, event.data)
         planned = plan_deliveries(
             EventView(
                 id=event.id,
@@ -107,6 +141,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
                     "notebook_id": event.notebook_id,
                     "member_id": p.member_id,
                     "channel": p.channel,
+                    "queue": delivery_queue(p.channel, urgent),
                     "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
                     "error": p.skip_reason,
                     "rules": list(p.rules),
@@ -133,7 +168,8 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         session.commit()
         to_send = session.scalars(
             select(Delivery.id).where(
-                Delivery.event_id == event.id, Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.event_id == event.id,
+                Delivery.status == DeliveryStatus.QUEUED,
                 Delivery.enqueued_at.is_(None),
             )
         ).all()
@@ -149,7 +185,9 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         return len(to_send)
 
 
-def build_message(session: Session, runtime: Runtime, delivery: Delivery, attempt: int) -> OutgoingMessage:
+def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> OutgoingMessage:
+    delivery = session.get(Delivery, claim.delivery_id)
+    attempt = claim.attempt
     event = session.get(Event, delivery.event_id)
     notebook = session.get(Notebook, delivery.notebook_id)
     member = session.get(Member, delivery.member_id)
@@ -181,79 +219,149 @@ def build_message(session: Session, runtime: Runtime, delivery: Delivery, attemp
     )
 
 
-def deliver(delivery_id: str, runtime: Runtime | None = None) -> str:
-    """Send one delivery, at most once per claim. Returns the status it ended in."""
+def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str | None = None) -> str:
+    """Send one delivery, at most once per claim. Returns the status it ended in.
+
+    ``claim_token``: this job holds that claim already (it met a database error and put itself
+    back); it carries on from where it stopped instead of claiming again.
+    """
     runtime = _runtime(runtime)
-    settings = runtime.settings
-    with session_scope(runtime.database_url) as session:
-        claim = dl.claim(session, delivery_id)
-        if claim is None:
-            early = dl.seconds_until_due(session, delivery_id)
-            if early:  # the queue ran it before its retry was due: wait for the rest
-                runtime.dispatcher.deliver([delivery_id], delay=early)
-                return "rescheduled"
-            log.info("deliver: %s is not queued; nothing to do", delivery_id)
-            return "not-claimed"
-        delivery = session.get(Delivery, delivery_id)
+    token = claim_token or dl.new_claim_token()
+    try:
+        with session_scope(runtime.database_url) as session:
+            claim = dl.take_over(session, delivery_id, token) if claim_token else None
+            if claim is None:
+                claim = dl.claim(session, delivery_id, token=token)
+                if claim is None:
+                    return _not_claimed(session, runtime, delivery_id)
+            token = claim.token
+            if claim.provider_called:  # this job called the provider before the database went
+                message = build_message(session, runtime, claim)
+                reason = "an attempt interrupted by the database"
+                return _settle_by_lookup(session, runtime, claim, message, reason)
+            return _send(session, runtime, claim)
+    except DATABASE_ERRORS as exc:
+        # Nothing is lost: the delivery row (queued, or claimed by `token`) still says what to do.
+        log.warning(
+            "delivery %s: the database is unavailable (%s); trying again in %ss",
+            delivery_id,
+            type(exc).__name__,
+            DATABASE_RETRY_DELAY,
+        )
         try:
-            message = build_message(session, runtime, delivery, claim.attempt)
-        except RenderError as exc:
-            dl.mark_failed(session, claim, str(exc))
-            return DeliveryStatus.FAILED
-        except Exception as exc:  # a bug or bad stored data; no provider was called
-            log.exception("delivery %s: could not build the message", delivery_id)
-            dl.mark_failed(
-                session, claim, f"could not build the message ({type(exc).__name__}); nothing was sent"
-            )
-            return DeliveryStatus.FAILED
-        channel = runtime.channels[ChannelKind(delivery.channel)]
-        # the member's contact may have been removed since routing planned this delivery
-        missing = channel.unreachable_reason(session.get(Member, delivery.member_id))
-        if missing:
-            dl.mark_failed(session, claim, missing)
-            return DeliveryStatus.FAILED
-        try:
-            receipt = channel.send(message)
-        except DeliveryError as exc:
-            if exc.maybe_sent and not exc.permanent:
-                log.warning("delivery %s: %s; asking the provider before any resend", delivery_id, exc.reason)
-                return _settle_by_lookup(session, runtime, claim, message, resend_reason=exc.reason)
-            if exc.permanent or claim.round_attempt >= settings.max_attempts:
-                reason = (
-                    exc.reason
-                    if exc.permanent
-                    else f"gave up after {claim.round_attempt} attempts: {exc.reason}"
-                )
-                dl.mark_failed(session, claim, reason)
-                log.warning("delivery %s failed: %s", delivery_id, reason)
-                return DeliveryStatus.FAILED
-            delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max, exc.retry_after)
-            dl.requeue(session, claim, exc.reason, delay)
-            log.info("delivery %s: %s; trying again in %.1fs", delivery_id, exc.reason, delay)
-            runtime.dispatcher.deliver([delivery_id], delay=delay)
-            return DeliveryStatus.QUEUED
+            runtime.dispatcher.resume(delivery_id, token, DATABASE_RETRY_DELAY)
         except Exception:
-            # A bug, not a provider answer: the provider may or may not have the message.
-            dl.mark_failed(session, claim, dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)")
-            raise
-        dl.mark_sent(session, claim, receipt.provider_id, receipt.status)
-        log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
-        return receipt.status
+            log.warning("delivery %s: the queue is unavailable too; left for the relay", delivery_id)
+        return "database-unavailable"
+
+
+def _not_claimed(session: Session, runtime: Runtime, delivery_id: str) -> str:
+    due = dl.seconds_until_due(session, delivery_id)
+    if due:  # the queue ran it before its retry was due: wait for the rest
+        runtime.dispatcher.deliver(dl.delivery_jobs(session, [delivery_id]), delay=due, again=True)
+        return "rescheduled"
+    log.info("deliver: %s is not queued; nothing to do", delivery_id)
+    return "not-claimed"
+
+
+def _send(session: Session, runtime: Runtime, claim: dl.Claim) -> str:
+    delivery_id = claim.delivery_id
+    delivery = session.get(Delivery, delivery_id)
+    try:
+        message = build_message(session, runtime, claim)
+    except RenderError as exc:
+        dl.mark_failed(session, claim, str(exc))
+        return DeliveryStatus.FAILED
+    except DATABASE_ERRORS:
+        raise
+    except Exception as exc:  # a bug or bad stored data; no provider was called
+        log.exception("delivery %s: could not build the message", delivery_id)
+        reason = f"could not build the message ({type(exc).__name__}); nothing was sent"
+        dl.mark_failed(session, claim, reason)
+        return DeliveryStatus.FAILED
+    channel = runtime.channels[ChannelKind(delivery.channel)]
+    # the member's contact may have been removed since routing planned this delivery
+    missing = channel.unreachable_reason(session.get(Member, delivery.member_id))
+    if missing:
+        dl.mark_failed(session, claim, missing)
+        return DeliveryStatus.FAILED
+    dl.mark_provider_called(session, claim)  # committed before the call: see recover_stale
+    try:
+        receipt = channel.send(message)
+    except DeliveryError as exc:
+        refusal = exc
+        return _patiently(lambda: _after_refusal(session, runtime, claim, message, refusal))
+    except Exception:
+        # A bug, not a provider answer: the provider may or may not have the message.
+        reason = dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)"
+        _patiently(lambda: dl.mark_failed(session, claim, reason))
+        raise
+    _patiently(lambda: dl.mark_sent(session, claim, receipt.provider_id, receipt.status))
+    log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
+    return receipt.status
+
+
+def _after_refusal(
+    session: Session, runtime: Runtime, claim: dl.Claim, message: OutgoingMessage, exc: DeliveryError
+) -> str:
+    delivery_id = claim.delivery_id
+    if exc.maybe_sent and not exc.permanent:
+        log.warning("delivery %s: %s; asking the provider before any resend", delivery_id, exc.reason)
+        return _settle_by_lookup(session, runtime, claim, message, resend_reason=exc.reason)
+    schedule = runtime.settings.retry_schedule
+    if exc.permanent or claim.round_attempt > len(schedule):
+        reason = exc.reason
+        if not exc.permanent:
+            reason = f"gave up after {claim.round_attempt} attempts: {exc.reason}"
+        dl.mark_failed(session, claim, reason)
+        log.warning("delivery %s failed: %s", delivery_id, reason)
+        return DeliveryStatus.FAILED
+    delay = dl.retry_delay(claim.round_attempt, schedule, exc.retry_after)
+    dl.requeue(session, claim, exc.reason, delay)
+    log.info("delivery %s: %s; trying again in %.1fs", delivery_id, exc.reason, delay)
+    _hand_over_retry(session, runtime, claim, delay)
+    return DeliveryStatus.QUEUED
+
+
+def _hand_over_retry(session: Session, runtime: Runtime, claim: dl.Claim, delay: float) -> None:
+    try:
+        runtime.dispatcher.deliver(dl.delivery_jobs(session, [claim.delivery_id]), delay=delay)
+    except Exception as exc:  # the queue is down: the row says when; the relay hands it over
+        log.warning("delivery %s: queue unavailable (%s); left for the relay", claim.delivery_id, exc)
+
+
+def _patiently(write):
+    """Run a database write that records a provider's answer, retrying while the database is
+    unavailable (up to :data:`OUTCOME_WRITE_PATIENCE` seconds): the answer exists only here."""
+    deadline = time.monotonic() + OUTCOME_WRITE_PATIENCE
+    pause = 0.2
+    while True:
+        try:
+            return write()
+        except DATABASE_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("the database is unavailable while recording a provider's answer; retrying")
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
-    """Decide what happened to a send whose worker vanished mid-call, without resending blindly.
+    """Decide what happened to a send whose worker vanished, without resending blindly.
 
-    The provider is asked (Twilio keeps a list of messages); where it cannot be asked (SMTP)
-    the delivery is failed as "outcome unknown" for a person to decide.
+    A worker that vanished before calling the provider (no call recorded for its claim) sent
+    nothing: the delivery is simply tried again. Otherwise the provider is asked (Twilio keeps
+    a list of messages); where it cannot be asked (SMTP) the delivery is failed as "outcome
+    unknown" for a person to decide.
     """
     with session_scope(runtime.database_url) as session:
         claim = dl.take_over(session, delivery_id, token)
         if claim is None:
             return "not-claimed"
-        delivery = session.get(Delivery, delivery_id)
+        if not claim.provider_called:
+            return _retry_uncalled(session, runtime, claim)
         try:
-            message = build_message(session, runtime, delivery, claim.attempt)
+            message = build_message(session, runtime, claim)
         except RenderError as exc:
             dl.mark_failed(session, claim, str(exc))
             return DeliveryStatus.FAILED
@@ -264,6 +372,18 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
             message,
             resend_reason="an interrupted attempt never reached the provider",
         )
+
+
+def _retry_uncalled(session: Session, runtime: Runtime, claim: dl.Claim) -> str:
+    """A claimed attempt that never called its provider: not an attempt at all; queue it now."""
+    reason = "the worker stopped before calling the provider; trying again"
+    dl.requeue(session, claim, reason, 0.0, count_attempt=False)
+    log.info("delivery %s: %s", claim.delivery_id, reason)
+    try:
+        runtime.dispatcher.deliver(dl.delivery_jobs(session, [claim.delivery_id]))
+    except Exception:
+        log.warning("delivery %s: queue unavailable; left for the relay", claim.delivery_id)
+    return DeliveryStatus.QUEUED
 
 
 def _settle_by_lookup(
@@ -291,11 +411,11 @@ def _settle_by_lookup(
             "delivery %s: the provider has it (%s); not resending", claim.delivery_id, receipt.provider_id
         )
         return receipt.status
-    settings = runtime.settings
-    if claim.round_attempt >= settings.max_attempts:
+    schedule = runtime.settings.retry_schedule
+    if claim.round_attempt > len(schedule):
         dl.mark_failed(session, claim, f"gave up after {claim.round_attempt} attempts: {resend_reason}")
         return DeliveryStatus.FAILED
-    delay = dl.backoff(claim.round_attempt, settings.retry_base, settings.retry_max)
+    delay = dl.retry_delay(claim.round_attempt, schedule)
     dl.requeue(session, claim, f"{resend_reason}; the provider does not have it, sending again", delay)
-    runtime.dispatcher.deliver([claim.delivery_id], delay=delay)
+    _hand_over_retry(session, runtime, claim, delay)
     return DeliveryStatus.QUEUED

@@ -1,6 +1,6 @@
 """The outbox relay: hands over whatever the database promised but the queue does not have.
 
-It runs inside every ``careloop worker`` (a thread beside RQ's loop), as ``careloop relay``,
+It runs beside every ``careloop worker`` (a child process), as ``careloop relay``,
 and in the embedded mode's idle time. Everything it does is safe to do twice.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop.db import session_scope
@@ -28,10 +29,19 @@ BATCH = 500
 
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
-    """One sweep: pending events to route, due deliveries to send, stale sends to check."""
+    """One sweep: pending events to route, due deliveries to send, stale sends to check.
+
+    Work handed to the queue more than a claim timeout ago and not done is handed over again
+    only when Redis no longer has its job (a job merely waiting in a long queue is left
+    alone). When Redis has lost its data (restarted empty, flushed), everything pending is
+    handed over on this sweep, without waiting for the claim timeout.
+    """
     settings = runtime.settings
+    dispatcher = runtime.dispatcher
     counts = {"events": 0, "deliveries": 0, "stale": 0}
     with session_scope(runtime.database_url) as session:
+        if dispatcher.lost_data():
+            forget_hand_overs(session)
         now = utcnow()
         cutoff = now - timedelta(seconds=settings.claim_timeout)
         entries = session.execute(
@@ -47,20 +57,24 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             .with_for_update(skip_locked=True)
         ).all()
         if entries:
-            runtime.dispatcher.route([ref for _, ref in entries])
+            missing = dispatcher.missing_routes([ref for _, ref in entries])
+            if missing:
+                dispatcher.route(missing)
             session.execute(
                 update(OutboxEntry)
                 .where(OutboxEntry.id.in_([i for i, _ in entries]))
                 .values(dispatched_at=now)
             )
             session.commit()
-            counts["events"] = len(entries)
+            counts["events"] = len(missing)
 
         due = dl.due_for_enqueue(session, settings.claim_timeout, BATCH)
         if due:
-            runtime.dispatcher.deliver(due)
-            dl.mark_enqueued(session, due)
-            counts["deliveries"] = len(due)
+            missing_jobs = dispatcher.missing_deliveries(due)
+            if missing_jobs:
+                dispatcher.deliver(missing_jobs)
+            dl.mark_enqueued(session, [job.delivery_id for job in due])
+            counts["deliveries"] = len(missing_jobs)
 
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             recover_stale(runtime, delivery_id, token)
@@ -71,6 +85,15 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts,
         )
     return counts
+
+
+def forget_hand_overs(session: Session) -> None:
+    """Redis lost its data: every pending event and queued delivery counts as never handed over,
+    so this sweep (and, for retries not yet due, the sweep when they are) hands it over."""
+    log.warning("the queue lost its data (Redis restarted empty, or flushed): handing all pending work over")
+    session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
+    dl.forget_enqueued(session)
+    session.commit()
 
 
 def run_relay(runtime: Runtime, should_stop: Callable[[], bool], wait: Callable[[float], object]) -> None:
