@@ -108,25 +108,19 @@ class SmtpEmail(Channel):
                 transient for 4xx replies, timeouts, refused or dropped connections.
         """
         smtp: smtplib.SMTP | None = None
-        handed_over = False
+        written = _EndOfData()
         try:
             smtp = self._connect()
-            original_data = smtp.data
-
-            def data(content):
-                # From here on the server may have the whole message even if no reply comes.
-                nonlocal handed_over
-                handed_over = True
-                return original_data(content)
-
-            smtp.data = data
+            written.watch(smtp)
             smtp.send_message(msg, from_addr=self.sender.addr_spec, to_addrs=[to_addr])
         except Exception as exc:
             if smtp is not None:
                 smtp.close()
             error = self._delivery_error(exc)
-            if handed_over and not isinstance(exc, smtplib.SMTPResponseException):
-                # No reply to the message we sent: the server may have accepted it.
+            if written.done and not isinstance(exc, smtplib.SMTPResponseException):
+                # The whole message and its end marker were written and no reply came: the
+                # server may have accepted it. Anything earlier (connect, MAIL, RCPT, a DATA
+                # command never answered) sent nothing: an ordinary retry.
                 error.maybe_sent = True
                 error.reason = f"{error.reason} (after the message was sent: outcome unknown)"
             raise error from exc
@@ -192,6 +186,32 @@ class SmtpEmail(Channel):
         if isinstance(exc, (smtplib.SMTPException, OSError)):
             return DeliveryError(f"SMTP error: {type(exc).__name__}: {_clip(str(exc))}")
         raise exc  # a bug, not a delivery outcome
+
+
+class _EndOfData:
+    """Watches one SMTP session for the moment the message's end marker (``CRLF.CRLF``) has
+    been written: only after it can the server hold a message whose reply never came."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._in_data = False
+
+    def watch(self, smtp: smtplib.SMTP) -> None:
+        send, data = smtp.send, smtp.data
+
+        def watched_send(payload):
+            send(payload)
+            if self._in_data and isinstance(payload, bytes) and payload.endswith(b"\r\n.\r\n"):
+                self.done = True
+
+        def watched_data(content):
+            self._in_data = True
+            try:
+                return data(content)
+            finally:
+                self._in_data = False
+
+        smtp.send, smtp.data = watched_send, watched_data
 
 
 class _ConfigMismatch(Exception):

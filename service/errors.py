@@ -6,11 +6,16 @@ import logging
 
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from careloop.events import EVENT_DATA
 
 log = logging.getLogger("careloop.service")
+
+DATABASE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait (Retry-After) while the database is unavailable."""
 
 ERROR_NAMES = {
     400: "bad_request",
@@ -71,6 +76,16 @@ def init_app(app: APIFlask) -> None:
     def _http_error(error: HTTPException):
         code = error.code or 500
         return {"error": ERROR_NAMES.get(code, "error"), "message": error.description}, code
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeoutError)
+    def _database_unavailable(error: Exception):
+        # The database is restarting or out of reach: the request changed nothing (its
+        # transaction never committed), so the client can simply send it again.
+        log.warning("database unavailable: %s", type(error).__name__)
+        body = {"error": "unavailable", "message": "the database is unavailable; try again shortly"}
+        return body, 503, {"Retry-After": str(DATABASE_RETRY_AFTER)}
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

@@ -33,6 +33,7 @@ IDEMPOTENCY_KEY_MAX = 200
         404: "No such notebook",
         409: "Idempotency-Key reused with a different body",
         422: "Invalid",
+        503: "The database is unavailable: nothing was recorded; send it again after Retry-After",
     },
 )
 def create_event(notebook_id: str, body: EventIn):

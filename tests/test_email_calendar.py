@@ -198,6 +198,42 @@ def test_slow_server_times_out_as_transient_but_has_the_message(smtp):
         mailer.lookup(make_message())
 
 
+def test_an_answer_lost_after_the_whole_message_is_outcome_unknown(smtp):
+    smtp.delay = 3
+    mailer = SmtpEmail(smtp.host, smtp.port, starttls=False, mail_from=MAIL_FROM, timeout=0.5)
+    with pytest.raises(DeliveryError) as failed:
+        mailer.send(make_message())
+    assert failed.value.maybe_sent is True and "outcome unknown" in failed.value.reason
+
+
+def test_a_data_command_never_answered_sent_nothing_and_is_an_ordinary_retry(smtp):
+    """The server took MAIL and RCPT, then never answered DATA: the message never left
+    careloop, so this is a plain transient error — never "outcome unknown"."""
+    smtp.swallow_data(3)
+    mailer = SmtpEmail(smtp.host, smtp.port, starttls=False, mail_from=MAIL_FROM, timeout=0.5)
+    with pytest.raises(DeliveryError) as failed:
+        mailer.send(make_message())
+    assert smtp.swallowed == 1 and smtp.messages == []
+    assert failed.value.permanent is False
+    assert failed.value.maybe_sent is False
+    assert "outcome unknown" not in failed.value.reason
+
+
+def test_a_refused_connection_is_never_outcome_unknown(smtp):
+    mailer = SmtpEmail("127.0.0.1", _closed_port(), starttls=False, mail_from=MAIL_FROM, timeout=0.5)
+    with pytest.raises(DeliveryError) as failed:
+        mailer.send(make_message())
+    assert failed.value.maybe_sent is False and failed.value.permanent is False
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_a_slow_quit_after_acceptance_is_still_sent(smtp):
     smtp.quit_delay = 3
     mailer = SmtpEmail(smtp.host, smtp.port, starttls=False, mail_from=MAIL_FROM, timeout=0.5)

@@ -12,6 +12,7 @@ Scripting::
     smtp.fail_always("550 5.1.1 Mailbox unavailable")
     smtp.delay = 2.0   # record the message, then wait 2 s before the 250
     smtp.quit_delay = 2.0   # accept, then dawdle before answering QUIT
+    smtp.swallow_data(30.0)  # for 30 s, a DATA command is never answered (no 354)
 
 A message counts as received (``smtp.messages``) once its DATA reached the server and was
 not refused by a script: with ``delay`` it is recorded *before* the 250, as a real relay
@@ -32,7 +33,7 @@ from email.message import EmailMessage
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 HOST = "127.0.0.1"
 """The only address the peer listens on."""
@@ -69,6 +70,8 @@ class SmtpPeer:
         self.delay = 0.0
         self.quit_delay = 0.0
         self.data_count = 0
+        self.swallowed = 0
+        self._swallow_until = 0.0
         self.host = HOST
         self.port = 0
         self._controller: Controller | None = None
@@ -102,6 +105,17 @@ class SmtpPeer:
         with self._lock:
             self._always = reply
 
+    def swallow_data(self, seconds: float) -> None:
+        """For ``seconds``, answer no DATA command (the client waits, then gives up): a server
+        that has the envelope but never asks for the message."""
+        with self._lock:
+            self._swallow_until = time.monotonic() + seconds
+
+    def swallowing(self) -> float:
+        """Seconds of swallowing left (0 when DATA is answered again)."""
+        with self._lock:
+            return max(0.0, self._swallow_until - time.monotonic())
+
     def clear(self) -> None:
         with self._lock:
             self.received.clear()
@@ -113,6 +127,8 @@ class SmtpPeer:
             self.delay = 0.0
             self.quit_delay = 0.0
             self.data_count = 0
+            self.swallowed = 0
+            self._swallow_until = 0.0
 
     # -- aiosmtpd handler hooks (run on the server's event-loop thread) -----------------
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -166,7 +182,7 @@ class SmtpPeer:
     def start(self) -> None:
         for _ in range(5):
             port = _free_port()
-            controller = Controller(
+            controller = _Controller(
                 self,
                 hostname=HOST,
                 port=port,
@@ -187,6 +203,26 @@ class SmtpPeer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+
+class _SwallowingSMTP(SMTP):
+    """aiosmtpd's SMTP server, able to leave a DATA command unanswered (see swallow_data)."""
+
+    async def smtp_DATA(self, arg):
+        peer = self.event_handler
+        hold = peer.swallowing()
+        if hold:
+            with peer._lock:
+                peer.swallowed += 1
+            await asyncio.sleep(hold)
+            self.transport.close()  # the client gave up long ago; never answer this one
+            return
+        return await super().smtp_DATA(arg)
+
+
+class _Controller(Controller):
+    def factory(self):
+        return _SwallowingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _free_port() -> int:
