@@ -65,6 +65,66 @@ def new_claim_token() -> str:
     return secrets.token_hex(8)
 
 
+def claim_many(
+    session: Session, delivery_ids: list[str], token: str, now: datetime | None = None
+) -> list[Claim]:
+    """Atomically take the queued, due deliveries among ``delivery_ids`` for sending, all under
+    one claim token (one UPDATE … RETURNING). Returns the claims in the order given."""
+    if not delivery_ids:
+        return []
+    now = now or utcnow()
+    rows = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(delivery_ids),
+            Delivery.status == DeliveryStatus.QUEUED,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        )
+        .values(
+            status=DeliveryStatus.SENDING,
+            attempts=Delivery.attempts + 1,
+            round_attempts=Delivery.round_attempts + 1,
+            claimed_at=now,
+            claim_token=token,
+            provider_called_at=None,
+            updated_at=now,
+        )
+        .returning(Delivery.id, Delivery.attempts, Delivery.round_attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    claimed = {row.id: Claim(row.id, token, row.attempts, row.round_attempts) for row in rows}
+    return [claimed[i] for i in dict.fromkeys(delivery_ids) if i in claimed]
+
+
+def release(session: Session, claims: list[Claim], reason: str, delay: float) -> None:
+    """Give claimed deliveries back untried (their provider was never called): due again in
+    ``delay`` seconds, and the claim does not count as an attempt."""
+    if not claims:
+        return
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_([c.delivery_id for c in claims]),
+            Delivery.claim_token == claims[0].token,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.provider_called_at.is_(None),
+        )
+        .values(
+            status=DeliveryStatus.QUEUED,
+            attempts=Delivery.attempts - 1,
+            round_attempts=Delivery.round_attempts - 1,
+            error=reason,
+            next_attempt_at=now + timedelta(seconds=delay),
+            claim_token=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def claim(
     session: Session, delivery_id: str, now: datetime | None = None, token: str | None = None
 ) -> Claim | None:
@@ -102,20 +162,23 @@ def claim(
     return Claim(delivery_id, token, attempts, round_attempts)
 
 
-def mark_provider_called(session: Session, c: Claim) -> None:
+def mark_provider_called(session: Session, c: Claim) -> bool:
     """Record, before the provider is called, that this attempt is about to call it.
 
     A worker that vanishes before this line sent nothing (its claim is simply retried); one
     that vanishes after it may have reached the provider (who is asked, where it can be).
+    Returns False when the claim is no longer this worker's (the relay took it over): then
+    the provider must not be called.
     """
     now = utcnow()
-    session.execute(
+    result = session.execute(
         update(Delivery)
         .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
         .values(provider_called_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    return result.rowcount == 1
 
 
 def seconds_until_due(session: Session, delivery_id: str, now: datetime | None = None) -> float | None:
@@ -169,14 +232,15 @@ def mark_failed(session: Session, c: Claim, reason: str) -> None:
 
 
 def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
-    """Give the delivery back for a later try; returns when it is due."""
+    """Give the delivery back for a later try; returns when it is due. It counts as not handed
+    to the queue until the caller's hand-over says so (else the relay does it when due)."""
     now = utcnow()
     due = now + timedelta(seconds=delay)
     session.execute(
         update(Delivery)
         .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
         .values(
-            status=DeliveryStatus.QUEUED, error=reason, next_attempt_at=due, enqueued_at=now, updated_at=now
+            status=DeliveryStatus.QUEUED, error=reason, next_attempt_at=due, enqueued_at=None, updated_at=now
         )
         .execution_options(synchronize_session=False)
     )
@@ -194,15 +258,21 @@ def forget_enqueued(session: Session) -> None:
     )
 
 
-def mark_enqueued(session: Session, delivery_ids: list[str]) -> None:
-    if not delivery_ids:
+def mark_enqueued(session: Session, jobs: list[DeliveryJob]) -> None:
+    """Record that these deliveries were handed to the queue now, each with its job's id."""
+    if not jobs:
         return
-    session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(delivery_ids))
-        .values(enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    now = utcnow()
+    by_job: dict[str | None, list[str]] = {}
+    for job in jobs:
+        by_job.setdefault(job.job_id, []).append(job.delivery_id)
+    for job_id, ids in by_job.items():
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(enqueued_at=now, job_id=job_id)
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
 
 
@@ -310,20 +380,21 @@ def take_over(session: Session, delivery_id: str, old_token: str) -> Claim | Non
     return Claim(delivery_id, token, attempts, round_attempts, provider_called=called is not None)
 
 
-_JOB_COLUMNS = (Delivery.id, Delivery.queue, Delivery.attempts, Delivery.channel)
+_JOB_COLUMNS = (Delivery.id, Delivery.queue, Delivery.job_id, Delivery.channel)
 
 
-def _job(row) -> DeliveryJob:
+def _job(row, keep_job_id: bool = True) -> DeliveryJob:
     # rows from before queues were recorded go to their channel's ordinary queue
-    return DeliveryJob(row.id, row.queue or delivery_queue(row.channel, urgent=False), row.attempts)
+    queue = row.queue or delivery_queue(row.channel, urgent=False)
+    return DeliveryJob(row.id, queue, row.job_id if keep_job_id else None)
 
 
 def delivery_jobs(session: Session, delivery_ids: list[str]) -> list[DeliveryJob]:
-    """What the dispatcher needs to hand these deliveries over (queue, attempts so far)."""
+    """What the dispatcher needs to hand these deliveries over anew (their queues)."""
     if not delivery_ids:
         return []
     rows = session.execute(select(*_JOB_COLUMNS).where(Delivery.id.in_(delivery_ids))).all()
-    return [_job(row) for row in rows]
+    return [_job(row, keep_job_id=False) for row in rows]
 
 
 def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> list[DeliveryJob]:

@@ -20,7 +20,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from careloop.queues import ROUTE_QUEUE, DeliveryJob, delivery_job_id, retry_due_time, route_job_id
+from careloop.queues import ROUTE_QUEUE, DeliveryJob, batches, retry_due_time, route_job_id
 
 log = logging.getLogger("careloop.dispatch")
 
@@ -35,13 +35,15 @@ JOB_FAILURE_TTL = 7 * 24 * 3600
 class Jobs:
     """The work a dispatcher hands out, as functions given by ``careloop.workers``.
 
-    ``route(event_id, runtime=None)`` and ``deliver(delivery_id, runtime=None)`` are RQ jobs
-    (importable by name, ids in); the in-process queue calls them with its runtime.
-    ``sweep(runtime)`` is one relay sweep, run by the in-process queue in its idle time.
+    ``route(event_id, runtime=None)``, ``deliver_many(delivery_ids, runtime=None)`` and
+    ``deliver(delivery_id, runtime=None, claim_token=None)`` are RQ jobs (importable by name,
+    ids in); the in-process queue calls them with its runtime. ``sweep(runtime)`` is one
+    relay sweep, run by the in-process queue in its idle time.
     """
 
     route: Callable[..., Any]
     deliver: Callable[..., Any]
+    deliver_many: Callable[..., Any]
     sweep: Callable[[Any], Any]
 
 
@@ -87,30 +89,21 @@ class RQDispatcher:
             [self._prepared(self.jobs.route, event_id, route_job_id(event_id)) for event_id in event_ids]
         )
 
-    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None, again: bool = False) -> None:
-        """Enqueue each delivery's next attempt on its queue, now or after ``delay`` seconds
-        (RQ's scheduler; due times rounded up, never early). ``again``: a job that ran before
-        its due time puts itself back (its id differs from the running job's)."""
-        by_queue: dict[str, list[DeliveryJob]] = {}
-        for job in jobs:
-            by_queue.setdefault(job.queue, []).append(job)
-        for role, queued in by_queue.items():
-            queue = self.queue(role)
-            if not delay:
-                ids = [(j.delivery_id, delivery_job_id(j, again)) for j in queued]
-                queue.enqueue_many([self._prepared(self.jobs.deliver, ref, job) for ref, job in ids])
-                continue
-            due = retry_due_time(delay)
-            for job in queued:
-                queue.enqueue_at(
-                    due,
-                    self.jobs.deliver,
-                    job.delivery_id,
-                    job_id=delivery_job_id(job, again),
-                    job_timeout=self.job_timeout,
-                    result_ttl=JOB_RESULT_TTL,
-                    failure_ttl=JOB_FAILURE_TTL,
-                )
+    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None) -> list[DeliveryJob]:
+        """Enqueue these deliveries on their queues, several to a job (:func:`batches`), now or
+        after ``delay`` seconds (RQ's scheduler; due times rounded up, never early). Returns
+        them with the ids of the jobs that carry them (for the delivery rows)."""
+        handed = []
+        for batch in batches(jobs):
+            queue, job_id, ids = self.queue(batch[0].queue), batch[0].job_id, [j.delivery_id for j in batch]
+            options = dict(job_id=job_id, result_ttl=JOB_RESULT_TTL, failure_ttl=JOB_FAILURE_TTL)
+            function, timeout = self.jobs.deliver_many, self.job_timeout
+            if delay:
+                queue.enqueue_at(retry_due_time(delay), function, ids, job_timeout=timeout, **options)
+            else:
+                queue.enqueue_many([Queue.prepare_data(function, args=(ids,), timeout=timeout, **options)])
+            handed += batch
+        return handed
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         """Run a delivery job again after ``delay`` seconds, holding on to its claim (the job met
@@ -141,10 +134,10 @@ class RQDispatcher:
         )
 
     def missing_deliveries(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
-        """The deliveries whose next-attempt job Redis no longer has waiting (one round trip)."""
-        ids = {job: (delivery_job_id(job), delivery_job_id(job, again=True)) for job in jobs}
-        waiting = self._waiting([(self.queue(job.queue).name, i) for job in jobs for i in ids[job]])
-        return [job for job in jobs if not any(i in waiting for i in ids[job])]
+        """The deliveries whose job Redis no longer has waiting (one round trip)."""
+        known = [(self.queue(job.queue).name, job.job_id) for job in jobs if job.job_id]
+        waiting = self._waiting(known)
+        return [job for job in jobs if job.job_id not in waiting]
 
     def missing_routes(self, event_ids: list[str]) -> list[str]:
         """The events whose routing job Redis no longer has waiting (one round trip)."""
@@ -205,7 +198,7 @@ class InProcessDispatcher:
     mode = "inprocess"
 
     def __init__(self, jobs: Jobs, context: Any, sweep_interval: float = 5.0):
-        self._heap: list[tuple[float, int, Callable[..., Any], str, dict]] = []
+        self._heap: list[tuple[float, int, Callable[..., Any], Any, dict]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._busy = 0
@@ -215,7 +208,7 @@ class InProcessDispatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def _push(self, function: Callable[..., Any], ref: str, delay: float | None, **kwargs: Any) -> None:
+    def _push(self, function: Callable[..., Any], ref: Any, delay: float | None, **kwargs: Any) -> None:
         with self._cond:
             if self._stopping:
                 return  # the database keeps the promise; the next start's relay hands it over
@@ -230,9 +223,12 @@ class InProcessDispatcher:
         for event_id in event_ids:
             self._push(self._jobs.route, event_id, None)
 
-    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None, again: bool = False) -> None:
-        for job in jobs:
-            self._push(self._jobs.deliver, job.delivery_id, delay)
+    def deliver(self, jobs: list[DeliveryJob], delay: float | None = None) -> list[DeliveryJob]:
+        handed = []
+        for batch in batches(jobs):
+            self._push(self._jobs.deliver_many, [j.delivery_id for j in batch], delay)
+            handed += batch
+        return handed
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         self._push(self._jobs.deliver, delivery_id, delay, claim_token=claim_token)
@@ -252,7 +248,7 @@ class InProcessDispatcher:
     def missing_routes(self, event_ids: list[str]) -> list[str]:
         return event_ids
 
-    def _next(self, last_sweep: float) -> tuple[Callable[..., Any], str, dict] | None | bool:
+    def _next(self, last_sweep: float) -> tuple[Callable[..., Any], Any, dict] | None | bool:
         """The next due job; None when it is time to sweep; False when stopping."""
         with self._cond:
             while not self._stopping:

@@ -37,12 +37,16 @@ def hand_over_events(session: Session, dispatcher, event_ids: list[str]) -> bool
     return True
 
 
-def hand_over_deliveries(session: Session, dispatcher, delivery_ids: list[str]) -> bool:
+def hand_over_deliveries(
+    session: Session, dispatcher, delivery_ids: list[str], delay: float | None = None
+) -> bool:
+    """Enqueue these deliveries (after ``delay`` seconds) and record it; if the queue is down,
+    only log: the rows say they are due, and the relay hands them over."""
     jobs = delivery_jobs(session, delivery_ids)
     try:
-        dispatcher.deliver(jobs)
+        handed = dispatcher.deliver(jobs, delay=delay)
     except Exception as exc:
         log.warning("queue unavailable, %d deliveries left for the relay: %s", len(delivery_ids), exc)
         return False
-    mark_enqueued(session, delivery_ids)
+    mark_enqueued(session, handed)
     return True

@@ -181,6 +181,8 @@ class Delivery(Base):
     claim_token: Mapped[str | None] = mapped_column(String(40))
     # The queue its jobs go to (``sms``, ``email-urgent``, …: careloop.dispatch.delivery_queue).
     queue: Mapped[str | None] = mapped_column(String(32))
+    # The RQ job that carries its next attempt (the relay asks Redis whether it still exists).
+    job_id: Mapped[str | None] = mapped_column(String(64))
     # Written (committed) just before the provider is called: a claim whose worker vanished
     # with this older than ``claimed_at`` never reached the provider and is simply retried.
     provider_called_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -5,6 +5,7 @@ job is still there. Pure names; the dispatcher (careloop.dispatch) does the enqu
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -19,12 +20,40 @@ LEGACY_DELIVER_QUEUE = "deliver"
 
 
 class DeliveryJob(NamedTuple):
-    """What the dispatcher needs to hand one delivery over: its id, its queue (a delivery's
-    ``queue`` column) and how many attempts it has had (part of the job id, see :func:`job_id`)."""
+    """One delivery as the dispatcher hands it over: its id, its queue (the delivery's
+    ``queue`` column) and the id of the RQ job that carries its next attempt (None until the
+    dispatcher assigns one; several deliveries share one job)."""
 
     delivery_id: str
-    queue: str | None
-    attempts: int
+    queue: str
+    job_id: str | None = None
+
+
+BATCH_SIZE = 50
+"""Deliveries one job sends, claimed together: fewer Redis and database round trips each."""
+
+
+def new_delivery_job_id() -> str:
+    """A fresh RQ job id for a batch of deliveries (kept on each delivery's row, so the relay can
+    ask Redis whether the job is still there before handing a delivery over again)."""
+    return f"deliver-{secrets.token_hex(10)}"
+
+
+def batches(jobs: Iterable[DeliveryJob]) -> list[list[DeliveryJob]]:
+    """Group deliveries into jobs: one per given job id, and the rest by queue, at most
+    :data:`BATCH_SIZE` each, with fresh ids."""
+    grouped: dict[tuple[str, str | None], list[DeliveryJob]] = {}
+    for job in jobs:
+        grouped.setdefault((job.queue, job.job_id), []).append(job)
+    result = []
+    for (_, job_id), members in grouped.items():
+        if job_id is not None:
+            result.append(members)
+            continue
+        for start in range(0, len(members), BATCH_SIZE):
+            chunk_id = new_delivery_job_id()
+            result.append([job._replace(job_id=chunk_id) for job in members[start : start + BATCH_SIZE]])
+    return result
 
 
 def delivery_queue(channel: str, urgent: bool) -> str:
@@ -47,18 +76,6 @@ def queue_roles(channels: Iterable[str] | None = None) -> list[str]:
 def queue_names(prefix: str, channels: Iterable[str] | None = None) -> list[str]:
     """RQ queue names for :func:`queue_roles` (``careloop-sms-urgent``, ``careloop-route``, …)."""
     return [f"{prefix}-{role}" for role in queue_roles(channels)]
-
-
-def delivery_job_id(job: DeliveryJob, again: bool = False) -> str:
-    """The RQ job id of a delivery's next attempt: ``deliver-<id>-<attempts so far>``.
-
-    Deterministic, so the relay can ask Redis whether the job is still there before it hands a
-    delivery over again; and different from the job that is running now (which had one
-    attempt fewer), so a retry scheduled from inside a job never overwrites that job. A job
-    that ran before its due time and puts itself back (``again``) gets a suffix for the same
-    reason.
-    """
-    return f"deliver-{job.delivery_id}-{job.attempts}" + ("-again" if again else "")
 
 
 def route_job_id(event_id: str) -> str:

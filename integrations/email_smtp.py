@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+import threading
+import time
 from email.message import EmailMessage
 
 from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError, NotConfigured
@@ -30,6 +32,14 @@ SMTPS_PORT = 465
 
 MAX_REASON_LENGTH = 200
 """Longest server text kept in a DeliveryError reason."""
+
+REUSE_IDLE = 20.0
+"""Seconds an open connection may sit idle and still carry the next message (servers close
+idle sessions after a few minutes; well inside that, reusing one saves the connect, TLS and
+login of every message)."""
+
+REUSE_MESSAGES = 100
+"""Messages sent over one connection before it is closed and a new one opened."""
 
 class SmtpEmail(Channel):
     """Sends email through an SMTP relay (``SMTP_HOST``, ``SMTP_PORT`` and friends).
@@ -68,6 +78,8 @@ class SmtpEmail(Channel):
         self.starttls = bool(starttls)
         self.sender = parse_mail_from(mail_from)
         self.timeout = float(timeout)
+        self._tls: ssl.SSLContext | None = None  # built on first use: loading CAs takes ~30 ms
+        self._local = threading.local()  # this thread's open connection, if any
 
     @classmethod
     def from_settings(cls, settings) -> SmtpEmail:
@@ -101,40 +113,86 @@ class SmtpEmail(Channel):
     def deliver_mime(self, msg: EmailMessage, to_addr: str) -> None:
         """Hand one built email to the SMTP server for ``to_addr`` (envelope sender MAIL_FROM).
 
-        Returns when the server accepted the message (250 after DATA).
+        Returns when the server accepted the message (250 after DATA). The connection stays
+        open for the next message (up to :data:`REUSE_MESSAGES`, idle at most
+        :data:`REUSE_IDLE` seconds); one the server closed meanwhile is replaced before
+        anything of this message was sent.
 
         Raises:
             DeliveryError: permanent for 5xx replies and configuration mismatches,
                 transient for 4xx replies, timeouts, refused or dropped connections.
         """
-        smtp: smtplib.SMTP | None = None
-        written = _EndOfData()
+        smtp, reused = self._connection()
         try:
-            smtp = self._connect()
-            written.watch(smtp)
-            smtp.send_message(msg, from_addr=self.sender.addr_spec, to_addrs=[to_addr])
+            try:
+                self._transmit(smtp, msg, to_addr)
+            except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                if not reused or smtp.careloop_end_of_data.done:
+                    raise
+                # an idle connection the server had closed: nothing of this message left us
+                log.debug("SMTP connection closed while idle (%r); opening a new one", exc)
+                self._discard(smtp)
+                smtp, _ = self._connection()
+                self._transmit(smtp, msg, to_addr)
         except Exception as exc:
-            if smtp is not None:
-                smtp.close()
+            written = smtp.careloop_end_of_data.done
+            self._discard(smtp)
             error = self._delivery_error(exc)
-            if written.done and not isinstance(exc, smtplib.SMTPResponseException):
+            if written and not isinstance(exc, smtplib.SMTPResponseException):
                 # The whole message and its end marker were written and no reply came: the
                 # server may have accepted it. Anything earlier (connect, MAIL, RCPT, a DATA
                 # command never answered) sent nothing: an ordinary retry.
                 error.maybe_sent = True
                 error.reason = f"{error.reason} (after the message was sent: outcome unknown)"
             raise error from exc
-        # The server has the message: a failing QUIT must not turn success into a retry.
+        log.info("SMTP accepted %s", msg["Message-ID"])
+
+    def _transmit(self, smtp: smtplib.SMTP, msg: EmailMessage, to_addr: str) -> None:
+        smtp.careloop_end_of_data.done = False
+        smtp.send_message(msg, from_addr=self.sender.addr_spec, to_addrs=[to_addr])
+        self._local.used = time.monotonic()
+        self._local.sent += 1
+
+    def _connection(self) -> tuple[smtplib.SMTP, bool]:
+        """This thread's open connection if it can carry another message, else a new one."""
+        smtp = getattr(self._local, "smtp", None)
+        if smtp is not None:
+            fresh = time.monotonic() - self._local.used < REUSE_IDLE
+            if fresh and self._local.sent < REUSE_MESSAGES:
+                return smtp, True
+            self._close(smtp)
+        try:
+            smtp = self._connect()
+        except Exception as exc:
+            raise self._delivery_error(exc) from exc
+        _EndOfData().watch(smtp)
+        self._local.smtp, self._local.used, self._local.sent = smtp, time.monotonic(), 0
+        return smtp, False
+
+    def _discard(self, smtp: smtplib.SMTP) -> None:
+        smtp.close()
+        if getattr(self._local, "smtp", None) is smtp:
+            self._local.smtp = None
+
+    def _close(self, smtp: smtplib.SMTP) -> None:
+        """End a connection politely; a failing QUIT never matters (its messages are accepted)."""
         try:
             smtp.quit()
         except (smtplib.SMTPException, OSError) as exc:
-            log.debug("SMTP QUIT after an accepted message failed: %r", exc)
+            log.debug("SMTP QUIT failed: %r", exc)
         finally:
-            smtp.close()
-        log.info("SMTP accepted %s", msg["Message-ID"])
+            self._discard(smtp)
+
+    def close(self) -> None:
+        """Close this thread's open connection, if any."""
+        smtp = getattr(self._local, "smtp", None)
+        if smtp is not None:
+            self._close(smtp)
 
     def _connect(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        context = self._tls
         if self.port == SMTPS_PORT:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         else:
@@ -189,14 +247,16 @@ class SmtpEmail(Channel):
 
 
 class _EndOfData:
-    """Watches one SMTP session for the moment the message's end marker (``CRLF.CRLF``) has
-    been written: only after it can the server hold a message whose reply never came."""
+    """Watches an SMTP session for the moment a message's end marker (``CRLF.CRLF``) has been
+    written: only after it can the server hold a message whose reply never came. Installed
+    once per connection (``smtp.careloop_end_of_data``); ``done`` is reset per message."""
 
     def __init__(self) -> None:
         self.done = False
         self._in_data = False
 
     def watch(self, smtp: smtplib.SMTP) -> None:
+        smtp.careloop_end_of_data = self
         send, data = smtp.send, smtp.data
 
         def watched_send(payload):

@@ -24,6 +24,7 @@ from careloop.integrations.calendar_invite import build_invite
 from careloop.integrations.email_smtp import CalendarEmail, SmtpEmail
 from careloop.integrations.file_outbox import FileOutbox
 from careloop.messages import Attendee, CalendarInvite, OutgoingMessage
+from tests.conftest import wait_until
 from tests.peers.smtp_peer import PEER_PASSWORD, PEER_USERNAME
 
 MAIL_FROM = "careloop <careloop@example.org>"
@@ -232,6 +233,22 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_one_connection_carries_many_messages(smtp, mailer):
+    for attempt in range(1, 4):
+        mailer.send(make_message(attempt=attempt))
+    assert len(smtp.messages) == 3 and smtp.connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_message_sent_once(smtp, mailer):
+    mailer.send(make_message(attempt=1))
+    smtp.hang_up_all()
+    wait_until(lambda: not smtp._sessions, timeout=5, message="the server to hang up")
+    receipt = mailer.send(make_message(attempt=2))
+    assert receipt.status == "sent"
+    assert [m["Message-ID"] for m in smtp.messages] == ["<dlv-7.1@example.org>", "<dlv-7.2@example.org>"]
+    assert smtp.connections == 2
 
 
 def test_a_slow_quit_after_acceptance_is_still_sent(smtp):

@@ -17,8 +17,10 @@ import signal
 import time
 
 import pytest
+from sqlalchemy import func, select
 
-from careloop.db import dispose_all, upgrade
+from careloop.db import dispose_all, session_scope, upgrade
+from careloop.models import OutboxEntry
 from tests.conftest import build_app, build_team, peer_settings, wait_until
 from tests.peers.own_services import OwnPostgres, OwnRedis
 from tests.peers.tcp_gate import TcpGate
@@ -51,8 +53,13 @@ def urgent_concerns(api, nb, m, count: int) -> list[str]:
 
 
 def settled(url) -> bool:
+    """Every event routed and every delivery in a final state."""
+    with session_scope(url) as session:
+        unrouted = session.scalar(
+            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.done_at.is_(None))
+        )
     rows = all_deliveries(url)
-    return bool(rows) and not [d for d in rows if d.status in ("queued", "sending")]
+    return not unrouted and bool(rows) and not [d for d in rows if d.status in ("queued", "sending")]
 
 
 @pytest.fixture
@@ -134,6 +141,7 @@ def test_twilio_unreachable_for_a_while_dead_letters_nothing(
             return len(texts) == 3 and all(d["next_attempt_at"] and d["error"] for d in texts)
 
         wait_until(waiting, timeout=30, message="texts waiting to be tried again")
+
         # ...longer than the old 5-attempt window of this scale would have lasted
         def texts():
             return [d for d in all_deliveries(pg_only_url) if d.channel == "sms" and d.status != "skipped"]

@@ -219,52 +219,130 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
     )
 
 
-def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str | None = None) -> str:
-    """Send one delivery, at most once per claim. Returns the status it ended in.
+def deliver_many(delivery_ids: list[str], runtime: Runtime | None = None) -> dict[str, str]:
+    """Send a batch of deliveries (one queue's): claimed together, loaded together, sent one
+    by one, each at most once per claim. Returns what became of each delivery.
 
-    ``claim_token``: this job holds that claim already (it met a database error and put itself
-    back); it carries on from where it stopped instead of claiming again.
+    A provider that fails transiently is not tried again in this batch: the rest of its
+    deliveries go back untried (no attempt counted) and are due again shortly. A batch that has
+    run for half the job timeout gives the rest back the same way, so a slow provider never
+    makes RQ kill a job mid-send.
     """
     runtime = _runtime(runtime)
-    token = claim_token or dl.new_claim_token()
+    token = dl.new_claim_token()
+    claims: list[dl.Claim] = []
+    done = 0
+    outcomes: dict[str, str] = {}
     try:
         with session_scope(runtime.database_url) as session:
-            claim = dl.take_over(session, delivery_id, token) if claim_token else None
+            claims = dl.claim_many(session, list(delivery_ids), token)
+            claimed = {c.delivery_id for c in claims}
+            for delivery_id in delivery_ids:
+                if delivery_id not in claimed:
+                    outcomes[delivery_id] = _not_claimed(session, runtime, delivery_id)
+            loaded = _preload(session, claims)  # noqa: F841 - held: the session keeps only weak references
+            budget = time.monotonic() + runtime.job_timeout / 2
+            failing: set[str] = set()  # channels that failed transiently in this batch
+            untried: list[dl.Claim] = []
+            bug: Exception | None = None
+            for claim in claims:
+                channel = session.get(Delivery, claim.delivery_id).channel
+                if channel in failing or time.monotonic() > budget:
+                    untried.append(claim)
+                else:
+                    try:
+                        outcomes[claim.delivery_id] = _send(session, runtime, claim, failing)
+                    except DATABASE_ERRORS:
+                        raise
+                    except Exception as exc:  # recorded on that delivery; the rest still go
+                        log.exception("delivery %s: unexpected error", claim.delivery_id)
+                        bug = bug or exc
+                done += 1
+            if untried:
+                _give_back(session, runtime, untried, runtime.settings.retry_schedule[0])
+            if bug is not None:
+                raise bug  # RQ keeps the failed job for an operator to see
+    except DATABASE_ERRORS as exc:
+        # Nothing is lost: each delivery row (queued, or claimed by `token`) still says what to do.
+        left = [c.delivery_id for c in claims[max(done - 1, 0) :]] or list(delivery_ids)
+        _resume_later(runtime, left, token, exc)
+    return outcomes
+
+
+def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str | None = None) -> str:
+    """Send one delivery. Returns the status it ended in.
+
+    ``claim_token``: this job holds that claim already (it met a database error and put itself
+    back); it carries on from where it stopped instead of claiming again. (Also the job that
+    releases before 0.2 queued, one per delivery.)
+    """
+    runtime = _runtime(runtime)
+    if claim_token is None:
+        return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
+    try:
+        with session_scope(runtime.database_url) as session:
+            claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
-                claim = dl.claim(session, delivery_id, token=token)
-                if claim is None:
-                    return _not_claimed(session, runtime, delivery_id)
-            token = claim.token
+                return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
             if claim.provider_called:  # this job called the provider before the database went
                 message = build_message(session, runtime, claim)
                 reason = "an attempt interrupted by the database"
                 return _settle_by_lookup(session, runtime, claim, message, reason)
-            return _send(session, runtime, claim)
+            return _send(session, runtime, claim, set())
     except DATABASE_ERRORS as exc:
-        # Nothing is lost: the delivery row (queued, or claimed by `token`) still says what to do.
-        log.warning(
-            "delivery %s: the database is unavailable (%s); trying again in %ss",
-            delivery_id,
-            type(exc).__name__,
-            DATABASE_RETRY_DELAY,
-        )
-        try:
-            runtime.dispatcher.resume(delivery_id, token, DATABASE_RETRY_DELAY)
-        except Exception:
-            log.warning("delivery %s: the queue is unavailable too; left for the relay", delivery_id)
+        _resume_later(runtime, [delivery_id], claim_token, exc)
         return "database-unavailable"
+
+
+def _resume_later(runtime: Runtime, delivery_ids: list[str], token: str, exc: Exception) -> None:
+    log.warning(
+        "%d deliveries: the database is unavailable (%s); trying again in %ss",
+        len(delivery_ids),
+        type(exc).__name__,
+        DATABASE_RETRY_DELAY,
+    )
+    try:
+        for delivery_id in delivery_ids:
+            runtime.dispatcher.resume(delivery_id, token, DATABASE_RETRY_DELAY)
+    except Exception:
+        log.warning("the queue is unavailable too; the relay hands these deliveries over later")
+
+
+def _preload(session: Session, claims: list[dl.Claim]) -> list:
+    """Load what the batch's messages need in four queries. The caller holds the returned
+    objects for the batch: the session's identity map (which ``session.get`` reads) keeps only
+    weak references."""
+    if not claims:
+        return []
+    ids = [c.delivery_id for c in claims]
+    deliveries = session.scalars(select(Delivery).where(Delivery.id.in_(ids))).all()
+    events = session.scalars(select(Event).where(Event.id.in_({d.event_id for d in deliveries}))).all()
+    notebook_ids = {d.notebook_id for d in deliveries}
+    notebooks = session.scalars(select(Notebook).where(Notebook.id.in_(notebook_ids))).all()
+    member_ids = {d.member_id for d in deliveries}
+    for event in events:
+        member_ids.update((event.context or {}).get("checkin", {}).get("attendees") or [])
+    members = session.scalars(select(Member).where(Member.id.in_(member_ids))).all()
+    return [*deliveries, *events, *notebooks, *members]
+
+
+def _give_back(session: Session, runtime: Runtime, claims: list[dl.Claim], delay: float) -> None:
+    """Deliveries of this batch not tried (their provider is failing, or time ran out)."""
+    dl.release(session, claims, "not tried yet: its provider was failing or the batch ran long", delay)
+    log.info("%d deliveries given back untried; due again in %ss", len(claims), delay)
+    hand_over_deliveries(session, runtime.dispatcher, [c.delivery_id for c in claims], delay=delay)
 
 
 def _not_claimed(session: Session, runtime: Runtime, delivery_id: str) -> str:
     due = dl.seconds_until_due(session, delivery_id)
     if due:  # the queue ran it before its retry was due: wait for the rest
-        runtime.dispatcher.deliver(dl.delivery_jobs(session, [delivery_id]), delay=due, again=True)
+        hand_over_deliveries(session, runtime.dispatcher, [delivery_id], delay=due)
         return "rescheduled"
     log.info("deliver: %s is not queued; nothing to do", delivery_id)
     return "not-claimed"
 
 
-def _send(session: Session, runtime: Runtime, claim: dl.Claim) -> str:
+def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]) -> str:
     delivery_id = claim.delivery_id
     delivery = session.get(Delivery, delivery_id)
     try:
@@ -285,10 +363,14 @@ def _send(session: Session, runtime: Runtime, claim: dl.Claim) -> str:
     if missing:
         dl.mark_failed(session, claim, missing)
         return DeliveryStatus.FAILED
-    dl.mark_provider_called(session, claim)  # committed before the call: see recover_stale
+    if not dl.mark_provider_called(session, claim):  # committed before the call: see recover_stale
+        log.info("delivery %s: the claim was taken over; not sending", delivery_id)
+        return "not-claimed"
     try:
         receipt = channel.send(message)
     except DeliveryError as exc:
+        if not exc.permanent:
+            failing.add(delivery.channel)
         refusal = exc
         return _patiently(lambda: _after_refusal(session, runtime, claim, message, refusal))
     except Exception:
@@ -324,10 +406,8 @@ def _after_refusal(
 
 
 def _hand_over_retry(session: Session, runtime: Runtime, claim: dl.Claim, delay: float) -> None:
-    try:
-        runtime.dispatcher.deliver(dl.delivery_jobs(session, [claim.delivery_id]), delay=delay)
-    except Exception as exc:  # the queue is down: the row says when; the relay hands it over
-        log.warning("delivery %s: queue unavailable (%s); left for the relay", claim.delivery_id, exc)
+    # if the queue is down, the row says when; the relay hands it over then
+    hand_over_deliveries(session, runtime.dispatcher, [claim.delivery_id], delay=delay)
 
 
 def _patiently(write):
@@ -377,12 +457,9 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
 def _retry_uncalled(session: Session, runtime: Runtime, claim: dl.Claim) -> str:
     """A claimed attempt that never called its provider: not an attempt at all; queue it now."""
     reason = "the worker stopped before calling the provider; trying again"
-    dl.requeue(session, claim, reason, 0.0, count_attempt=False)
+    dl.release(session, [claim], reason, 0.0)
     log.info("delivery %s: %s", claim.delivery_id, reason)
-    try:
-        runtime.dispatcher.deliver(dl.delivery_jobs(session, [claim.delivery_id]))
-    except Exception:
-        log.warning("delivery %s: queue unavailable; left for the relay", claim.delivery_id)
+    hand_over_deliveries(session, runtime.dispatcher, [claim.delivery_id])
     return DeliveryStatus.QUEUED
 
 

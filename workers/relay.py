@@ -70,11 +70,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
 
         due = dl.due_for_enqueue(session, settings.claim_timeout, BATCH)
         if due:
-            missing_jobs = dispatcher.missing_deliveries(due)
-            if missing_jobs:
-                dispatcher.deliver(missing_jobs)
-            dl.mark_enqueued(session, [job.delivery_id for job in due])
-            counts["deliveries"] = len(missing_jobs)
+            missing = {job.delivery_id for job in dispatcher.missing_deliveries(due)}
+            lost = [job._replace(job_id=None) for job in due if job.delivery_id in missing]
+            handed = dispatcher.deliver(lost)
+            waiting = [job for job in due if job.delivery_id not in missing]
+            dl.mark_enqueued(session, handed + waiting)  # waiting ones: checked again later
+            counts["deliveries"] = len(handed)
 
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             recover_stale(runtime, delivery_id, token)
@@ -99,12 +100,21 @@ def forget_hand_overs(session: Session) -> None:
 def run_relay(runtime: Runtime, should_stop: Callable[[], bool], wait: Callable[[float], object]) -> None:
     """Sweep every ``relay_interval`` seconds until ``should_stop()``; survive errors (Redis or
     the database being down is exactly when the relay must keep trying)."""
+    failing = False
     while not should_stop():
         try:
             relay_once(runtime)
-        except Exception:
+        except Exception as exc:
             interval = runtime.settings.relay_interval
-            log.warning("relay sweep failed; trying again in %ss", interval, exc_info=True)
+            if not failing:  # once per outage, with the traceback; then quietly until it passes
+                log.warning("relay sweep failed; trying again every %ss", interval, exc_info=True)
+            else:
+                log.debug("relay sweep failed again: %s", type(exc).__name__)
+            failing = True
+        else:
+            if failing:
+                log.warning("relay sweeps work again")
+            failing = False
         wait(runtime.settings.relay_interval)
 
 

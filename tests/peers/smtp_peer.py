@@ -72,6 +72,8 @@ class SmtpPeer:
         self.data_count = 0
         self.swallowed = 0
         self._swallow_until = 0.0
+        self.connections = 0
+        self._sessions: set = set()
         self.host = HOST
         self.port = 0
         self._controller: Controller | None = None
@@ -116,6 +118,15 @@ class SmtpPeer:
         with self._lock:
             return max(0.0, self._swallow_until - time.monotonic())
 
+    def hang_up_all(self) -> None:
+        """Close every open client connection, as a server ending idle sessions does."""
+        with self._lock:
+            sessions = list(self._sessions)
+        loop = self._controller.loop if self._controller else None
+        for session in sessions:
+            if loop is not None:
+                loop.call_soon_threadsafe(session.transport.close)
+
     def clear(self) -> None:
         with self._lock:
             self.received.clear()
@@ -129,6 +140,7 @@ class SmtpPeer:
             self.data_count = 0
             self.swallowed = 0
             self._swallow_until = 0.0
+            self.connections = 0
 
     # -- aiosmtpd handler hooks (run on the server's event-loop thread) -----------------
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -206,7 +218,21 @@ class SmtpPeer:
 
 
 class _SwallowingSMTP(SMTP):
-    """aiosmtpd's SMTP server, able to leave a DATA command unanswered (see swallow_data)."""
+    """aiosmtpd's SMTP server, able to leave a DATA command unanswered (see swallow_data),
+    counting connections and able to hang up on them (see hang_up_all)."""
+
+    def connection_made(self, transport):
+        peer = self.event_handler
+        with peer._lock:
+            peer.connections += 1
+            peer._sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        peer = self.event_handler
+        with peer._lock:
+            peer._sessions.discard(self)
+        super().connection_lost(error)
 
     async def smtp_DATA(self, arg):
         peer = self.event_handler
