@@ -66,13 +66,36 @@ def new_claim_token() -> str:
 
 
 def claim_many(
-    session: Session, delivery_ids: list[str], token: str, now: datetime | None = None
+    session: Session,
+    delivery_ids: list[str],
+    token: str,
+    now: datetime | None = None,
+    fill_from: str | None = None,
+    fill_to: int = 0,
 ) -> list[Claim]:
     """Atomically take the queued, due deliveries among ``delivery_ids`` for sending, all under
-    one claim token (one UPDATE … RETURNING). Returns the claims in the order given."""
+    one claim token (one UPDATE … RETURNING). Returns the claims in the order given.
+
+    ``fill_from``/``fill_to``: also take other due deliveries of that queue, oldest due first,
+    until ``fill_to`` are asked for (rows other workers are claiming are skipped).
+    """
+    now = now or utcnow()
+    delivery_ids = list(dict.fromkeys(delivery_ids))
+    if fill_from and len(delivery_ids) < fill_to:
+        delivery_ids += session.scalars(
+            select(Delivery.id)
+            .where(
+                Delivery.queue == fill_from,
+                Delivery.status == DeliveryStatus.QUEUED,
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                Delivery.id.not_in(delivery_ids),
+            )
+            .order_by(Delivery.next_attempt_at)
+            .limit(fill_to - len(delivery_ids))
+            .with_for_update(skip_locked=True)
+        ).all()
     if not delivery_ids:
         return []
-    now = now or utcnow()
     rows = session.execute(
         update(Delivery)
         .where(
@@ -94,7 +117,7 @@ def claim_many(
     ).all()
     session.commit()
     claimed = {row.id: Claim(row.id, token, row.attempts, row.round_attempts) for row in rows}
-    return [claimed[i] for i in dict.fromkeys(delivery_ids) if i in claimed]
+    return [claimed[i] for i in delivery_ids if i in claimed]
 
 
 def release(session: Session, claims: list[Claim], reason: str, delay: float) -> None:

@@ -97,11 +97,14 @@ class RQDispatcher:
         for batch in batches(jobs):
             queue, job_id, ids = self.queue(batch[0].queue), batch[0].job_id, [j.delivery_id for j in batch]
             options = dict(job_id=job_id, result_ttl=JOB_RESULT_TTL, failure_ttl=JOB_FAILURE_TTL)
-            function, timeout = self.jobs.deliver_many, self.job_timeout
+            function, timeout, kwargs = self.jobs.deliver_many, self.job_timeout, {"queue": batch[0].queue}
             if delay:
-                queue.enqueue_at(retry_due_time(delay), function, ids, job_timeout=timeout, **options)
+                due = retry_due_time(delay)
+                queue.enqueue_at(due, function, args=(ids,), kwargs=kwargs, job_timeout=timeout, **options)
             else:
-                queue.enqueue_many([Queue.prepare_data(function, args=(ids,), timeout=timeout, **options)])
+                queue.enqueue_many(
+                    [Queue.prepare_data(function, args=(ids,), kwargs=kwargs, timeout=timeout, **options)]
+                )
             handed += batch
         return handed
 
@@ -226,7 +229,7 @@ class InProcessDispatcher:
     def deliver(self, jobs: list[DeliveryJob], delay: float | None = None) -> list[DeliveryJob]:
         handed = []
         for batch in batches(jobs):
-            self._push(self._jobs.deliver_many, [j.delivery_id for j in batch], delay)
+            self._push(self._jobs.deliver_many, [j.delivery_id for j in batch], delay, queue=batch[0].queue)
             handed += batch
         return handed
 

@@ -157,6 +157,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("event_id", "member_id", "channel", name="uq_deliveries_event_member_channel"),
         Index("ix_deliveries_status_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_queue_due", "queue", "status", "next_attempt_at"),
         Index("ix_deliveries_notebook_status", "notebook_id", "status"),
         Index("ix_deliveries_provider_id", "provider_id"),
     )

@@ -28,7 +28,7 @@ from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.messages import NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
-from careloop.queues import delivery_queue
+from careloop.queues import BATCH_SIZE, delivery_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -219,9 +219,15 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
     )
 
 
-def deliver_many(delivery_ids: list[str], runtime: Runtime | None = None) -> dict[str, str]:
+def deliver_many(
+    delivery_ids: list[str], runtime: Runtime | None = None, queue: str | None = None
+) -> dict[str, str]:
     """Send a batch of deliveries (one queue's): claimed together, loaded together, sent one
     by one, each at most once per claim. Returns what became of each delivery.
+
+    With ``queue``, the batch also takes other due deliveries waiting in that queue, up to
+    :data:`~careloop.queues.BATCH_SIZE` (their own jobs then find nothing left to do): under a
+    backlog, a worker sends in full batches.
 
     A provider that fails transiently is not tried again in this batch: the rest of its
     deliveries go back untried (no attempt counted) and are due again shortly. A batch that has
@@ -235,7 +241,7 @@ def deliver_many(delivery_ids: list[str], runtime: Runtime | None = None) -> dic
     outcomes: dict[str, str] = {}
     try:
         with session_scope(runtime.database_url) as session:
-            claims = dl.claim_many(session, list(delivery_ids), token)
+            claims = dl.claim_many(session, list(delivery_ids), token, fill_from=queue, fill_to=BATCH_SIZE)
             claimed = {c.delivery_id for c in claims}
             for delivery_id in delivery_ids:
                 if delivery_id not in claimed:
