@@ -1,4 +1,4 @@
-"""The ``careloop`` command: demo, worker, relay, db, rules, deliveries."""
+"""The ``careloop`` command: demo, worker, relay, db, rules, policy, deliveries."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from careloop.db import session_scope, upgrade
 from careloop.deliveries import retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
+from careloop.policy import PolicyError, load_policy
 from careloop.queues import queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
@@ -37,7 +38,7 @@ def _runtime() -> Runtime:
     try:
         runtime = build_runtime()
         runtime.check()
-    except (RulesError, ConfigurationError) as exc:
+    except (RulesError, PolicyError, ConfigurationError) as exc:
         _fail(str(exc))
     return runtime
 
@@ -55,12 +56,18 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--outbox", type=click.Path(path_type=Path), default=Path("careloop-outbox"), show_default=True)
 @click.option("--database", default="sqlite:///careloop-demo.db", show_default=True)
-def demo(outbox: Path, database: str) -> None:
-    """Build a sample notebook, record three events, show who was told what."""
+@click.option("--serve", is_flag=True, help="Then serve the demo's app on 127.0.0.1: the member links open.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="For --serve.")
+def demo(outbox: Path, database: str, serve: bool, port: int) -> None:
+    """Build a sample notebook, record three events, show who was told what and each
+    member's own link to each event."""
     from careloop.demo import run_demo  # here, not at the top: only the demo needs Flask
 
     logging.getLogger().setLevel(logging.WARNING)
-    run_demo(outbox_dir=outbox, database_url=database, echo=click.echo)
+    try:
+        run_demo(outbox_dir=outbox, database_url=database, echo=click.echo, port=port, serve=serve)
+    except OSError as exc:  # the port is taken, say
+        _fail(f"careloop demo: {exc.strerror or exc}")
 
 
 @main.command(
@@ -161,6 +168,24 @@ def rules_check(path: Path) -> None:
             click.secho(f"{path}: {error}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"{path}: {len(parsed.rules)} rules OK")
+
+
+@main.group()
+def policy() -> None:
+    """The need-to-know policy: what each role may see of an event."""
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+def policy_check(path: Path) -> None:
+    """Check a policy file; errors are reported by role."""
+    try:
+        parsed = load_policy(path)
+    except PolicyError as exc:
+        for error in exc.errors:
+            click.secho(f"{path}: {error}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: {len(parsed.roles)} roles OK")
 
 
 @main.group()

@@ -313,6 +313,7 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
             round_attempts=0,
             next_attempt_at=now,
             enqueued_at=now,
+            link_issued_at=now,  # a new round: a link with its whole lifetime ahead
             claim_token=None,
             updated_at=now,
         )

@@ -1,7 +1,8 @@
 """``careloop demo``: the whole loop on the embedded default, through the real HTTP API.
 
 SQLite, the in-process queue, and the file outbox — no Redis, no Twilio account, no SMTP
-server, and nothing leaves the machine.
+server, and nothing leaves the machine. It prints each member's own link to each event's
+page; ``--serve`` then serves the demo's app on 127.0.0.1 so those links open in a browser.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from werkzeug.serving import make_server
+
 from careloop.config.settings import Settings
-from careloop.db import get_engine, upgrade
+from careloop.db import get_engine, session_scope, upgrade
+from careloop.models import Delivery, Member
 from careloop.service import create_app
 from careloop.vocabulary import DONE_STATUSES, ChannelKind
+from careloop.workers.jobs import member_link
+
+DEFAULT_PORT = 8000
+"""Where ``--serve`` listens (127.0.0.1 only); the links in the messages point there."""
 
 TEAM = [
     ("Dana Rivera", "parent", "dana@example.org", "+15555550101"),
@@ -27,8 +35,20 @@ TEAM = [
 ]
 
 
-def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = print) -> dict:
-    """Run the demo; returns the events and their deliveries as the API shows them."""
+def run_demo(
+    outbox_dir: Path,
+    database_url: str,
+    echo: Callable[[str], None] = print,
+    *,
+    port: int = DEFAULT_PORT,
+    serve: bool = False,
+) -> dict:
+    """Run the demo; returns the events and their deliveries as the API shows them, and
+    each member's link per event (``links``: event id → member id → URL).
+
+    With ``serve``, the demo's app then answers on ``127.0.0.1:port`` until interrupted, so
+    the links (which point there) open in a browser.
+    """
     if database_url.startswith("sqlite:///"):
         # Pooled connections of an earlier run in this process would keep writing into the
         # unlinked file; close them before starting afresh.
@@ -43,13 +63,17 @@ def run_demo(outbox_dir: Path, database_url: str, echo: Callable[[str], None] = 
         admin_key=admin,
         outbox_dir=outbox_dir,
         mail_from="careloop <careloop@localhost>",
-        public_url="http://127.0.0.1:8000",
+        public_url=f"http://127.0.0.1:{port}",
     )
     # The demo applies its migrations on any database (the app does so only for SQLite).
     upgrade(settings.database_url)
     app = create_app(settings=settings)
     try:
-        return _record_and_show(app, admin, outbox_dir, echo)
+        shown = _record_and_show(app, admin, outbox_dir, echo)
+        shown["links"] = _show_links(app, shown["events"], echo, serve)
+        if serve:
+            _serve(app, port, echo)
+        return shown
     finally:
         app.extensions["careloop"].runtime.close()  # its in-process queue stops with the demo
 
@@ -135,3 +159,40 @@ def _record_and_show(app, admin: str, outbox_dir: Path, echo: Callable[[str], No
             outcome = d["provider_id"] if d["status"] in DONE_STATUSES else d["error"]
             echo(f"    {d['status']:<8} {d['channel']:<8} → {names[d['member_id']]}: {outcome}")
     return {"notebook": notebook, "events": recorded}
+
+
+def _show_links(app, events: list[dict], echo: Callable[[str], None], serving: bool) -> dict:
+    """Print each member's own link to each event (the one their first message carried)."""
+    runtime = app.extensions["careloop"].runtime
+    team = [name for name, *_ in TEAM]
+    links: dict[str, dict[str, str]] = {}
+    echo("")
+    how = "open them while the demo serves its app" if serving else "`careloop demo --serve` opens them"
+    echo(f"Member links: each person's own page for each event ({how}):")
+    with session_scope(runtime.database_url) as session:
+        for event in events:
+            echo(f"● {event['type']}")
+            firsts: dict[str, tuple[Member, Delivery]] = {}
+            for d in event["deliveries"]:
+                if d["status"] in DONE_STATUSES and d["member_id"] not in firsts:
+                    member = session.get(Member, d["member_id"])
+                    firsts[d["member_id"]] = (member, session.get(Delivery, d["id"]))
+            links[event["id"]] = {}
+            for member, delivery in sorted(firsts.values(), key=lambda md: team.index(md[0].name)):
+                url = member_link(runtime, delivery, member).url
+                links[event["id"]][member.id] = url
+                echo(f"    {member.name} ({member.role.replace('_', ' ')}): {url}")
+    return links
+
+
+def _serve(app, port: int, echo: Callable[[str], None]) -> None:
+    """Answer on 127.0.0.1 only, until Ctrl-C (SIGINT)."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    echo("")
+    echo(f"Serving the demo's app at http://127.0.0.1:{port} (this machine only). Ctrl-C stops.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,7 +1,11 @@
 """What each member is told: message text per event type and channel.
 
-SMS carries no medication names, doses or concern text — only the child's first name, what
-kind of update it is, and a link. Email and calendar carry the details.
+A text and an email subject say only what kind of update it is and the child's first name —
+never a medication, a dose, a concern's words or a diagnosis — and every message carries the
+recipient's own member link, where the details live (as their role may see them). An email
+body lists details only where the notebook turns ``email_detail`` on, and then only the
+fields the recipient's role may see; a check-in invite shows its title, time and place,
+which are what an invite is. Texts are GSM-7 and fit one segment wherever the link allows.
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ import html
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+from pydantic import AwareDatetime
 
 from careloop.events import EVENT_DATA, EVENT_KINDS, EventType
+from careloop.gsm import SEGMENT, gsm7_length, to_gsm7
 from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 
@@ -92,11 +100,6 @@ class ProviderReceipt:
     status: DeliveryStatus = DeliveryStatus.SENT
 
 
-def field_label(event_type: str, field_name: str) -> str:
-    """How a message labels a data field: its title in the event type's model."""
-    info = EVENT_DATA[event_type].model_fields.get(field_name)
-    return (info.title if info and info.title else None) or field_name.replace("_", " ").capitalize()
-
 
 @dataclass(frozen=True)
 class NotebookView:
@@ -111,33 +114,115 @@ class Recipient:
     name: str
     email: str | None
     phone: str | None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class MemberLink:
+    """The recipient's own link to the event's page, and when it stops working."""
+
+    url: str
+    expires_at: datetime
+
+
+HIDDEN_FIELDS = ("checkin_id", "attendees")
+"""Data fields messages never list: the sender's own id for a check-in, and member ids
+(the member page names the attendees)."""
+
+_WORDS_WITH_UNDERSCORES = ("change", "discipline", "voice", "area")
+
+SMS_FORMS = (
+    "careloop: {label} in {child}'s care notebook. Details: {link}",
+    "careloop: {label} for {child}: {link}",
+    "careloop: {label}: {link}",
+)
+"""The text of every SMS, longest first: the first that fits one segment is sent. They name
+the kind of update and the child's first name, never what the update says."""
+
+
+def field_label(event_type: str, field_name: str) -> str:
+    """How a message labels a data field: its title in the event type's model."""
+    info = EVENT_DATA[event_type].model_fields.get(field_name)
+    return (info.title if info and info.title else None) or field_name.replace("_", " ").capitalize()
+
+
+def _is_time_field(event_type: str, field_name: str) -> bool:
+    info = EVENT_DATA[event_type].model_fields.get(field_name)
+    return info is not None and info.annotation in (AwareDatetime, datetime)
 
 
 def first_name(full_name: str) -> str:
     return full_name.strip().split()[0] if full_name.strip() else "your child"
 
 
-def _label(event_type: str, data: dict) -> str:
+def event_label(event_type: str, data: dict) -> str:
+    """What kind of update this is, as messages say it ("a medication update")."""
     label = EVENT_KINDS[EventType(event_type)].label
-    if event_type == "concern.raised" and data.get("severity") == "urgent":
+    if event_type == EventType.CONCERN_RAISED and data.get("severity") == "urgent":
         label = "an URGENT concern"
     return label
 
 
-def _detail_lines(event_type: str, data: dict) -> list[tuple[str, str]]:
+def headline(event_type: str, data: dict, child_name: str) -> str:
+    """"A medication update in Maya's care notebook": a page title, with no details."""
+    label = event_label(event_type, data)
+    return f"{label[0].upper()}{label[1:]} in {first_name(child_name)}'s care notebook"
+
+
+def local_time(value: datetime, zone: str) -> str:
+    """``value`` as people read it in ``zone``: "Tue 12 Jan 2027, 3:30 pm CST"."""
+    t = value.astimezone(ZoneInfo(zone))
+    return f"{t:%a} {t.day} {t:%b %Y}, {_clock(t)} {t.tzname()}"
+
+
+def local_date(value: datetime, zone: str) -> str:
+    """``value``'s date in ``zone``: "12 Jan 2027"."""
+    t = value.astimezone(ZoneInfo(zone))
+    return f"{t.day} {t:%b %Y}"
+
+
+def local_span(start: datetime, end: datetime, zone: str) -> str:
+    """A check-in's time: "Tue 12 Jan 2027, 3:30 pm – 4:30 pm CST" (both ends when the days differ)."""
+    a, b = start.astimezone(ZoneInfo(zone)), end.astimezone(ZoneInfo(zone))
+    if a.date() != b.date():
+        return f"{local_time(a, zone)} – {local_time(b, zone)}"
+    suffix = f" {b.tzname()}" if a.tzname() == b.tzname() else f" {a.tzname()} – {b.tzname()}"
+    return f"{a:%a} {a.day} {a:%b %Y}, {_clock(a)} – {_clock(b)}" + suffix
+
+
+def _clock(t: datetime) -> str:
+    return f"{t.hour % 12 or 12}:{t:%M} {'am' if t.hour < 12 else 'pm'}"
+
+
+def detail_lines(event_type: str, data: dict, fields: tuple[str, ...], zone: str) -> list[tuple[str, str]]:
+    """(label, text) for each of ``fields`` the event has, in order; times shown in ``zone``.
+
+    ``fields`` is what the recipient may see (``careloop.policy``); nothing else is read.
+    """
     lines = []
-    for key, value in data.items():
-        if key in ("attendees", "checkin_id") or value in (None, ""):
+    for key in fields:
+        value = data.get(key)
+        if key in HIDDEN_FIELDS or value in (None, ""):
             continue
-        text = (
-            str(value).replace("_", " ") if key in ("change", "discipline", "voice", "area") else str(value)
-        )
+        if _is_time_field(event_type, key):
+            text = local_time(datetime.fromisoformat(str(value)), zone)
+        elif key in _WORDS_WITH_UNDERSCORES:
+            text = str(value).replace("_", " ")
+        else:
+            text = str(value)
         lines.append((field_label(event_type, key), text))
     return lines
 
 
-def event_link(public_url: str, event_id: str) -> str:
-    return f"{public_url}/v1/events/{event_id}"
+def sms_text(label: str, child: str, link: str) -> str:
+    """The text of an SMS, in GSM-7 (names transliterated), in one segment wherever the
+    link leaves room for it."""
+    text = ""
+    for form in SMS_FORMS:
+        text = to_gsm7(form.format(label=label, child=child, link=link))
+        if gsm7_length(text) <= SEGMENT:
+            return text
+    return text  # a link too long for any form to fit: the shortest form, in two segments
 
 
 def render(
@@ -145,24 +230,30 @@ def render(
     delivery_id: str,
     attempt: int,
     channel: str,
-    event_id: str,
     event_type: str,
     data: dict,
     context: dict,
     notebook: NotebookView,
     recipient: Recipient,
     attendees: list[Recipient],
-    public_url: str,
+    link: MemberLink,
+    detail_fields: tuple[str, ...],
     mail_from: str,
     created_at: datetime | None = None,
 ) -> OutgoingMessage:
-    """Build the message for one delivery. Pure: no I/O."""
+    """Build the message for one delivery. Pure: no I/O.
+
+    Args:
+        link: the recipient's own member link for this event.
+        detail_fields: the data fields an email body may list — what the recipient's role
+            may see, and only where the notebook turned ``email_detail`` on (else empty).
+            Texts and subjects never carry details, whatever this says.
+    """
     child = first_name(notebook.child_name)
-    label = _label(event_type, data)
-    link = event_link(public_url, event_id)
+    label = event_label(event_type, data)
+    zone = recipient.timezone or notebook.timezone
     kind = ChannelKind(channel)
     if kind is ChannelKind.SMS:
-        body = f"careloop: {label} in {child}'s care notebook. Details: {link}"
         return OutgoingMessage(
             delivery_id=delivery_id,
             attempt=attempt,
@@ -170,30 +261,10 @@ def render(
             to=kind.address(recipient) or "",
             to_name=recipient.name,
             subject="",
-            text=body,
+            text=sms_text(label, child, link.url),
             created_at=created_at,
         )
 
-    subject = f"{label[0].upper()}{label[1:]} for {child}"
-    details = _detail_lines(event_type, data)
-    text_lines = [f"Hello {recipient.name},", "", f"There is {label} in {child}'s care notebook.", ""]
-    text_lines += [f"{name}: {value}" for name, value in details]
-    text_lines += [
-        "",
-        f"See it in careloop: {link}",
-        "",
-        "You get this because of your role on the care team.",
-    ]
-    rows = "".join(
-        f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
-        for name, value in details
-    )
-    html_body = (
-        f"<p>Hello {html.escape(recipient.name)},</p>"
-        f"<p>There is {html.escape(label)} in {html.escape(child)}'s care notebook.</p>"
-        f"<table>{rows}</table>"
-        f"<p><a href='{html.escape(link)}'>See it in careloop</a></p>"
-    )
     invite = None
     if kind is ChannelKind.CALENDAR:
         invite = build_checkin_invite(
@@ -205,7 +276,34 @@ def render(
             attendees=attendees,
             mail_from=mail_from,
         )
-        subject = ("Cancelled: " if invite.method == "CANCEL" else "Invitation: ") + invite.title
+        subject, intro, details = _invite_wording(event_type, invite, child, zone)
+    else:
+        subject = f"{label[0].upper()}{label[1:]} for {child}"
+        intro = f"There is {label} in {child}'s care notebook."
+        details = detail_lines(event_type, data, detail_fields, zone)
+    until = local_date(link.expires_at, zone)
+    text_lines = [f"Hello {recipient.name},", "", intro]
+    if details:
+        text_lines += ["", *(f"{name}: {value}" for name, value in details)]
+    text_lines += [
+        "",
+        f"See it in careloop: {link.url}",
+        f"(This link is yours alone and works until {until}.)",
+        "",
+        "You get this because of your role on the care team.",
+    ]
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+        for name, value in details
+    )
+    html_body = (
+        f"<p>Hello {html.escape(recipient.name)},</p>"
+        f"<p>{html.escape(intro)}</p>"
+        + (f"<table>{rows}</table>" if rows else "")
+        + f"<p><a href='{html.escape(link.url)}'>See it in careloop</a> "
+        f"(this link is yours alone and works until {html.escape(until)}).</p>"
+        "<p>You get this because of your role on the care team.</p>"
+    )
     return OutgoingMessage(
         delivery_id=delivery_id,
         attempt=attempt,
@@ -218,6 +316,29 @@ def render(
         invite=invite,
         created_at=created_at,
     )
+
+
+def _invite_wording(
+    event_type: str, invite: CalendarInvite, child: str, zone: str
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """Subject, opening line and lines of an invite's email. The subject names no title (a
+    check-in's title is free text and may say more than a subject should); the body shows
+    what the attached invite shows: title, time and place."""
+    when = local_span(invite.start, invite.end, zone)
+    day = f"{invite.start.astimezone(ZoneInfo(zone)):%a} {local_date(invite.start, zone)}"
+    what = f"{child}'s team check-in on {day}"
+    if invite.method == "CANCEL" and event_type != EventType.CHECKIN_CANCELLED:
+        subject, intro = f"Removed: {what}", f"You are no longer invited to this team check-in for {child}:"
+    elif invite.method == "CANCEL":
+        subject, intro = f"Cancelled: {what}", f"This team check-in for {child} is cancelled:"
+    elif event_type == EventType.CHECKIN_UPDATED:
+        subject, intro = f"Updated: {what}", f"This team check-in for {child} has changed:"
+    else:
+        subject, intro = f"Invitation: {what}", f"You are invited to a team check-in for {child}:"
+    details = [("Check-in", invite.title), ("When", when)]
+    if invite.location:
+        details.append(("Where", invite.location))
+    return subject, intro, details
 
 
 def build_checkin_invite(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,6 +64,8 @@ class Notebook(Base):
     name: Mapped[str] = mapped_column(String(200))
     child_name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64))
+    # Whether emails carry the event's details (only those the recipient's role may see).
+    email_detail: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -77,6 +80,8 @@ class Member(Base):
     phone: Mapped[str | None] = mapped_column(String(20))
     timezone: Mapped[str | None] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Raised to revoke every member link made before (careloop.links); signed into each token.
+    link_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -189,3 +194,18 @@ class Delivery(Base):
     provider_called_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When this round's member link was issued: set when planned and by a manual retry, so
+    # every attempt of a round carries the same link (careloop.links) and a retried dead
+    # letter gets a link with its whole lifetime ahead. None on rows older than the column.
+    link_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class InstanceSecret(Base):
+    """A secret this installation made for itself, shared by every process through the
+    database (the member-link signing key, when CARELOOP_SECRET_KEY is not set)."""
+
+    __tablename__ = "instance_secrets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -42,9 +42,7 @@ class PlannedDelivery:
 
 
 def rule_matches(rule: Rule, event: EventView) -> bool:
-    if event.type not in rule.types:
-        return False
-    return all(event.data.get(name) in values for name, values in rule.match)
+    return rule.when.matches(event.type, event.data)
 
 
 def _targets(rule: Rule, event: EventView, members: list[MemberView]) -> list[MemberView]:

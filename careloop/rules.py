@@ -35,7 +35,7 @@ CHANNELS = tuple(ChannelKind)
 TARGET_KEYWORDS = ("attendees", "team", "everyone")
 """Targets that are not a role or a member id."""
 
-_PROBLEMS = "rules"
+PROBLEM_TYPE = "rules"
 """The pydantic error type of careloop's own messages (one or more lines each)."""
 
 
@@ -48,7 +48,7 @@ class RulesError(ValueError):
 
 
 def _problems(*messages: str) -> PydanticCustomError:
-    return PydanticCustomError(_PROBLEMS, "\n".join(messages))
+    return PydanticCustomError(PROBLEM_TYPE, "\n".join(messages))
 
 
 def _as_tuple(value) -> tuple:
@@ -141,6 +141,12 @@ class When(BaseModel):
             raise _problems(*problems)
         return {"types": types, "match": tuple(match)}
 
+    def matches(self, event_type: str, data: dict) -> bool:
+        """Whether an event of ``event_type`` with ``data`` is one this clause names."""
+        if event_type not in self.types:
+            return False
+        return all(data.get(name) in values for name, values in self.match)
+
 
 class Rule(BaseModel):
     """One routing rule, as the file gives it and as routing reads it."""
@@ -232,7 +238,7 @@ def _messages(error: ValidationError) -> list[str]:
         key = item["loc"][0] if item["loc"] else ""
         if item["type"] in ("extra_forbidden", "invalid_key"):  # a key no rule has (or not text)
             unknown_keys.append(key)
-        elif item["type"] == _PROBLEMS:
+        elif item["type"] == PROBLEM_TYPE:
             found.setdefault(str(key), []).extend(item["msg"].split("\n"))
         elif item["type"] == "missing" and key in _MISSING:
             found.setdefault(str(key), []).append(_MISSING[str(key)])

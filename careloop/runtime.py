@@ -7,12 +7,16 @@ built (it supplies the job functions); nothing here is a process-wide global.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cached_property
 
 from careloop.config.settings import Settings
+from careloop.db import session_scope
 from careloop.dispatch import InProcessDispatcher, Jobs, RQDispatcher
 from careloop.integrations import build_channels
 from careloop.integrations.base import Channel
+from careloop.links import MemberLinks, stored_secret
+from careloop.policy import Policy, load_policy
 from careloop.rules import Rules, load_rules
 
 JOB_TIMEOUT_MARGIN = 5
@@ -49,12 +53,29 @@ class Runtime:
         return load_rules(self.settings.rules_file)
 
     @cached_property
+    def policy(self) -> Policy:
+        return load_policy(self.settings.policy_file)
+
+    @cached_property
+    def links(self) -> MemberLinks:
+        """Member-link tokens, signed with CARELOOP_SECRET_KEY or the key kept in the database
+        (read or made on first use, so only once the schema is there)."""
+        if self.settings.secret_key is not None:
+            secret = self.settings.secret_key.get_secret_value()
+        else:
+            with session_scope(self.database_url) as session:
+                secret = stored_secret(session)
+        return MemberLinks(secret, timedelta(days=self.settings.link_ttl_days))
+
+    @cached_property
     def channels(self) -> dict[str, Channel]:
         return build_channels(self.settings)
 
     def check(self) -> None:
-        """Load what can be wrong at start (the rules file); raises RulesError."""
+        """Load what can be wrong at start (the rules and policy files); raises RulesError or
+        PolicyError with the checker's message."""
         _ = self.rules
+        _ = self.policy
 
     @property
     def job_timeout(self) -> int:

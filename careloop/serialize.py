@@ -18,6 +18,7 @@ def notebook(nb: Notebook) -> dict:
         "name": nb.name,
         "child_name": nb.child_name,
         "timezone": nb.timezone,
+        "email_detail": nb.email_detail,
         "created_at": iso(nb.created_at),
     }
 

@@ -20,6 +20,12 @@ DEFAULT_DATABASE_URL = "sqlite:///careloop.db"
 DEFAULT_RULES_FILE = Path(str(files("careloop.config") / "rules.yaml"))
 """The routing rules shipped with careloop."""
 
+DEFAULT_POLICY_FILE = Path(str(files("careloop.config") / "policy.yaml"))
+"""The need-to-know policy shipped with careloop: what each role may see of an event."""
+
+MIN_SECRET_KEY_LENGTH = 32
+"""Characters a CARELOOP_SECRET_KEY needs at least (e.g. ``secrets.token_urlsafe(32)`` gives 43)."""
+
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between attempts (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — Svix's schedule): eight
 attempts over about 27 hours, so an outage of minutes or hours dead-letters nothing."""
@@ -51,6 +57,9 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(None, validation_alias=_env("CARELOOP_ADMIN_KEY"))
     public_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("CARELOOP_PUBLIC_URL"))
     rules_file: Path = Field(DEFAULT_RULES_FILE, validation_alias=_env("CARELOOP_RULES"))
+    policy_file: Path = Field(DEFAULT_POLICY_FILE, validation_alias=_env("CARELOOP_POLICY"))
+    secret_key: SecretStr | None = Field(None, validation_alias=_env("CARELOOP_SECRET_KEY"))
+    link_ttl_days: float = Field(30.0, gt=0, le=366, validation_alias=_env("CARELOOP_LINK_TTL_DAYS"))
     outbox_dir: Path = Field(Path("careloop-outbox"), validation_alias=_env("CARELOOP_OUTBOX_DIR"))
 
     twilio_account_sid: str | None = Field(None, validation_alias=_env("TWILIO_ACCOUNT_SID"))
@@ -91,6 +100,16 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"CARELOOP_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters "
+                "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

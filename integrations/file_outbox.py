@@ -1,10 +1,13 @@
 """The embedded default for a channel without credentials: messages land in files.
 
-``CARELOOP_OUTBOX_DIR`` gets ``sms.log`` (one line per text), ``email/<delivery>.<attempt>.eml``
+``CARELOOP_OUTBOX_DIR`` gets ``sms.log`` (one line per text, exactly the GSM-7 body Twilio would
+get), ``email/<delivery>.<attempt>.eml``
 (the exact email SMTP would have carried, built by the same code) and, for invites,
 ``calendar/<uid>.<sequence>.ics``. Files are written whole (temporary file, then
 ``os.replace``) so a reader never sees half a message. Unlike SMTP, the outbox can answer
-:meth:`lookup`, so a retry after a crash does not write a second copy.
+:meth:`lookup`, so a retry after a crash does not write a second copy. The console echo
+shows member links with their token replaced: the files hold the messages, the console
+(which may end up in a log) does not hold a key to them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
+from careloop.gsm import to_gsm7
 from careloop.integrations.base import Channel, DeliveryError
 from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
+from careloop.links import redact
 from careloop.messages import OutgoingMessage, ProviderReceipt
 from careloop.vocabulary import ChannelKind
 
@@ -67,8 +72,9 @@ class FileOutbox(Channel):
 
     def send(self, message: OutgoingMessage) -> ProviderReceipt:
         if self.kind == ChannelKind.SMS:
-            path = self._append_sms(message)
-            self._say(f"[sms] to {message.to_name} ({message.to}): {_excerpt(message.text)}")
+            body = to_gsm7(message.text)  # as TwilioSMS sends it
+            path = self._append_sms(message, body)
+            self._say(f"[sms] to {message.to_name} ({message.to}): {_excerpt(body)}")
             return ProviderReceipt(provider_id=f"outbox:{path}")
 
         if self.kind == ChannelKind.EMAIL:
@@ -116,12 +122,12 @@ class FileOutbox(Channel):
     def _eml_path(self, message: OutgoingMessage) -> Path:
         return self.outbox_dir / "email" / f"{_safe(message.delivery_id)}.{int(message.attempt)}.eml"
 
-    def _append_sms(self, message: OutgoingMessage) -> Path:
+    def _append_sms(self, message: OutgoingMessage, body: str) -> Path:
         path = self.outbox_dir / SMS_LOG
         path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         ref = f"{_safe(message.delivery_id)}.{int(message.attempt)}"
-        line = "\t".join((stamp, ref, _field(message.to), _field(message.text))) + "\n"
+        line = "\t".join((stamp, ref, _field(message.to), _field(body))) + "\n"
         # One write() on an O_APPEND file: lines from several processes never interleave.
         with _append_lock:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -175,5 +181,5 @@ def _field(value: str) -> str:
 
 
 def _excerpt(value: str) -> str:
-    text = " ".join((value or "").split())
+    text = " ".join(redact(value or "").split())
     return text if len(text) <= ECHO_WIDTH else text[: ECHO_WIDTH - 1] + "…"

@@ -22,6 +22,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from careloop.config.settings import Settings
+from careloop.gsm import to_gsm7
 from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError
 from careloop.messages import OutgoingMessage, ProviderReceipt
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -68,49 +69,6 @@ DELIVERED_STATUSES = frozenset(k for k, v in TWILIO_STATUSES.items() if v == Del
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _NUMBER_LIKE = re.compile(r"\+?[0-9][0-9 ().-]{5,}[0-9]")
-
-_UCS2_TO_GSM7 = str.maketrans(
-    {
-        "\u00a0": " ",  # no-break space
-        "\u2002": " ",  # en space
-        "\u2003": " ",  # em space
-        "\u2007": " ",  # figure space
-        "\u2009": " ",  # thin space
-        "\u200a": " ",  # hair space
-        "\u202f": " ",  # narrow no-break space
-        "\u200b": "",  # zero-width space
-        "\u00ad": "",  # soft hyphen
-        "\ufeff": "",  # byte-order mark / zero-width no-break space
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u2032": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u201f": '"',
-        "\u2033": '"',
-        "\u2010": "-",  # hyphen
-        "\u2011": "-",  # non-breaking hyphen
-        "\u2012": "-",  # figure dash
-        "\u2013": "-",  # en dash
-        "\u2014": "-",  # em dash
-        "\u2015": "-",  # horizontal bar
-        "\u2212": "-",  # minus sign
-        "\u2026": "...",
-    }
-)
-
-
-def sms_safe(text: str) -> str:
-    """Replace look-alike characters that silently switch an SMS to UCS-2 with GSM-7 ones.
-
-    One curly quote or no-break space makes Twilio encode the whole text as UCS-2, which
-    cuts a segment from 160 to 70 characters and so multiplies the cost.
-    """
-    return text.translate(_UCS2_TO_GSM7)
-
 
 def mask_number(number: str | None) -> str:
     """A phone number safe for logs: every character but the last two digits starred."""
@@ -294,7 +252,7 @@ class TwilioSMS(Channel):
                 request or an over-long body; transient for 429, 5xx, timeouts and
                 connection errors (``retry_after`` from Twilio's ``Retry-After``).
         """
-        body = sms_safe(message.text)
+        body = to_gsm7(message.text)  # what the renderer made already; the outbox writes the same
         self._check_before_sending(message, body)
         params = {"to": message.to, "from_": self.from_number, "body": body}
         callback = self.status_callback_url(message)
@@ -335,7 +293,7 @@ class TwilioSMS(Channel):
         Raises:
             DeliveryError: transient, when Twilio could not be asked.
         """
-        body = sms_safe(message.text)
+        body = to_gsm7(message.text)
         since = None
         if message.created_at is not None:
             created_at = message.created_at

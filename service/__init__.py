@@ -15,7 +15,18 @@ from sqlalchemy.orm import sessionmaker
 from careloop import db
 from careloop.config.settings import Settings, get_settings
 from careloop.runtime import Runtime
-from careloop.service import deliveries, errors, events, guards, health, notebooks, twilio
+from careloop.service import (
+    deliveries,
+    errors,
+    events,
+    guards,
+    health,
+    member_pages,
+    notebooks,
+    pages,
+    redaction,
+    twilio,
+)
 from careloop.service.schemas import ERROR_SCHEMA
 from careloop.workers import build_runtime
 
@@ -34,7 +45,8 @@ class CareloopExtension:
 def create_app(test_config: dict | None = None, settings: Settings | None = None) -> APIFlask:
     """Build the app: defaults, then the environment (Settings), then ``test_config``.
 
-    The rules file is loaded here, so a bad one stops start-up with the checker's message.
+    The rules and policy files are loaded here, so a bad one stops start-up with the
+    checker's message.
     The embedded default (SQLite) applies its migrations by itself.
     """
     settings = settings or get_settings()
@@ -58,7 +70,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         app.config.update(test_config)
 
     runtime = build_runtime(settings)
-    runtime.check()  # fail fast on a bad rules file
+    runtime.check()  # fail fast on a bad rules or policy file
+    redaction.install()  # before the first request line is logged
     if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
         db.upgrade(settings.database_url)
     app.extensions["careloop"] = CareloopExtension(runtime)
@@ -75,6 +88,6 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
 
     errors.init_app(app)
     guards.init_app(app)
-    for module in (notebooks, events, deliveries, twilio, health):
+    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

@@ -6,18 +6,20 @@ from apiflask import APIBlueprint, abort
 from flask import g
 from sqlalchemy import select
 
-from careloop import serialize
-from careloop.models import ApiKey, Member, Notebook
+from careloop import links, serialize
+from careloop.models import ApiKey, Member, Notebook, utcnow
 from careloop.service.auth import auth, hash_key, mint_key, notebook_or_404, principal, require_admin
 from careloop.service.schemas import (
     CreatedKeyOut,
     KeyIn,
+    LinksRevokedOut,
     MemberIn,
     MemberList,
     MemberOut,
     MemberPatch,
     NotebookIn,
     NotebookOut,
+    NotebookPatch,
 )
 
 bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
@@ -30,7 +32,7 @@ bp = APIBlueprint("notebooks", __name__, url_prefix="/v1", tag="Notebooks")
 @bp.doc(summary="Create a notebook (admin key)", responses={201: "Created", 403: "Not the admin key"})
 def create_notebook(body: NotebookIn):
     require_admin()
-    notebook = Notebook(name=body.name, child_name=body.child_name, timezone=body.timezone)
+    notebook = Notebook(**body.model_dump())
     g.db.add(notebook)
     g.db.commit()
     return serialize.notebook(notebook), 201
@@ -42,6 +44,28 @@ def create_notebook(body: NotebookIn):
 @bp.doc(summary="Get a notebook", responses=[404])
 def get_notebook(notebook_id: str):
     return serialize.notebook(notebook_or_404(notebook_id))
+
+
+@bp.patch("/notebooks/<notebook_id>")
+@bp.auth_required(auth)
+@bp.input(NotebookPatch, arg_name="body")
+@bp.output(NotebookOut)
+@bp.doc(
+    summary="Change a notebook (name, child's name, time zone, email_detail)",
+    description="`email_detail: true` lets emails list an event's details, only those each "
+    "recipient's role may see (see the policy file); texts and subjects never carry them.",
+    responses=[404],
+)
+def patch_notebook(notebook_id: str, body: NotebookPatch):
+    notebook = notebook_or_404(notebook_id)
+    changes = body.model_dump(include=body.model_fields_set)
+    nulls = {name: ["may not be null"] for name, value in changes.items() if value is None}
+    if nulls:
+        abort(422, "Validation error", detail={"json": nulls})
+    for name, value in changes.items():
+        setattr(notebook, name, value)
+    g.db.commit()
+    return serialize.notebook(notebook)
 
 
 @bp.post("/notebooks/<notebook_id>/keys")
@@ -100,7 +124,29 @@ def patch_member(member_id: str, body: MemberPatch):
     for required in ("name", "role", "active"):
         if required in changes and changes[required] is None:
             abort(422, "Validation error", detail={"json": {required: ["may not be null"]}})
+    deactivated = member.active and changes.get("active") is False
     for name, value in changes.items():
         setattr(member, name, value)
+    if deactivated:  # the links they hold stop working now, and stay dead if they come back
+        links.revoke(g.db, member.id)
     g.db.commit()
     return serialize.member(member)
+
+
+@bp.post("/members/<member_id>/links/revoke")
+@bp.auth_required(auth)
+@bp.output(LinksRevokedOut)
+@bp.doc(
+    summary="Revoke every member link this member was sent",
+    description="Each text and email carries a link of the member's own to the event's page. After "
+    "this, every link sent before answers \"this link no longer works\"; messages sent later carry "
+    "links that work. Deactivating a member does the same.",
+    responses=[404],
+)
+def revoke_member_links(member_id: str):
+    member = g.db.get(Member, member_id)
+    if member is None or not principal().may_reach(member.notebook_id):
+        abort(404, "member not found")
+    links.revoke(g.db, member.id)
+    g.db.commit()
+    return {"member_id": member.id, "revoked_at": serialize.iso(utcnow())}

@@ -43,6 +43,18 @@ class NotebookIn(_In):
     name: Text200
     child_name: Text200
     timezone: TimeZone
+    email_detail: bool = Field(
+        False,
+        description="whether emails list the event's details (only those each recipient's role may "
+        "see); texts and subjects never do",
+    )
+
+
+class NotebookPatch(_In):
+    name: Text200 | None = None
+    child_name: Text200 | None = None
+    timezone: TimeZone | None = None
+    email_detail: bool | None = None
 
 
 class KeyIn(_In):
@@ -130,6 +142,7 @@ class NotebookOut(_Out):
     name: str
     child_name: str
     timezone: str
+    email_detail: bool
     created_at: DateTimeText
 
 
@@ -159,6 +172,13 @@ class MemberOut(_Out):
 
 class MemberList(_Out):
     items: list[MemberOut]
+
+
+class LinksRevokedOut(_Out):
+    member_id: str
+    revoked_at: DateTimeText = Field(
+        description="every member link this member was sent before this time no longer works"
+    )
 
 
 class EventAccepted(_Out):

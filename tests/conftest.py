@@ -46,7 +46,9 @@ pid, so two test runs on one machine never share or drop each other's data)."""
 
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
-DB_TABLES = ("deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks")
+DB_TABLES = (
+    "deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks", "instance_secrets"
+)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -3,6 +3,8 @@ API (Prism) — on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import re
+
 import icalendar
 import pytest
 
@@ -30,6 +32,10 @@ def test_medication_change_reaches_neurology_and_parents_but_not_the_author(
     rq_api, runtime, team, smtp, twilio_proxy
 ):
     nb, m = team
+    # emails carry details only where the notebook turns them on (and then as each role may see)
+    url = f"/v1/notebooks/{nb['id']}"
+    response = rq_api.client.patch(url, json={"email_detail": True}, headers=rq_api.headers)
+    assert response.status_code == 200 and response.get_json()["email_detail"] is True
     accepted = rq_api.event(
         nb["id"],
         "medication.changed",
@@ -67,8 +73,14 @@ def test_medication_change_reaches_neurology_and_parents_but_not_the_author(
     # SMS: one message to the dad, carrying no medication name or dose.
     assert [s["To"] for s in twilio_proxy.sent] == ["+15555550102"]
     body = twilio_proxy.sent[0]["Body"]
-    assert "Maya" in body and accepted["id"] in body
-    assert "levetiracetam" not in body and "250 mg" not in body  # (an id may hold "250")
+    assert "Maya" in body
+    assert "levetiracetam" not in body and "250 mg" not in body  # (a token may hold "250")
+    # ...and a link of the dad's own that opens this event's page, no key needed
+    (token,) = re.findall(r"https://careloop\.test/m/(\S+)", body)
+    event_page = rq_api.client.get(f"/m/{token}")
+    assert event_page.status_code == 200
+    assert "For Sam Rivera (parent)" in event_page.get_data(as_text=True)
+    assert "levetiracetam" in event_page.get_data(as_text=True)
     sms = got[(m["dad"]["id"], "sms")]
     assert (
         twilio_proxy.sent[0]["StatusCallback"]

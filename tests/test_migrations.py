@@ -18,7 +18,9 @@ from careloop.db import upgrade
 from careloop.models import Base
 from tests.conftest import PG_ADMIN_URL, close_app
 
-TABLES = {"notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries"}
+TABLES = {
+    "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets"
+}
 
 
 @contextlib.contextmanager

@@ -49,6 +49,11 @@ def test_the_wheel_puts_only_careloop_at_the_top_level(installed):
     for sub in ("config", "service", "workers", "integrations", "migrations"):
         assert (installed / "careloop" / sub / "__init__.py").exists(), sub
     assert (installed / "careloop" / "config" / "rules.yaml").exists()
+    assert (installed / "careloop" / "config" / "policy.yaml").exists()
+    for page in ("base.html", "member/event.html", "member/gone.html", "member/broken.html"):
+        assert (installed / "careloop" / "service" / "templates" / page).exists(), page
+    for asset in ("careloop.css", "icon.svg"):
+        assert (installed / "careloop" / "service" / "static" / asset).exists(), asset
     assert (installed / "careloop" / "migrations" / "script.py.mako").exists()
 
 

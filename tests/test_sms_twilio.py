@@ -10,8 +10,9 @@ import pytest
 import requests
 
 from careloop.config.settings import Settings
+from careloop.gsm import sms_safe
 from careloop.integrations.base import DeliveryError
-from careloop.integrations.sms_twilio import TwilioSMS, mask_number, sms_safe
+from careloop.integrations.sms_twilio import TwilioSMS, mask_number
 from careloop.messages import OutgoingMessage
 from tests.peers import twilio_peer
 from tests.peers.twilio_peer import (

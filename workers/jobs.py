@@ -26,7 +26,8 @@ from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
-from careloop.messages import NotebookView, OutgoingMessage, Recipient, render
+from careloop.links import link_url
+from careloop.messages import MemberLink, NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.queues import BATCH_SIZE, delivery_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
@@ -150,6 +151,7 @@ def _route(runtime: Runtime, event_id: str) -> int:
                     "created_at": now,
                     "updated_at": now,
                     "next_attempt_at": now,
+                    "link_issued_at": now,
                 }
                 for p in planned
             ],
@@ -185,7 +187,18 @@ def _route(runtime: Runtime, event_id: str) -> int:
         return len(to_send)
 
 
+def member_link(runtime: Runtime, delivery: Delivery, member: Member) -> MemberLink:
+    """The member's own link to this delivery's event, as this round of it carries it."""
+    issued_at = delivery.link_issued_at or delivery.created_at
+    token = runtime.links.token(delivery.id, member.link_generation, issued_at)
+    return MemberLink(
+        url=link_url(runtime.settings.public_url, token), expires_at=runtime.links.expires_at(issued_at)
+    )
+
+
 def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> OutgoingMessage:
+    """The message for one claimed delivery: the member's own link, and details as their role
+    and the notebook allow. Every attempt of one round gives the same text."""
     delivery = session.get(Delivery, claim.delivery_id)
     attempt = claim.attempt
     event = session.get(Event, delivery.event_id)
@@ -202,18 +215,23 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
             Recipient(id=m.id, name=m.name, email=m.email, phone=m.phone)
             for m in session.scalars(select(Member).where(Member.id.in_(attendee_ids))).all()
         ]
+    detail_fields = (
+        runtime.policy.visible_fields(member.role, event.type, event.data) if notebook.email_detail else ()
+    )
     return render(
         delivery_id=delivery.id,
         attempt=attempt,
         channel=delivery.channel,
-        event_id=event.id,
         event_type=event.type,
         data=event.data,
         context=event.context or {},
         notebook=NotebookView(id=notebook.id, child_name=notebook.child_name, timezone=notebook.timezone),
-        recipient=Recipient(id=member.id, name=member.name, email=member.email, phone=member.phone),
+        recipient=Recipient(
+            id=member.id, name=member.name, email=member.email, phone=member.phone, timezone=member.timezone
+        ),
         attendees=attendees,
-        public_url=runtime.settings.public_url,
+        link=member_link(runtime, delivery, member),
+        detail_fields=detail_fields,
         mail_from=runtime.settings.mail_from,
         created_at=delivery.created_at,
     )

@@ -1,0 +1,210 @@
+"""Member pages: ``/m/<token>`` shows one event as one care-team member may see it, no key.
+
+Every text and email carries the recipient's own link (``careloop.links``). It opens a
+server-rendered page: what happened, who recorded it, when (in the member's time zone, else
+the notebook's), who else was told, and for a check-in its time, place and attendees — each
+detail only as far as the member's role may see it (``careloop.policy``). A tampered,
+expired or revoked link, or one of a member since deactivated, gets the same plain "this link
+no longer works" page (404), which says nothing about why or about whom.
+
+Tokens never reach a log: request lines are redacted (``careloop.service.redaction``), this
+module logs ids only, and the pages send no Referer and are never stored (``pages``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Blueprint, current_app, g, render_template
+from werkzeug.exceptions import HTTPException
+
+from careloop.events import CHECKIN_TYPES, EventType
+from careloop.links import LinkRefused
+from careloop.messages import (
+    detail_lines,
+    event_label,
+    first_name,
+    headline,
+    local_date,
+    local_span,
+    local_time,
+)
+from careloop.models import Delivery, Event, Member, Notebook
+from careloop.service.pages import private_page
+from careloop.vocabulary import ChannelKind, DeliveryStatus
+
+log = logging.getLogger("careloop.service.member_pages")
+
+bp = Blueprint("member_pages", __name__, url_prefix="/m")
+
+CHANNEL_WORDS = {ChannelKind.SMS: "text", ChannelKind.EMAIL: "email", ChannelKind.CALENDAR: "calendar invite"}
+"""How a page names the channels a member was told by."""
+
+
+# --- The two places the other half of issue #10 plugs in ----------------------------------------
+
+
+def per_ip_limit(view: Callable) -> Callable:
+    """The per-IP rate limit on member links. WIRE-IN (issue #10, abuse limits): return the
+    Flask-Limiter decorator's result here, e.g. ``return limiter.limit(member_link_limit,
+    key_func=get_remote_address)(view)``; every member-link route is decorated with this."""
+    return view
+
+
+def record_view(outcome: str, *, member_id: str | None = None, event_id: str | None = None) -> None:
+    """Record a member-link view in the audit log. WIRE-IN (issue #10, audit log): call
+    ``careloop.audit.record(...)`` here with who (the member, when known), what (the event),
+    from where (the client address) and the outcome; the one call site for every view and
+    every refusal. Never pass the token."""
+    log.info("member link %s: member=%s event=%s", outcome, member_id or "-", event_id or "-")
+
+
+# --- Pages ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    role: str
+
+
+def _person(member: Member | None) -> Person | None:
+    return Person(member.name, member.role.replace("_", " ")) if member is not None else None
+
+
+def _gone():
+    return private_page(current_app.make_response((render_template("member/gone.html"), 404)))
+
+
+@bp.get("/")
+@bp.get("/<path:_rest>")
+@per_ip_limit
+def not_a_link(_rest: str = ""):
+    """Anything under /m/ that is not one token: the same page as a dead link."""
+    record_view("refused: not a link")
+    return _gone()
+
+
+@bp.get("/<token>")
+@per_ip_limit
+def open_link(token: str):
+    runtime = current_app.extensions["careloop"].runtime
+    try:
+        claim = runtime.links.read(token)
+    except LinkRefused as refused:
+        record_view(f"refused: {refused.reason}")
+        return _gone()
+    delivery = g.db.get(Delivery, claim.delivery_id)
+    member = g.db.get(Member, delivery.member_id) if delivery is not None else None
+    if delivery is None or member is None:
+        record_view("refused: no such delivery or member")
+        return _gone()
+    if not member.active or member.link_generation != claim.generation:
+        record_view("refused: revoked", member_id=member.id, event_id=delivery.event_id)
+        return _gone()
+    event = g.db.get(Event, delivery.event_id)
+    notebook = g.db.get(Notebook, delivery.notebook_id)
+    if event is None or notebook is None:
+        record_view("refused: no such event", member_id=member.id)
+        return _gone()
+    record_view("viewed", member_id=member.id, event_id=event.id)
+    page = _event_page(runtime, event, notebook, member)
+    page["expires"] = local_date(runtime.links.expires_at(claim.issued_at), page["zone"])
+    return private_page(current_app.make_response(render_template("member/event.html", **page)))
+
+
+def _event_page(runtime, event: Event, notebook: Notebook, member: Member) -> dict:
+    """What the event page shows this member: only what their role may see."""
+    zone = member.timezone or notebook.timezone
+    author = g.db.get(Member, event.author_member_id) if event.author_member_id else None
+    checkin = None
+    details: list[tuple[str, str]] = []
+    if event.type in CHECKIN_TYPES:
+        checkin = _checkin(runtime, event, member, zone)
+        shown = checkin is not None
+    else:
+        fields = runtime.policy.visible_fields(member.role, event.type, event.data)
+        details = detail_lines(event.type, event.data, fields, zone)
+        shown = bool(fields)
+    return {
+        "headline": headline(event.type, event.data, notebook.child_name),
+        "label": event_label(event.type, event.data),
+        "child": first_name(notebook.child_name),
+        "member": _person(member),
+        "zone": zone,
+        "author": _person(author),
+        "occurred": local_time(event.occurred_at, zone),
+        "occurred_iso": event.occurred_at.isoformat(),
+        "details": details,
+        "checkin": checkin,
+        "withheld": not shown,
+        "told": _others_told(event, member),
+    }
+
+
+def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
+    """The check-in as last scheduled (a cancellation shows what was cancelled), with the
+    fields the member's role may see of it; None when it may see none."""
+    snapshot = dict((event.context or {}).get("checkin") or {})
+    if not snapshot:
+        return None
+    # A cancellation carries only the id; the member may see of it what they could of an update.
+    as_type = EventType.CHECKIN_UPDATED if event.type == EventType.CHECKIN_CANCELLED else event.type
+    fields = set(runtime.policy.visible_fields(member.role, as_type, snapshot))
+    if not fields:
+        return None
+    attendee_ids = list(snapshot.get("attendees") or [])
+    attendees = []
+    if "attendees" in fields and attendee_ids:
+        by_id = {m.id: m for m in g.db.query(Member).filter(Member.id.in_(attendee_ids))}
+        attendees = [_person(by_id[i]) for i in attendee_ids if i in by_id]
+    when = None
+    if {"start", "end"} <= fields and snapshot.get("start") and snapshot.get("end"):
+        start, end = (datetime.fromisoformat(snapshot[k]) for k in ("start", "end"))
+        when = local_span(start, end, zone)
+    return {
+        "title": snapshot.get("title") if "title" in fields else None,
+        "when": when,
+        "where": snapshot.get("location") if "location" in fields else None,
+        "attendees": attendees,
+        "invited": member.id in attendee_ids,
+        "cancelled": event.type == EventType.CHECKIN_CANCELLED,
+    }
+
+
+def _others_told(event: Event, member: Member) -> list[tuple[Person, str]]:
+    """Everyone else this event was sent to (or is on its way to), with how, in team order."""
+    rows = g.db.query(Delivery.member_id, Delivery.channel).filter(
+        Delivery.event_id == event.id,
+        Delivery.member_id != member.id,
+        Delivery.status != DeliveryStatus.SKIPPED,
+    )
+    channels: dict[str, set[str]] = {}
+    for member_id, channel in rows:
+        channels.setdefault(member_id, set()).add(channel)
+    people = g.db.query(Member).filter(Member.id.in_(list(channels))).order_by(Member.created_at, Member.id)
+    order = list(ChannelKind)
+    return [
+        (_person(person), " and ".join(CHANNEL_WORDS[c] for c in order if c in channels[person.id]))
+        for person in people
+    ]
+
+
+@bp.errorhandler(Exception)
+def _page_error(error: Exception):
+    """A page never answers with the API's JSON error nor says more than it must: an HTTP
+    error (a rate limit's 429, say) keeps its status and headers; a bug is a plain 500."""
+    if isinstance(error, HTTPException):
+        answer = error.get_response()
+        page = current_app.make_response(
+            (render_template("member/broken.html", status=error.code), error.code)
+        )
+        for name, value in answer.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                page.headers[name] = value
+        return private_page(page)
+    log.exception("member page failed")
+    return private_page(current_app.make_response((render_template("member/broken.html", status=500), 500)))
