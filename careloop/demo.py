@@ -22,6 +22,9 @@ from careloop.service import create_app
 from careloop.vocabulary import DONE_STATUSES, ChannelKind
 from careloop.workers.jobs import member_link
 
+CHECKIN_ATTENDEES = ("Dana Rivera", "Sam Rivera", "Jordan Lee", "Ms. Ortiz")
+"""Who the demo's check-in invites."""
+
 DEFAULT_PORT = 8000
 """Where ``--serve`` listens (127.0.0.1 only); the links in the messages point there."""
 
@@ -33,6 +36,48 @@ TEAM = [
     ("Jordan Lee", "speech_therapy", "jlee@slp.example.org", None),
     ("Ms. Ortiz", "school", "ortiz@school.example.org", None),
 ]
+
+
+def demo_events(member_ids: dict[str, str], now: datetime | None = None) -> list[dict]:
+    """The demo's three events (API request bodies), for the team in :data:`TEAM` (name → id)."""
+    parent = member_ids["Dana Rivera"]
+    zone = ZoneInfo("America/Chicago")
+    start = ((now or datetime.now(zone)).astimezone(zone) + timedelta(days=7)).replace(
+        hour=15, minute=30, second=0, microsecond=0
+    )
+    return [
+        {
+            "type": "medication.changed",
+            "author_member_id": parent,
+            "data": {
+                "medication": "levetiracetam",
+                "change": "dose_changed",
+                "dose": "250 mg twice daily",
+                "effects": "sleepier in the afternoons",
+            },
+        },
+        {
+            "type": "concern.raised",
+            "author_member_id": parent,
+            "data": {
+                "summary": "Coughing and choking on thin liquids at dinner",
+                "severity": "urgent",
+                "area": "swallowing",
+            },
+        },
+        {
+            "type": "checkin.scheduled",
+            "author_member_id": parent,
+            "data": {
+                "checkin_id": "iep-2026-spring",
+                "title": "IEP team meeting",
+                "start": start.isoformat(),
+                "end": (start + timedelta(hours=1)).isoformat(),
+                "location": "Lincoln Elementary, room 12",
+                "attendees": [member_ids[n] for n in CHECKIN_ATTENDEES],
+            },
+        },
+    ]
 
 
 def run_demo(
@@ -99,44 +144,7 @@ def _record_and_show(app, admin: str, outbox_dir: Path, echo: Callable[[str], No
         if phone:
             body["phone"] = phone
         members[name] = call("POST", f"/v1/notebooks/{notebook['id']}/members", body)
-    parent = members["Dana Rivera"]["id"]
-    zone = ZoneInfo("America/Chicago")
-    start = (datetime.now(zone) + timedelta(days=7)).replace(hour=15, minute=30, second=0, microsecond=0)
-    events = [
-        {
-            "type": "medication.changed",
-            "author_member_id": parent,
-            "data": {
-                "medication": "levetiracetam",
-                "change": "dose_changed",
-                "dose": "250 mg twice daily",
-                "effects": "sleepier in the afternoons",
-            },
-        },
-        {
-            "type": "concern.raised",
-            "author_member_id": parent,
-            "data": {
-                "summary": "Coughing and choking on thin liquids at dinner",
-                "severity": "urgent",
-                "area": "swallowing",
-            },
-        },
-        {
-            "type": "checkin.scheduled",
-            "author_member_id": parent,
-            "data": {
-                "checkin_id": "iep-2026-spring",
-                "title": "IEP team meeting",
-                "start": start.isoformat(),
-                "end": (start + timedelta(hours=1)).isoformat(),
-                "location": "Lincoln Elementary, room 12",
-                "attendees": [
-                    members[n]["id"] for n in ("Dana Rivera", "Sam Rivera", "Jordan Lee", "Ms. Ortiz")
-                ],
-            },
-        },
-    ]
+    events = demo_events({name: member["id"] for name, member in members.items()})
     names = {m["id"]: f"{m['name']} ({m['role'].replace('_', ' ')})" for m in members.values()}
     echo(
         f"careloop demo — notebook {notebook['id']} for {notebook['child_name']}, {len(members)} team members"
