@@ -168,6 +168,8 @@ PROTECTED = [
     ("get", "/v1/notebooks/{nb}/members"),
     ("post", "/v1/notebooks/{nb}/members"),
     ("patch", "/v1/members/{member}"),
+    ("patch", "/v1/notebooks/{nb}"),
+    ("post", "/v1/members/{member}/links/revoke"),
     ("get", "/v1/notebooks/{nb}/events"),
     ("post", "/v1/notebooks/{nb}/events"),
     ("get", "/v1/events/{event}"),
@@ -257,6 +259,8 @@ def _cross_notebook_requests(own: dict, foreign: dict, delivery_id: str):
         ),
         ("event get", "get", f"/v1/events/{foreign['event']['id']}", None),
         ("member patch", "patch", f"/v1/members/{foreign['mom']['id']}", {"name": "Hacked"}),
+        ("notebook patch", "patch", f"/v1/notebooks/{nb}", {"email_detail": True}),
+        ("member links revoke", "post", f"/v1/members/{foreign['mom']['id']}/links/revoke", None),
         ("delivery get", "get", f"/v1/deliveries/{delivery_id}", None),
         ("delivery retry", "post", f"/v1/deliveries/{delivery_id}/retry", None),
         ("deliveries of it", "get", f"/v1/deliveries?notebook_id={nb}", None),
@@ -326,7 +330,32 @@ def test_create_and_get_notebook(client, admin, api):
     got = api.get(f"/v1/notebooks/{created['id']}")
     assert got == created
     assert (got["name"], got["child_name"], got["timezone"]) == ("Maya's notebook", "Maya", "Asia/Tokyo")
+    assert got["email_detail"] is False, "emails carry no details unless the notebook says so"
     assert_json_error(client.get("/v1/notebooks/nb_doesnotexist", headers=admin), 404, "not_found")
+
+
+def test_email_detail_is_set_at_creation_and_by_patch(client, admin, api):
+    created = api.post(
+        "/v1/notebooks",
+        {"name": "n", "child_name": "Maya", "timezone": "UTC", "email_detail": True},
+    )
+    assert created["email_detail"] is True
+    url = f"/v1/notebooks/{created['id']}"
+    response = client.patch(url, json={"email_detail": False}, headers=admin)
+    assert response.status_code == 200 and response.get_json()["email_detail"] is False
+    response = client.patch(url, json={"timezone": "Europe/Paris"}, headers=admin)
+    assert response.get_json() == {**created, "email_detail": False, "timezone": "Europe/Paris"}
+    assert api.get(url) == response.get_json()
+    for body, field in (
+        ({"email_detail": "yes please"}, "email_detail"),
+        ({"email_detail": None}, "email_detail"),
+        ({"timezone": "Mars/Olympus_Mons"}, "timezone"),
+        ({"name": None}, "name"),
+        ({"owner": "me"}, "owner"),
+    ):
+        assert_422_names(client.patch(url, json=body, headers=admin), field)
+    assert api.get(url)["timezone"] == "Europe/Paris"
+    assert_json_error(client.patch("/v1/notebooks/nb_missing", json={}, headers=admin), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -1168,7 +1197,8 @@ def test_openapi_is_generated_from_the_schemas(client):
     paths = spec["paths"]
     expected = {
         "/v1/notebooks": {"post"},
-        "/v1/notebooks/{notebook_id}": {"get"},
+        "/v1/notebooks/{notebook_id}": {"get", "patch"},
+        "/v1/members/{member_id}/links/revoke": {"post"},
         "/v1/notebooks/{notebook_id}/keys": {"post"},
         "/v1/notebooks/{notebook_id}/members": {"get", "post"},
         "/v1/members/{member_id}": {"patch"},

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 
 from careloop.db import session_scope
 from careloop.models import Delivery, Event, OutboxEntry, utcnow
-from tests.conftest import checkin_data, close_app, drain
+from tests.conftest import checkin_data, close_app, drain, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -340,6 +340,19 @@ def test_a_delivery_left_queued_by_a_dead_process_is_sent_after_a_restart(app, a
 DEMO_EVENT_TYPES = ("medication.changed", "concern.raised", "checkin.scheduled")
 
 
+def demo_links(output: str) -> dict[str, dict[str, str]]:
+    """The demo's "Member links" section: event type → "Name (role)" → URL."""
+    section = output.split("Member links:", 1)[1].split("Serving the demo's app", 1)[0]
+    links: dict[str, dict[str, str]] = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("● "):
+            current = links.setdefault(line[2:].strip(), {})
+        elif line.strip():
+            who, url = line.strip().rsplit(": ", 1)
+            current[who] = url
+    return links
+
+
 def _check_demo_output(output: str, outbox: Path) -> None:
     assert "careloop demo — notebook nb_" in output
     assert "for Maya Rivera, 6 team members" in output
@@ -357,6 +370,13 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     # members without a phone get a skipped SMS, with the reason
     for who in ("Dr. Priya Shah (neurology)", "Jordan Lee (speech therapy)", "Ms. Ortiz (school)"):
         assert f"skipped  sms      → {who}: member has no phone number" in output, who
+    # each person's own link to each event, pointing at the demo's app (what --serve serves)
+    links = demo_links(output)
+    assert [len(people) for people in links.values()] == [2, 5, 4], output
+    assert "Ms. Ortiz (school)" in links["concern.raised"]
+    assert "Dana Rivera (parent)" in links["checkin.scheduled"]
+    urls = [url for people in links.values() for url in people.values()]
+    assert len(set(urls)) == len(urls) and all(u.startswith("http://127.0.0.1:8000/m/") for u in urls)
     # the outbox holds what was sent
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
     assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
@@ -436,3 +456,69 @@ def test_demo_against_a_fresh_postgresql_database_applies_the_migrations(tmp_pat
         result = CliRunner().invoke(main, ["demo", "--outbox", str(tmp_path / "ob"), "--database", url])
         assert result.exit_code == 0, (result.output, result.exception)
         _check_demo_output(result.output, tmp_path / "ob")
+
+
+def test_the_demos_member_links_open_while_it_serves_its_app(tmp_path):
+    """`careloop demo --serve`: the links it prints open, with no key, in what it serves."""
+    import http.client
+    import re
+    import signal
+
+    from tests.peers.twilio_peer import free_port
+
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CARELOOP_", "TWILIO_", "SMTP_", "REDIS_", "DATABASE_", "MAIL_"))
+    }
+    env["PYTHONPATH"] = str(REPO)
+    log = tmp_path / "demo.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "careloop.cli", "demo", "--serve", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "Serving the demo's app" in log.read_text() or proc.poll() is not None, timeout=60)
+        output = log.read_text()
+        assert proc.poll() is None, output
+        assert f"Serving the demo's app at http://127.0.0.1:{port}" in output
+        links = demo_links(output)
+        assert sum(len(people) for people in links.values()) == 11
+
+        def get(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            finally:
+                conn.close()
+
+        for event_type, people in links.items():
+            for who, url in people.items():
+                assert url.startswith(f"http://127.0.0.1:{port}/m/"), url
+                status, html = get(url.removeprefix(f"http://127.0.0.1:{port}"))
+                assert status == 200, (event_type, who, html[:300])
+                assert f"For {who}" in html.replace("&#39;", "'")
+        school = links["concern.raised"]["Ms. Ortiz (school)"].removeprefix(f"http://127.0.0.1:{port}")
+        status, html = get(school)
+        assert "Coughing" not in html and "shared only with the members" in html
+        status, html = get(school[:-3] + "abc")
+        assert status == 404 and "This link no longer works" in html
+        # nothing the server logged holds a token
+        tokens = [url.rsplit("/", 1)[1] for people in links.values() for url in people.values()]
+        served_log = log.read_text().split("Serving the demo's app", 1)[1]
+        assert "GET /m/[token] HTTP/1.1" in served_log  # request lines are logged, redacted
+        assert not [t for t in tokens if t in served_log]
+        assert not re.search(r"/m/[A-Za-z0-9_-]{20,}\.", served_log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+    assert proc.returncode == 0, log.read_text()[-2000:]
