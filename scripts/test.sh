@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # careloop's test command (the README's second set-up command; .ci/run calls it too).
 # Installs what the tests need into .venv, starts Redis and PostgreSQL where they are not
-# running, installs the Twilio mock (Prism), then runs pytest. Extra arguments go to pytest.
+# running, installs the Twilio mock (Prism) and Debian's chromium + chromium-driver (the
+# browser test), then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,20 @@ if [ ! -f "$TWILIO_SPEC" ]; then
   rm -f ".peers/twilio/$tarball"
   echo "$TWILIO_SPEC_SHA256  $TWILIO_SPEC" | sha256sum --check --quiet || {
     rm -f "$TWILIO_SPEC"; echo "Twilio's OpenAPI description does not match its pinned checksum" >&2; exit 1; }
+fi
+
+# The member-page browser test drives Debian's headless Chromium through Debian's
+# chromium-driver (never a browser downloaded by a test tool). Installed here when missing.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's chromium and chromium-driver (for the member-page browser test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "The member-page browser test needs Debian's chromium and chromium-driver." >&2
+    echo "Install them (as root: apt-get install chromium chromium-driver) and run this again." >&2
+    exit 1
+  fi
 fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
