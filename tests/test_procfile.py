@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -141,6 +142,15 @@ def test_web_and_worker_from_the_environment_alone_then_graceful_sigterm(
         assert status == 202
         smtp.wait_for(1, timeout=30)
         wait_until(lambda: [d.status for d in all_deliveries(pg_only_url)] == ["sent"], timeout=30)
+
+        # The worker signed the invite's member link; gunicorn opens it (one key, shared through
+        # the database) and its access log shows the request without the token.
+        invite_text = smtp.messages[0].get_body(("plain",)).get_content()
+        (token,) = set(re.findall(r"https://careloop\.test/m/(\S+)", invite_text))
+        with urllib.request.urlopen(f"{base}/m/{token}", timeout=10) as response:
+            assert response.status == 200 and "For Sam (parent)" in response.read().decode()
+        wait_until(lambda: "GET /m/[token]" in log.read_text(), timeout=10, message="the access log line")
+        assert token not in log.read_text() and token.split(".")[1] not in log.read_text()
 
         # Hold the check-in's row lock so the next update request is in flight when SIGTERM comes.
         engine = get_engine(pg_only_url)
