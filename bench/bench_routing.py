@@ -11,7 +11,7 @@ import time
 
 from careloop.config.settings import DEFAULT_RULES_FILE
 from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
-from careloop.rules import load_rules
+from careloop.rules import load_rules, parse_rules
 from careloop.vocabulary import ROLES as CARE_ROLES
 
 ROLES = [*CARE_ROLES, "parent", "other"]  # a full team: every role, two parents
@@ -58,6 +58,48 @@ def main(n: int) -> None:
     )
 
 
+def scaling(n: int) -> None:
+    """One event routed with 10, 1,000 and 10,000 rules, and to 5 or 500 members."""
+    base = load_rules(DEFAULT_RULES_FILE).rules
+    event = EventView("e", "medication.changed", {"medication": "med-7", "change": "started"}, "mem_0")
+
+    def rules_of(count: int):
+        extra = [
+            {"name": f"r{i}", "when": {"type": "medication.changed", "medication": f"med-{i}"},
+             "notify": ["neurology"], "channels": ["email"]}
+            for i in range(count - len(base))
+        ]  # fmt: skip
+        default = [r.model_dump(mode="json", exclude_none=True) for r in base]
+        for rule in default:
+            rule["when"] = {
+                "type": list(rule["when"]["types"]),
+                **{k: list(v) for k, v in rule["when"]["match"]},
+            }
+        return parse_rules({"rules": default + extra})
+
+    def team(size: int):
+        return [
+            MemberView(f"mem_{i}", ROLES[i % len(ROLES)], f"m{i}@example.org", f"+1555{i:07d}")
+            for i in range(size)
+        ]
+
+    times = {}
+    for count in (10, 1_000, 10_000):
+        rules, members = rules_of(count), team(12)
+        times[count] = min(_timed(lambda r=rules, m=members: [plan_deliveries(event, m, r) for _ in range(n)])
+                           for _ in range(3)) / n  # fmt: skip
+        print(f"{count:>8,} rules: {times[count] * 1e6:8.1f} µs/event")
+    print(f"{'ratio':>14}: {times[10_000] / times[10]:.2f}× the time with 10 rules (target ≤ 2×)")
+    rules = rules_of(10)
+    for size in (5, 500):
+        members = team(size)
+        spent = min(
+            _timed(lambda m=members: [plan_deliveries(event, m, rules) for _ in range(n // 10)])
+            for _ in range(3)
+        )
+        print(f"{size:>8} members: {spent * 1e6 / (n // 10):8.1f} µs/event")
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -66,3 +108,4 @@ def _timed(fn) -> float:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000)
+    scaling(2000)

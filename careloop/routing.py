@@ -83,7 +83,7 @@ def plan_deliveries(
     planned: dict[tuple[str, ChannelKind], list[str]] = {}
     by_id = {m.id: m for m in members}
     position = {m.id: i for i, m in enumerate(members)}
-    for rule in rules.rules:
+    for rule in rules.candidates(event.type, event.data):
         if not rule_matches(rule, event):
             continue
         for member in _targets(rule, event, members):

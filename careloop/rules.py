@@ -19,8 +19,10 @@ named by the rule (``rule 'meds': when.change values ['paused'] are not among [.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
@@ -128,15 +130,15 @@ class When(BaseModel):
             problems.append(f"when.type has unknown event types {unknown}")
             types = tuple(t for t in types if t not in unknown)
         match = []
-        for field, value in raw.items():
-            if field == "type":
+        for name, value in raw.items():
+            if name == "type":
                 continue
             values = _as_tuple(value)
-            problem = _field_problem(types, field, values)
+            problem = _field_problem(types, name, values)
             if problem:
                 problems.append(problem)
             else:
-                match.append((field, values))
+                match.append((name, values))
         if problems:
             raise _problems(*problems)
         return {"types": types, "match": tuple(match)}
@@ -218,7 +220,44 @@ class Rule(BaseModel):
 
 @dataclass(frozen=True)
 class Rules:
+    """A rules file's rules, in file order, indexed for routing: by event type, and within a
+    type by the value of the first data field a rule matches on. Routing an event reads only
+    the rules that could match it, however many rules the file has."""
+
     rules: tuple[Rule, ...]
+    _always: dict[str, tuple[tuple[int, Rule], ...]] = field(init=False, repr=False, compare=False)
+    _keyed: dict[str, dict[str, dict[Any, tuple[tuple[int, Rule], ...]]]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        always: dict[str, list[tuple[int, Rule]]] = {}
+        keyed: dict[str, dict[str, dict[Any, list[tuple[int, Rule]]]]] = {}
+        for position, rule in enumerate(self.rules):
+            for event_type in rule.types:
+                if not rule.match:
+                    always.setdefault(event_type, []).append((position, rule))
+                    continue
+                name, values = rule.match[0]
+                by_value = keyed.setdefault(event_type, {}).setdefault(name, {})
+                for value in values:
+                    by_value.setdefault(value, []).append((position, rule))
+        object.__setattr__(self, "_always", {t: tuple(r) for t, r in always.items()})
+        object.__setattr__(
+            self,
+            "_keyed",
+            {t: {n: {v: tuple(r) for v, r in by.items()} for n, by in f.items()} for t, f in keyed.items()},
+        )
+
+    def candidates(self, event_type: str, data: dict) -> list[Rule]:
+        """The rules that could match an event of this type with this data, in file order
+        (each still has to match: only its type and first field were looked up)."""
+        found = list(self._always.get(event_type, ()))
+        for name, by_value in self._keyed.get(event_type, {}).items():
+            value = data.get(name)
+            if isinstance(value, Hashable):
+                found += by_value.get(value, ())
+        return [rule for _, rule in sorted(found, key=lambda pair: pair[0])]
 
 
 _MISSING = {

@@ -684,3 +684,36 @@ def test_randomised_invariants(seed):
         else:
             assert p.skip_reason == (None if member.email else SKIP_NO_EMAIL)
     assert plan_deliveries(event, members, DEFAULT_RULES, NOW) == planned
+
+
+def test_the_rule_index_finds_every_rule_that_matches_in_file_order():
+    """Routing reads only the rules that could match (by type and first data field); on
+    random rule sets and events it plans exactly what checking every rule would."""
+    import random
+
+    from careloop.routing import rule_matches
+
+    rng = random.Random(7)
+    areas = ["movement", "speech", "swallowing", "sleep", "pain"]
+    raw = []
+    for i in range(300):
+        when = {"type": rng.choice(["concern.raised", "note.added", "medication.changed"])}
+        if when["type"] == "concern.raised" and rng.random() < 0.7:
+            when["area"] = rng.sample(areas, rng.randint(1, 3))
+            if rng.random() < 0.5:
+                when["severity"] = rng.choice(["low", "high", "urgent"])
+        elif when["type"] == "medication.changed" and rng.random() < 0.7:
+            when["medication"] = f"med-{rng.randint(0, 20)}"
+        raw.append({"name": f"r{i}", "when": when, "notify": ["team"], "channels": ["email"]})
+    rules = parse_rules({"rules": raw})
+    for _ in range(200):
+        event_type = rng.choice(["concern.raised", "note.added", "medication.changed"])
+        data = {
+            "concern.raised": {"summary": "s", "severity": rng.choice(["low", "high", "urgent"]),
+                               "area": rng.choice(areas)},
+            "note.added": {"text": "t", "voice": "child"},
+            "medication.changed": {"medication": f"med-{rng.randint(0, 20)}", "change": "started"},
+        }[event_type]  # fmt: skip
+        event = EventView("e", event_type, data)
+        expected = [r for r in rules.rules if rule_matches(r, event)]
+        assert [r for r in rules.candidates(event_type, data) if rule_matches(r, event)] == expected
