@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from careloop.models import Checkin, Event, Member, Notebook, OutboxEntry, utcnow
+from careloop.models import Checkin, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 
 ROUTE_TOPIC = "route_event"
 """Outbox topic of "this event needs routing"."""
@@ -99,7 +100,17 @@ def record_event(session: Session, notebook: Notebook, **event) -> tuple[Event, 
         return _record(session, notebook, **event)
 
 
-def _record(
+def _record(session: Session, notebook: Notebook, **event) -> tuple[Event, bool]:
+    try:
+        recorded = _stage(session, notebook, **event)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return recorded
+
+
+def _stage(
     session: Session,
     notebook: Notebook,
     *,
@@ -108,7 +119,9 @@ def _record(
     occurred_at: datetime | None,
     author_member_id: str | None,
     idempotency_key: str | None,
+    member_ids: set[str] | None = None,
 ) -> tuple[Event, bool]:
+    """Add an event and its outbox entry to the session (flushed, not committed)."""
     payload = {
         "type": event_type,
         "data": data,
@@ -121,32 +134,28 @@ def _record(
         if existing:
             return existing, False
 
-    member_ids = set(session.scalars(select(Member.id).where(Member.notebook_id == notebook.id)))
+    if member_ids is None:
+        member_ids = set(session.scalars(select(Member.id).where(Member.notebook_id == notebook.id)))
     if author_member_id is not None and author_member_id not in member_ids:
         raise FieldError("author_member_id", "is not a member of this notebook")
     for index, member_id in enumerate(data.get("attendees") or []):
         if member_id not in member_ids:
             raise FieldError(f"data.attendees.{index}", f"{member_id!r} is not a member of this notebook")
 
-    try:
-        context = _checkin_context(session, notebook, event_type, data) if "checkin_id" in data else {}
-        event = Event(
-            notebook_id=notebook.id,
-            type=event_type,
-            data=data,
-            context=context,
-            occurred_at=occurred_at or utcnow(),
-            author_member_id=author_member_id,
-            idempotency_key=idempotency_key,
-            request_hash=digest if idempotency_key else None,
-        )
-        session.add(event)
-        session.flush()
-        session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+    context = _checkin_context(session, notebook, event_type, data) if "checkin_id" in data else {}
+    event = Event(
+        notebook_id=notebook.id,
+        type=event_type,
+        data=data,
+        context=context,
+        occurred_at=occurred_at or utcnow(),
+        author_member_id=author_member_id,
+        idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key else None,
+    )
+    session.add(event)
+    session.flush()
+    session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id))
     return event, True
 
 
@@ -157,3 +166,108 @@ def _find_idempotent(session: Session, notebook_id: str, key: str, digest: str) 
     if event is not None and event.request_hash != digest:
         raise IdempotencyConflict(key)
     return event
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What became of one item of a batch: ``status`` 202 (accepted; ``replayed`` when an
+    Idempotency key returned an earlier event), or the 4xx it would have had alone with
+    ``field`` and ``message``."""
+
+    index: int
+    status: int
+    event_id: str | None = None
+    replayed: bool = False
+    field: str | None = None
+    message: str | None = None
+
+
+def record_events(session: Session, notebook: Notebook, items: list[dict]) -> list[BatchOutcome]:
+    """Store many events of one notebook in one transaction; each is decided on its own.
+
+    ``items`` are :func:`record_event`'s keyword arguments, already validated. Ordinary events
+    are written with one multi-row INSERT for the events and one for their outbox entries;
+    check-ins and items with an idempotency key go one by one inside savepoints (they read
+    and lock rows). Items that fail (a 409 or a 422 they would have had alone) are left out;
+    the rest commit together. Returns one outcome per item, in order.
+    """
+    member_ids = set(session.scalars(select(Member.id).where(Member.notebook_id == notebook.id)))
+    outcomes: dict[int, BatchOutcome] = {}
+    events, entries = [], []
+    now = utcnow()
+    try:
+        for index, item in enumerate(items):
+            data = item["data"]
+            if item.get("idempotency_key") or "checkin_id" in data:
+                outcomes[index] = _stage_one(session, notebook, index, item, member_ids)
+                continue
+            problem = _member_problem(item, member_ids)
+            if problem:
+                outcomes[index] = BatchOutcome(index, 422, field=problem.field, message=problem.message)
+                continue
+            event_id = new_id("evt")
+            events.append(
+                {
+                    "id": event_id,
+                    "notebook_id": notebook.id,
+                    "type": item["event_type"],
+                    "data": data,
+                    "context": {},
+                    "occurred_at": item.get("occurred_at") or now,
+                    "recorded_at": now,
+                    "author_member_id": item.get("author_member_id"),
+                }
+            )
+            entries.append({"topic": ROUTE_TOPIC, "ref_id": event_id, "created_at": now})
+            outcomes[index] = BatchOutcome(index, 202, event_id=event_id)
+        if events:
+            session.execute(insert(Event), events)
+            session.execute(insert(OutboxEntry), entries)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return [outcomes[i] for i in range(len(items))]
+
+
+def _member_problem(item: dict, member_ids: set[str]) -> FieldError | None:
+    author = item.get("author_member_id")
+    if author is not None and author not in member_ids:
+        return FieldError("author_member_id", "is not a member of this notebook")
+    for index, member_id in enumerate(item["data"].get("attendees") or []):
+        if member_id not in member_ids:
+            return FieldError(f"data.attendees.{index}", f"{member_id!r} is not a member of this notebook")
+    return None
+
+
+def _stage_one(
+    session: Session, notebook: Notebook, index: int, item: dict, member_ids: set[str]
+) -> BatchOutcome:
+    """One check-in or idempotent item, in a savepoint of the batch's transaction.
+
+    (On SQLite, whose single writer cannot race inside a transaction, there is no savepoint:
+    every refusal is decided before anything is written.)
+    """
+    nested = session.get_bind().dialect.name != "sqlite"
+    for _ in range(2):  # a unique-constraint race is decided again against the winner's row
+        savepoint = session.begin_nested() if nested else None
+        try:
+            event, created = _stage(session, notebook, **item, member_ids=member_ids)
+        except FieldError as exc:
+            outcome = BatchOutcome(index, 422, field=exc.field, message=exc.message)
+        except IdempotencyConflict:
+            message = "this key was used with a different request body"
+            outcome = BatchOutcome(index, 409, field="idempotency_key", message=message)
+        except IntegrityError:
+            if savepoint is None:
+                raise
+            savepoint.rollback()
+            continue
+        else:
+            if savepoint is not None:
+                savepoint.commit()
+            return BatchOutcome(index, 202, event_id=event.id, replayed=not created)
+        if savepoint is not None:
+            savepoint.rollback()
+        return outcome
+    return BatchOutcome(index, 409, field="idempotency_key", message="a concurrent request holds this key")
