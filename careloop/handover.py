@@ -13,27 +13,25 @@ from sqlalchemy.orm import Session
 
 from careloop.deliveries import delivery_jobs, mark_enqueued
 from careloop.intake import ROUTE_TOPIC
-from careloop.models import OutboxEntry, utcnow
+from careloop.models import OutboxEntry
 
 log = logging.getLogger("careloop.dispatch")
 
 
 def hand_over_events(session: Session, dispatcher, event_ids: list[str]) -> bool:
+    """Enqueue the routing of events just recorded (their outbox entries already say "handed
+    over"); if the queue is down, mark them not handed over, for the relay's next sweep."""
     try:
         dispatcher.route(event_ids)
     except Exception as exc:  # the queue is down: the relay will do it
         log.warning("queue unavailable, %d event(s) left for the relay: %s", len(event_ids), exc)
-        return False
-    session.execute(
-        update(OutboxEntry)
-        .where(
-            OutboxEntry.topic == ROUTE_TOPIC,
-            OutboxEntry.ref_id.in_(event_ids),
-            OutboxEntry.dispatched_at.is_(None),
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.topic == ROUTE_TOPIC, OutboxEntry.ref_id.in_(event_ids))
+            .values(dispatched_at=None)
         )
-        .values(dispatched_at=utcnow())
-    )
-    session.commit()
+        session.commit()
+        return False
     return True
 
 

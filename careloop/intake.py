@@ -134,7 +134,7 @@ def _stage(
         if existing:
             return existing, False
 
-    if member_ids is None:
+    if member_ids is None and (author_member_id is not None or data.get("attendees")):
         member_ids = set(session.scalars(select(Member.id).where(Member.notebook_id == notebook.id)))
     if author_member_id is not None and author_member_id not in member_ids:
         raise FieldError("author_member_id", "is not a member of this notebook")
@@ -155,7 +155,10 @@ def _stage(
     )
     session.add(event)
     session.flush()
-    session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id))
+    # Counted as handed over from the start: the caller hands it to the queue right after the
+    # commit and resets this only if that fails (one write fewer per event); a process that
+    # dies in between leaves it for the relay, which finds no job for it after the claim timeout.
+    session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id, dispatched_at=event.recorded_at or utcnow()))
     return event, True
 
 
@@ -218,7 +221,7 @@ def record_events(session: Session, notebook: Notebook, items: list[dict]) -> li
                     "author_member_id": item.get("author_member_id"),
                 }
             )
-            entries.append({"topic": ROUTE_TOPIC, "ref_id": event_id, "created_at": now})
+            entries.append(dict(topic=ROUTE_TOPIC, ref_id=event_id, created_at=now, dispatched_at=now))
             outcomes[index] = BatchOutcome(index, 202, event_id=event_id)
         if events:
             session.execute(insert(Event), events)
