@@ -20,7 +20,7 @@ MIGRATIONS_DIR = str(files("careloop.migrations"))
 """Where alembic's env.py and the versions live (the installed package careloop.migrations)."""
 
 _lock = threading.Lock()
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 
 
 def _after_fork_in_child() -> None:
@@ -42,12 +42,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def get_engine(url: str) -> Engine:
+def get_engine(url: str, autocommit: bool = False) -> Engine:
+    """The engine for ``url`` (one per process). ``autocommit``: a second engine of its own
+    whose connections commit each statement by itself (no BEGIN/COMMIT round trips)."""
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, autocommit))
         if engine is None:
+            options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
+                sqlite_args = {"timeout": 10, "check_same_thread": False}
+                engine = create_engine(url, connect_args=sqlite_args, **options)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 engine = create_engine(
@@ -57,9 +61,18 @@ def get_engine(url: str) -> Engine:
                     max_overflow=10,
                     pool_timeout=10,
                     connect_args={"connect_timeout": 5},
+                    **options,
                 )
-            _engines[url] = engine
+            _engines[(url, autocommit)] = engine
         return engine
+
+
+def dispose(url: str) -> None:
+    """Close every pooled connection to ``url`` (both engines)."""
+    with _lock:
+        engines = [e for (u, _), e in _engines.items() if u == url]
+    for engine in engines:
+        engine.dispose()
 
 
 def dispose_all() -> None:
@@ -70,9 +83,14 @@ def dispose_all() -> None:
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session committed on success and rolled back on error."""
-    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+def session_scope(url: str, autocommit: bool = False) -> Iterator[Session]:
+    """A session committed on success and rolled back on error.
+
+    ``autocommit``: every statement commits by itself — for code whose every write is one
+    self-contained, conditional statement, as a worker's delivery transitions are (each
+    guarded by its claim token): it saves the BEGIN and COMMIT round trips of each.
+    """
+    session = sessionmaker(get_engine(url, autocommit), expire_on_commit=False)()
     try:
         yield session
         session.commit()

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from werkzeug.serving import make_server
 
 from careloop.config.settings import Settings
-from careloop.db import get_engine, session_scope, upgrade
+from careloop.db import dispose, session_scope, upgrade
 from careloop.models import Delivery, Member
 from careloop.service import create_app
 from careloop.vocabulary import DONE_STATUSES, ChannelKind
@@ -97,7 +97,7 @@ def run_demo(
     if database_url.startswith("sqlite:///"):
         # Pooled connections of an earlier run in this process would keep writing into the
         # unlinked file; close them before starting afresh.
-        get_engine(database_url).dispose()
+        dispose(database_url)
         path = Path(database_url[len("sqlite:///") :])
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)

@@ -121,13 +121,13 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path) -> Iterator[str]:
     """Every test that takes this runs twice: on SQLite and on PostgreSQL."""
-    from careloop.db import get_engine, upgrade
+    from careloop.db import dispose, upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'careloop-test.db'}"
         upgrade(url)
         yield url
-        get_engine(url).dispose()
+        dispose(url)
         return
     url = request.getfixturevalue("pg_url")
     _truncate(url)

@@ -27,7 +27,7 @@ TABLES = {
 def fresh_pg_database(tag: str) -> Iterator[str]:
     """An empty PostgreSQL database of its own, dropped afterwards. The name ends in this
     process's id, so conftest's clean-up of killed runs recognises it."""
-    from careloop.db import get_engine
+    from careloop.db import dispose
 
     name = f"careloop_test_{tag}_{os.getpid()}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
@@ -38,7 +38,7 @@ def fresh_pg_database(tag: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        get_engine(url).dispose()
+        dispose(url)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -106,7 +106,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
 
 
 def _route(runtime: Runtime, event_id: str) -> int:
-    with session_scope(runtime.database_url) as session:
+    with session_scope(runtime.database_url, autocommit=True) as session:
         event = session.get(Event, event_id)
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
@@ -258,7 +258,7 @@ def deliver_many(
     done = 0
     outcomes: dict[str, str] = {}
     try:
-        with session_scope(runtime.database_url) as session:
+        with session_scope(runtime.database_url, autocommit=True) as session:
             claims = dl.claim_many(session, list(delivery_ids), token, fill_from=queue, fill_to=BATCH_SIZE)
             claimed = {c.delivery_id for c in claims}
             for delivery_id in delivery_ids:
@@ -304,7 +304,7 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
     if claim_token is None:
         return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
     try:
-        with session_scope(runtime.database_url) as session:
+        with session_scope(runtime.database_url, autocommit=True) as session:
             claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
                 return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
@@ -458,7 +458,7 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
     a list of messages); where it cannot be asked (SMTP) the delivery is failed as "outcome
     unknown" for a person to decide.
     """
-    with session_scope(runtime.database_url) as session:
+    with session_scope(runtime.database_url, autocommit=True) as session:
         claim = dl.take_over(session, delivery_id, token)
         if claim is None:
             return "not-claimed"
