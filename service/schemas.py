@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from careloop.events import EVENT_KINDS, EventType, Text200, Timestamp
+from careloop.service.pagination import Cursor
 from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
 
 
@@ -108,14 +109,14 @@ class EventsQuery(_In):
     type: Literal[tuple(t.value for t in EventType)] | None = None  # type: ignore[valid-type]
     since: Timestamp | None = None
     limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = None
+    cursor: Cursor | None = None
 
 
 class DeliveriesQuery(_In):
     status: Literal[tuple(s.value for s in DeliveryStatus)] | None = None  # type: ignore[valid-type]
     notebook_id: IdRef | None = None
     limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = None
+    cursor: Cursor | None = None
 
 
 # --- Responses ---------------------------------------------------------------------------------
