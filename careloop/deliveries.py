@@ -302,6 +302,8 @@ def mark_enqueued(session: Session, jobs: list[DeliveryJob]) -> None:
 def retry_failed(session: Session, delivery_id: str) -> bool:
     """Move a dead letter back to the queue with a fresh attempt budget.
 
+    The attempts before it are closed: their provider id is forgotten and a late report about
+    them (see :func:`apply_provider_status`) no longer moves the delivery.
     Idempotent: a second call finds it no longer failed and changes nothing.
     """
     now = utcnow()
@@ -311,6 +313,7 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
         .values(
             status=DeliveryStatus.QUEUED,
             round_attempts=0,
+            provider_id=None,
             next_attempt_at=now,
             enqueued_at=now,
             link_issued_at=now,  # a new round: a link with its whole lifetime ahead
@@ -330,10 +333,15 @@ def apply_provider_status(
     status: DeliveryStatus,
     reason: str | None = None,
     channel: ChannelKind = ChannelKind.SMS,
+    attempt: int | None = None,
 ) -> bool:
     """Apply a provider's status report (a Twilio callback, already mapped to careloop's
     status). Never moves a status backwards.
 
+    A report moves only the attempts it belongs to: ``attempt`` (the number careloop put in
+    the callback URL) must be one of the current round's, so a late report about a message
+    sent before a person's retry never marks the retry sent. A report without an attempt
+    number (a callback URL of an earlier release) counts only for the provider id on record.
     A careloop-side "outcome unknown" failure is overruled by the provider, who knows.
     Only deliveries of ``channel`` take the report (an email's id in an SMS callback URL is
     ignored). ``reason`` is kept as the error of an undelivered or failed report.
@@ -344,6 +352,13 @@ def apply_provider_status(
         session.rollback()
         return False
     if delivery.provider_id and delivery.provider_id != provider_id:
+        session.rollback()
+        return False
+    if attempt is None:
+        current = delivery.provider_id == provider_id
+    else:
+        current = delivery.attempts - delivery.round_attempts < attempt <= delivery.attempts
+    if not current:
         session.rollback()
         return False
     failed = delivery.status == DeliveryStatus.FAILED

@@ -171,7 +171,7 @@ class TwilioSMS(Channel):
         from_number: ``TWILIO_FROM``, an E.164 number of the account.
         api_url: ``TWILIO_API_URL``, replaces ``https://api.twilio.com`` (staging, tests).
         status_callback_base: careloop's public URL; when set each message asks Twilio to
-            report its status to ``{base}/v1/twilio/status?delivery={delivery_id}``.
+            report its status to ``{base}/v1/twilio/status?attempt={n}&delivery={delivery_id}``.
         timeout: seconds each request may take (connect and read).
 
     Raises:
@@ -239,7 +239,11 @@ class TwilioSMS(Channel):
     def status_callback_url(self, message: OutgoingMessage) -> str | None:
         if not self.status_callback_base:
             return None
-        return f"{self.status_callback_base}/v1/twilio/status?delivery={message.delivery_id}"
+        # The attempt lets a late report of an earlier attempt be told from the current one's.
+        return (
+            f"{self.status_callback_base}/v1/twilio/status"
+            f"?attempt={int(message.attempt)}&delivery={message.delivery_id}"
+        )
 
     def send(self, message: OutgoingMessage) -> ProviderReceipt:
         """Hand one text to Twilio.

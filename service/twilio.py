@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
@@ -12,6 +13,9 @@ from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
 
 log = logging.getLogger("careloop.service")
+
+ATTEMPT = re.compile(r"[1-9][0-9]{0,5}")
+"""The attempt number careloop put in the callback URL (ASCII digits only)."""
 
 bp = APIBlueprint("twilio", __name__, url_prefix="/v1/twilio", tag="Twilio")
 
@@ -28,7 +32,8 @@ def _public_url() -> str:
 @bp.doc(
     summary="Twilio message status callback",
     description="Form-encoded, as Twilio sends it; needs a valid X-Twilio-Signature. "
-    "The delivery is named by the `delivery` query parameter careloop put in the callback URL.",
+    "The delivery and the attempt are named by the `delivery` and `attempt` query parameters careloop "
+    "put in the callback URL; a report about an attempt before a manual retry is ignored.",
     security=[],
     responses={
         204: "Applied, or ignored as out of order",
@@ -47,17 +52,22 @@ def status_callback():
     delivery_id = request.args.get("delivery")
     sid = request.form.get("MessageSid") or request.form.get("SmsSid")
     status = request.form.get("MessageStatus") or request.form.get("SmsStatus")
-    missing = {
+    attempt = request.args.get("attempt")
+    problems = {
         name: ["is required"]
         for name, value in (("query.delivery", delivery_id), ("MessageSid", sid), ("MessageStatus", status))
         if not value
     }
-    if missing:
-        abort(422, "Validation error", detail={"form": missing})
+    if attempt is not None and not ATTEMPT.fullmatch(attempt):
+        problems["query.attempt"] = ["must be a whole number from 1"]
+    if problems:
+        abort(422, "Validation error", detail={"form": problems})
     mapped = TWILIO_STATUSES.get(status)
     code = request.form.get("ErrorCode")
     reason = f"Twilio reported {status}" + (f" (error {code})" if code else "")
-    changed = mapped is not None and apply_provider_status(g.db, delivery_id, sid, mapped, reason)
+    changed = mapped is not None and apply_provider_status(
+        g.db, delivery_id, sid, mapped, reason, attempt=int(attempt) if attempt else None
+    )
     log.info(
         "twilio status %s for delivery %s (%s)", status, delivery_id, "applied" if changed else "ignored"
     )

@@ -84,7 +84,7 @@ def test_medication_change_reaches_neurology_and_parents_but_not_the_author(
     sms = got[(m["dad"]["id"], "sms")]
     assert (
         twilio_proxy.sent[0]["StatusCallback"]
-        == f"https://careloop.test/v1/twilio/status?delivery={sms['id']}"
+        == f"https://careloop.test/v1/twilio/status?attempt=1&delivery={sms['id']}"
     )
 
 

@@ -68,7 +68,7 @@ def test_send_returns_sid_and_reaches_twilio_once(twilio_proxy):
     assert sent["To"] == TO
     assert sent["From"] == TEST_FROM
     assert sent["Body"] == "Ada has a new check-in on Tuesday."
-    assert sent["StatusCallback"] == f"{CALLBACK_BASE}/v1/twilio/status?delivery=d-101"
+    assert sent["StatusCallback"] == f"{CALLBACK_BASE}/v1/twilio/status?attempt=1&delivery=d-101"
     (post,) = [r for r in twilio_proxy.requests if r.method == "POST"]
     assert post.path == f"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages.json"
     assert post.headers["Authorization"].startswith("Basic ")
@@ -140,7 +140,9 @@ def test_from_settings(twilio_proxy):
 
     assert sms.timeout == 3.0
     sms.send(message(delivery_id="d-7"))
-    assert twilio_proxy.sent[0]["StatusCallback"] == "https://care.example.org/v1/twilio/status?delivery=d-7"
+    assert twilio_proxy.sent[0]["StatusCallback"] == (
+        "https://care.example.org/v1/twilio/status?attempt=1&delivery=d-7"
+    )
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def sms(rq_app, rq_api, runtime, team, smtp, twilio_proxy) -> SentSMS:
     (sent,) = twilio_proxy.sent
     assert sent["To"] == DAD_PHONE
     assert delivery["provider_id"] == sent["Sid"] and sent["Sid"].startswith("SM")
-    assert sent["StatusCallback"] == f"{PUBLIC}/v1/twilio/status?delivery={delivery['id']}"
+    assert sent["StatusCallback"] == f"{PUBLIC}/v1/twilio/status?attempt=1&delivery={delivery['id']}"
     return SentSMS(
         client=rq_app.test_client(),
         api=rq_api,
@@ -221,6 +221,33 @@ def test_a_twilio_failure_is_final_for_later_callbacks(sms, late):
     assert after["updated_at"] == failed["updated_at"]
 
 
+def test_a_late_callback_of_an_earlier_attempt_never_cancels_a_manual_retry(sms, runtime, twilio_proxy):
+    """Issue #9: Twilio reported ``undelivered``, a person retried, and before a worker sent the
+    retry Twilio's ``sent`` for the *first* message arrived (callbacks overtake each other).
+    It must not mark the retry sent: the retry goes out, once, as a new message."""
+    sms.callback("undelivered", ErrorCode="30003")
+    assert sms.delivery()["status"] == "undelivered"
+    retried = sms.api.post(f"/v1/deliveries/{sms.delivery_id}/retry", None, status=202)
+    assert retried["status"] == "queued"
+
+    sms.callback("sent")  # the first attempt's callback URL and SID, signed as Twilio signs
+    legacy = f"{PUBLIC}/v1/twilio/status?delivery={sms.delivery_id}"  # a URL of a release before
+    sms.callback("delivered", url=legacy)
+    queued = sms.delivery()
+    assert (queued["status"], queued["attempts"], queued["provider_id"]) == ("queued", 1, None)
+
+    run_rq_until_settled(runtime)
+    first, second = twilio_proxy.sent
+    assert second["StatusCallback"] == f"{PUBLIC}/v1/twilio/status?attempt=2&delivery={sms.delivery_id}"
+    sent = sms.delivery()
+    assert (sent["status"], sent["attempts"], sent["provider_id"]) == ("sent", 2, second["Sid"])
+    # The first message's reports stay ignored; the retry's own move it forward.
+    sms.callback("delivered")
+    assert sms.delivery()["status"] == "sent"
+    sms.callback("delivered", sid=second["Sid"], url=second["StatusCallback"])
+    assert sms.delivery()["status"] == "delivered"
+
+
 def test_sent_then_delivered_in_order_ends_delivered(sms):
     sms.callback("sending")
     sms.callback("sent")
@@ -278,7 +305,7 @@ def test_outcome_unknown_from_a_crash_mid_send_is_overruled_by_twilios_delivered
     assert delivery["error"].startswith(OUTCOME_UNKNOWN)
     assert delivery["provider_id"] is None  # careloop never learnt the SID
     (sent,) = twilio_proxy.sent
-    assert sent["StatusCallback"] == f"{PUBLIC}/v1/twilio/status?delivery={delivery['id']}"
+    assert sent["StatusCallback"] == f"{PUBLIC}/v1/twilio/status?attempt=1&delivery={delivery['id']}"
 
     client = rq_app.test_client()
     response = post_callback(client, sent["StatusCallback"], twilio_form(sent["Sid"], "delivered"))
@@ -452,6 +479,16 @@ def test_missing_status_or_sid_is_422_naming_the_field(sms, missing):
     body = response.get_json()
     assert body["error"] == "validation_error"
     assert set(body["fields"]) == {missing}
+    assert sms.delivery() == before
+
+
+def test_a_malformed_attempt_number_is_422_naming_it(sms):
+    before = sms.delivery()
+    for attempt in ("0", "x", "1.5", "\uff11", "-1", "1234567"):
+        url = f"{PUBLIC}/v1/twilio/status?attempt={attempt}&delivery={sms.delivery_id}"
+        response = post_callback(sms.client, url, twilio_form(sms.sid, "delivered"))
+        assert response.status_code == 422, attempt
+        assert set(response.get_json()["fields"]) == {"query.attempt"}, attempt
     assert sms.delivery() == before
 
 
