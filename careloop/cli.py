@@ -24,6 +24,7 @@ from careloop.policy import PolicyError, load_policy
 from careloop.queues import queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
+from careloop.text import LOG_FORMAT, LogFormatter
 from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind
 from careloop.workers import build_runtime
 from careloop.workers.relay import relay_once, run_relay
@@ -47,10 +48,9 @@ def _runtime() -> Runtime:
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """careloop: keeps a child's whole care team in the loop."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 @main.command()

@@ -23,15 +23,17 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
-    StringConstraints,
     model_validator,
 )
 
+from careloop.text import identifier, line, prose
 from careloop.vocabulary import THERAPY_ROLES
 
-Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Text2000 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-MemberId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+Line200 = line(200)
+"""A name, title, place or id: one line, no control characters (see careloop.text)."""
+Prose2000 = prose(2000)
+"""A note or a concern: line breaks and tabs allowed, no other control characters."""
+MemberId = identifier()
 
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 """Dates a care notebook can sensibly hold; anything else is a typo or garbage."""
@@ -59,15 +61,15 @@ class _Data(BaseModel):
 
 
 class MedicationChanged(_Data):
-    medication: Text200 = Field(title="Medication")
+    medication: Line200 = Field(title="Medication")
     change: Literal["started", "stopped", "dose_changed", "schedule_changed"] = Field(title="Change")
-    dose: Text200 | None = Field(None, title="Dose")
-    effects: Text2000 | None = Field(None, title="Effects seen")
-    note: Text2000 | None = Field(None, title="Note")
+    dose: Line200 | None = Field(None, title="Dose")
+    effects: Prose2000 | None = Field(None, title="Effects seen")
+    note: Prose2000 | None = Field(None, title="Note")
 
 
 class ConcernRaised(_Data):
-    summary: Text2000 = Field(title="Concern")
+    summary: Prose2000 = Field(title="Concern")
     severity: Literal["low", "medium", "high", "urgent"] = Field(title="Severity")
     area: (
         Literal["movement", "speech", "swallowing", "sleep", "mood", "pain", "seizure", "school", "other"]
@@ -77,23 +79,23 @@ class ConcernRaised(_Data):
 
 class TherapyLogged(_Data):
     discipline: Literal[tuple(r.value for r in THERAPY_ROLES)] = Field(title="Discipline")  # type: ignore[valid-type]
-    activity: Text200 = Field(title="Activity")
+    activity: Line200 = Field(title="Activity")
     minutes: Annotated[StrictInt, Field(ge=0, le=24 * 60)] | None = Field(None, title="Minutes")
-    note: Text2000 | None = Field(None, title="Note")
+    note: Prose2000 | None = Field(None, title="Note")
 
 
 class GoalUpdated(_Data):
-    goal: Text200 = Field(title="Goal")
+    goal: Line200 = Field(title="Goal")
     status: Literal["new", "progress", "met", "revised"] = Field(title="Status")
-    note: Text2000 | None = Field(None, title="Note")
+    note: Prose2000 | None = Field(None, title="Note")
 
 
 class CheckinDetails(_Data):
-    checkin_id: Text200 = Field(title="Check-in id", description="your stable id for this check-in")
-    title: Text200 = Field(title="Check-in")
+    checkin_id: Line200 = Field(title="Check-in id", description="your stable id for this check-in")
+    title: Line200 = Field(title="Check-in")
     start: Timestamp = Field(title="Starts")
     end: Timestamp = Field(title="Ends")
-    location: Text200 | None = Field(None, title="Location")
+    location: Line200 | None = Field(None, title="Location")
     attendees: Annotated[list[MemberId], Field(min_length=1, max_length=100, title="Attendees")]
 
     @model_validator(mode="after")
@@ -106,11 +108,11 @@ class CheckinDetails(_Data):
 
 
 class CheckinCancelled(_Data):
-    checkin_id: Text200 = Field(title="Check-in id")
+    checkin_id: Line200 = Field(title="Check-in id")
 
 
 class NoteAdded(_Data):
-    text: Text2000 = Field(title="Note")
+    text: Prose2000 = Field(title="Note")
     voice: Literal["child", "family", "team"] = Field(title="In the words of")
 
 

@@ -13,6 +13,7 @@ accepted. Surrounding white space is then stripped from the stored value.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated
 
@@ -26,6 +27,9 @@ SINGLE_LINE = rf"^{_LINE_CHAR}*[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]{_LINE_CHAR}*$
 
 PROSE = rf"^{_PROSE_CHAR}*[^\s\x00-\x1f\x7f-\x9f]{_PROSE_CHAR}*$"
 """Free text: line breaks and tabs allowed, other control characters not; not blank."""
+
+IDENTIFIER = r"^[A-Za-z0-9_-]{1,40}$"
+"""A careloop id (``mem_…``, ``nb_…``) as a reference to one: letters, digits, ``_`` and ``-``."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -65,6 +69,11 @@ def prose(max_length: int):
     )
 
 
+def identifier():
+    """A reference to a careloop id (``mem_…``); whether it exists is checked elsewhere."""
+    return text_type(IDENTIFIER, "is not a careloop id", 40)
+
+
 def for_log(value: object) -> str:
     """``value`` as it may appear in a log or console line: control characters and line
     separators escaped (``\\r``, ``\\n``, ``\\x1b``, ``\\u2028``), so it can never forge a line."""
@@ -72,3 +81,17 @@ def for_log(value: object) -> str:
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""careloop's log line (the CLI's and gunicorn's application log)."""
+
+
+class LogFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` whose message part goes through :func:`for_log`: whatever
+    a log call was given (a name, a header, a form field), it stays on its own line. A
+    traceback appended to the record keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = for_log(record.message)
+        return super().formatMessage(record)

@@ -26,6 +26,7 @@ from careloop.integrations.base import Channel, DeliveryError
 from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
 from careloop.links import redact
 from careloop.messages import OutgoingMessage, ProviderReceipt
+from careloop.text import for_log
 from careloop.vocabulary import ChannelKind
 
 KINDS = tuple(ChannelKind)
@@ -74,7 +75,7 @@ class FileOutbox(Channel):
         if self.kind == ChannelKind.SMS:
             body = to_gsm7(message.text)  # as TwilioSMS sends it
             path = self._append_sms(message, body)
-            self._say(f"[sms] to {message.to_name} ({message.to}): {_excerpt(body)}")
+            self._say("[sms] to {} ({}): {}", message.to_name, message.to, _excerpt(body))
             return ProviderReceipt(provider_id=f"outbox:{path}")
 
         if self.kind == ChannelKind.EMAIL:
@@ -90,11 +91,17 @@ class FileOutbox(Channel):
             # The .ics inside the .eml, byte for byte, so both files describe one iTIP message.
             _write_atomic(ics_path, _calendar_part(msg))
             self._say(
-                f"[calendar] {invite.method} #{invite.sequence} to {message.to_name} <{message.to}>: "
-                f"{_excerpt(invite.title)} -> {ics_path}"
+                "[calendar] {} #{} to {} <{}>: {} -> {}",
+                invite.method,
+                invite.sequence,
+                message.to_name,
+                message.to,
+                _excerpt(invite.title),
+                ics_path,
             )
         else:
-            self._say(f"[email] to {message.to_name} <{message.to}>: {_excerpt(message.subject)} -> {path}")
+            subject = _excerpt(message.subject)
+            self._say("[email] to {} <{}>: {} -> {}", message.to_name, message.to, subject, path)
         return ProviderReceipt(provider_id=f"outbox:{path}")
 
     def lookup(self, message: OutgoingMessage) -> ProviderReceipt | None:
@@ -137,9 +144,10 @@ class FileOutbox(Channel):
                 os.close(fd)
         return path
 
-    def _say(self, line: str) -> None:
+    def _say(self, template: str, *values: object) -> None:
+        """One console line: every value escaped, so none can start a line of its own."""
         if self.echo:
-            print(line, file=sys.stdout, flush=True)
+            print(template.format(*(for_log(v) for v in values)), file=sys.stdout, flush=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

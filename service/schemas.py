@@ -16,8 +16,9 @@ from pydantic import (
     create_model,
 )
 
-from careloop.events import EVENT_KINDS, EventType, Text200, Timestamp
+from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.service.pagination import Cursor
+from careloop.text import identifier
 from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
 
 
@@ -31,7 +32,7 @@ def _check_zone(value: str) -> str:
 
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_zone)]
 E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
-IdRef = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+NotebookId = identifier()
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
 """A role, documented inline as an enum of its values."""
 
@@ -41,8 +42,8 @@ class _In(BaseModel):
 
 
 class NotebookIn(_In):
-    name: Text200
-    child_name: Text200
+    name: Line200
+    child_name: Line200
     timezone: TimeZone
     email_detail: bool = Field(
         False,
@@ -59,11 +60,11 @@ class NotebookPatch(_In):
 
 
 class KeyIn(_In):
-    name: Text200
+    name: Line200
 
 
 class MemberIn(_In):
-    name: Text200
+    name: Line200
     role: RoleName
     email: EmailStr | None = None
     phone: E164 | None = Field(None, description="E.164, e.g. +15551234567")
@@ -71,7 +72,7 @@ class MemberIn(_In):
 
 
 class MemberPatch(_In):
-    name: Text200 | None = None
+    name: Line200 | None = None
     role: RoleName | None = None
     email: EmailStr | None = None
     phone: E164 | None = None
@@ -81,7 +82,7 @@ class MemberPatch(_In):
 
 class _EventBase(_In):
     occurred_at: Timestamp | None = None
-    author_member_id: IdRef | None = None
+    author_member_id: MemberId | None = None
 
 
 def _request_model(event_type: EventType) -> type[_EventBase]:
@@ -114,7 +115,7 @@ class EventsQuery(_In):
 
 class DeliveriesQuery(_In):
     status: Literal[tuple(s.value for s in DeliveryStatus)] | None = None  # type: ignore[valid-type]
-    notebook_id: IdRef | None = None
+    notebook_id: NotebookId | None = None
     limit: int = Field(50, ge=1, le=500)
     cursor: Cursor | None = None
 

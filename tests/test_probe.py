@@ -51,3 +51,94 @@ def test_every_malformed_cursor_is_a_422_naming_it(client, admin, api, team, lis
             listing.format(nb=nb["id"]), headers=headers, query_string={"cursor": CRAFTED_CURSORS[label]}
         )
         assert_422_names(response, "query.cursor")
+
+
+# -- 3. forged lines --------------------------------------------------------------------------
+
+FORGED = "Eve\r\nBcc: victim@evil.example\r\nATTENDEE;CN=Mallory:mailto:m@evil.example"
+CONTROL_VALUES = [FORGED, "Eve\nBcc: x@evil.example", "tab\there", "esc \x1b[31m", "nel \x85", "ls \u2028 x"]
+
+
+def _one_line_fields(nb: str, mom: str, value: str):
+    """(method, url, body, field) for every one-line text field of the API."""
+    events = f"/v1/notebooks/{nb}/events"
+    checkin = {
+        "checkin_id": "c-1",
+        "title": "IEP",
+        "start": "2026-03-01T10:00:00Z",
+        "end": "2026-03-01T11:00:00Z",
+        "attendees": [mom],
+    }
+
+    def event(event_type, data, field):
+        return ("post", events, {"type": event_type, "data": data}, "data." + field)
+
+    return [
+        ("post", "/v1/notebooks", {"name": value, "child_name": "M", "timezone": "UTC"}, "name"),
+        ("post", "/v1/notebooks", {"name": "n", "child_name": value, "timezone": "UTC"}, "child_name"),
+        ("post", f"/v1/notebooks/{nb}/keys", {"name": value}, "name"),
+        ("post", f"/v1/notebooks/{nb}/members", {"name": value, "role": "parent"}, "name"),
+        ("patch", f"/v1/members/{mom}", {"name": value}, "name"),
+        event("medication.changed", {"medication": value, "change": "started"}, "medication"),
+        event("medication.changed", {"medication": "m", "change": "started", "dose": value}, "dose"),
+        event("therapy.logged", {"discipline": "speech_therapy", "activity": value}, "activity"),
+        event("goal.updated", {"goal": value, "status": "new"}, "goal"),
+        event("checkin.scheduled", {**checkin, "title": value}, "title"),
+        event("checkin.scheduled", {**checkin, "location": value}, "location"),
+        event("checkin.scheduled", {**checkin, "checkin_id": value}, "checkin_id"),
+    ]
+
+
+@pytest.mark.parametrize("value", CONTROL_VALUES, ids=["crlf-headers", "lf", "tab", "esc", "nel", "u2028"])
+def test_control_characters_in_one_line_fields_are_422_naming_the_field(app, client, admin, api, value):
+    nb = api.notebook()
+    mom = api.member(nb["id"], "Dana", "parent", email="dana@example.org")
+    before = api.get(f"/v1/notebooks/{nb['id']}/members")
+    for method, url, body, field in _one_line_fields(nb["id"], mom["id"], value):
+        assert_422_names(getattr(client, method)(url, json=body, headers=admin), field)
+    assert api.get(f"/v1/notebooks/{nb['id']}/members") == before
+    assert api.get(f"/v1/notebooks/{nb['id']}/events")["items"] == []
+
+
+def test_prose_keeps_line_breaks_and_tabs_but_no_other_control_character(app, client, admin, api):
+    nb = api.notebook()
+    kept = api.event(nb["id"], "note.added", {"text": "First line\r\n\tsecond line", "voice": "family"})
+    assert api.get(f"/v1/events/{kept['id']}")["data"]["text"] == "First line\r\n\tsecond line"
+    for value in ("bell \x07", "esc \x1b[2J", "nul-free but \x7f", "c1 \x9b"):
+        body = {"type": "concern.raised", "data": {"summary": value, "severity": "low"}}
+        response = client.post(f"/v1/notebooks/{nb['id']}/events", json=body, headers=admin)
+        assert_422_names(response, "data.summary")
+
+
+def test_the_console_outbox_never_prints_a_line_a_value_forged(app, api, capsys):
+    """A name stored before this check existed (written straight into the database here) is
+    printed escaped: the console shows one line per message, never a `Bcc:` line of its own."""
+    from sqlalchemy import update
+
+    from careloop.models import Member
+
+    nb = api.notebook()
+    eve = api.member(nb["id"], "Eve", "parent", email="eve@example.org", phone="+15555550111")
+    with app.extensions["careloop"].sessions() as session:
+        session.execute(update(Member).where(Member.id == eve["id"]).values(name=FORGED))
+        session.commit()
+    attendee = {"checkin_id": "c-9", "title": "IEP", "start": "2026-03-01T10:00:00Z",
+                "end": "2026-03-01T11:00:00Z", "attendees": [eve["id"]]}  # fmt: skip
+    api.event(nb["id"], "medication.changed", {"medication": "Keppra", "change": "started"})
+    api.event(nb["id"], "checkin.scheduled", attendee)
+    drain(app)
+    printed = capsys.readouterr().out.splitlines()
+    assert len([line for line in printed if line.startswith(("[sms]", "[email]", "[calendar]"))]) == 3
+    assert not [line for line in printed if line.startswith(("Bcc:", "ATTENDEE"))], printed
+    assert any("Eve\\r\\nBcc: victim@evil.example" in line for line in printed), printed
+
+
+def test_log_lines_escape_what_they_are_given():
+    import logging
+
+    from careloop.text import LogFormatter
+
+    record = logging.LogRecord("careloop.test", logging.INFO, __file__, 1, "member %s", (FORGED,), None)
+    line = LogFormatter("%(levelname)s %(message)s").format(record)
+    assert line.splitlines() == [line]
+    assert line == "INFO member " + FORGED.replace("\r", "\\r").replace("\n", "\\n")
