@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
+from careloop.contacts import UNTEXTABLE, deliverable_phone
 from careloop.gsm import to_gsm7
 from careloop.integrations.base import Channel, DeliveryError
 from careloop.integrations.mime import build_email, build_invite_email, parse_mail_from
@@ -73,6 +74,8 @@ class FileOutbox(Channel):
 
     def send(self, message: OutgoingMessage) -> ProviderReceipt:
         if self.kind == ChannelKind.SMS:
+            if not deliverable_phone(message.to):  # as Twilio would refuse it
+                raise DeliveryError(UNTEXTABLE, permanent=True)
             body = to_gsm7(message.text)  # as TwilioSMS sends it
             path = self._append_sms(message, body)
             self._say("[sms] to {} ({}): {}", message.to_name, message.to, _excerpt(body))

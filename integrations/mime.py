@@ -13,6 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
+from careloop.contacts import UNMAILABLE, deliverable_email
 from careloop.integrations.base import DeliveryError, NotConfigured
 from careloop.integrations.calendar_invite import build_invite
 from careloop.messages import OutgoingMessage
@@ -57,8 +58,8 @@ def parse_mail_from(value: str) -> Address:
 
 
 def valid_address(addr: str) -> bool:
-    """Whether ``addr`` looks like a single deliverable address (cheap check, no DNS)."""
-    return bool(addr) and _ADDR_SPEC.match(addr) is not None
+    """Whether ``addr`` is an address careloop can mail: the API's rule (no DNS lookup)."""
+    return deliverable_email(addr)
 
 
 def message_id(message: OutgoingMessage, sender: Address) -> str:
@@ -73,7 +74,7 @@ def build_email(message: OutgoingMessage, sender: Address) -> EmailMessage:
         DeliveryError: (permanent) when the recipient address is not an address.
     """
     if not valid_address(message.to):
-        raise DeliveryError("recipient is not an email address", permanent=True)
+        raise DeliveryError(UNMAILABLE, permanent=True)
     local, _, domain = message.to.rpartition("@")
     msg = EmailMessage()
     msg["From"] = sender

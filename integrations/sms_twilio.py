@@ -22,6 +22,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from careloop.config.settings import Settings
+from careloop.contacts import UNTEXTABLE, deliverable_phone
 from careloop.gsm import to_gsm7
 from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError
 from careloop.messages import OutgoingMessage, ProviderReceipt
@@ -380,8 +381,8 @@ class TwilioSMS(Channel):
         )
 
     def _check_before_sending(self, message: OutgoingMessage, body: str) -> None:
-        if not _E164.fullmatch(message.to or ""):
-            raise DeliveryError("recipient is not an E.164 phone number", permanent=True)
+        if not deliverable_phone(message.to):
+            raise DeliveryError(UNTEXTABLE, permanent=True)
         if not body.strip():
             raise DeliveryError("SMS body is empty", permanent=True)
         if len(body) > self.body_maxlen:

@@ -9,13 +9,13 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     RootModel,
     StringConstraints,
     create_model,
 )
 
+from careloop.contacts import E164_PATTERN, PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.service.pagination import Cursor
 from careloop.text import identifier
@@ -31,7 +31,23 @@ def _check_zone(value: str) -> str:
 
 
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_zone)]
-E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
+Phone = Annotated[
+    str,
+    Field(
+        description="E.164 in ASCII digits, possible for its country code, e.g. +15551234567",
+        json_schema_extra={"pattern": E164_PATTERN, "format": PHONE_FORMAT},
+    ),
+    AfterValidator(normalize_phone),
+]
+Email = Annotated[
+    str,
+    Field(
+        max_length=254,
+        description="an ASCII local part; an internationalised domain is stored in its ASCII form",
+        json_schema_extra={"format": "email"},
+    ),
+    AfterValidator(normalize_email),
+]
 NotebookId = identifier()
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
 """A role, documented inline as an enum of its values."""
@@ -53,8 +69,8 @@ class NotebookIn(_In):
 
 
 class NotebookPatch(_In):
-    name: Text200 | None = None
-    child_name: Text200 | None = None
+    name: Line200 | None = None
+    child_name: Line200 | None = None
     timezone: TimeZone | None = None
     email_detail: bool | None = None
 
@@ -66,16 +82,16 @@ class KeyIn(_In):
 class MemberIn(_In):
     name: Line200
     role: RoleName
-    email: EmailStr | None = None
-    phone: E164 | None = Field(None, description="E.164, e.g. +15551234567")
+    email: Email | None = None
+    phone: Phone | None = None
     timezone: TimeZone | None = None
 
 
 class MemberPatch(_In):
     name: Line200 | None = None
     role: RoleName | None = None
-    email: EmailStr | None = None
-    phone: E164 | None = None
+    email: Email | None = None
+    phone: Phone | None = None
     timezone: TimeZone | None = None
     active: bool | None = None
 

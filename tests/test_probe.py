@@ -142,3 +142,62 @@ def test_log_lines_escape_what_they_are_given():
     line = LogFormatter("%(levelname)s %(message)s").format(record)
     assert line.splitlines() == [line]
     assert line == "INFO member " + FORGED.replace("\r", "\\r").replace("\n", "\\n")
+
+
+# -- 6. contact details that can never be delivered -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "contact, field",
+    [
+        ({"phone": "+1555555010\uff11"}, "phone"),  # a fullwidth digit: \d matched it, Twilio does not
+        ({"phone": "+" + "\u0661\u0665" * 5}, "phone"),  # Arabic-Indic digits
+        ({"phone": "+99912345678"}, "phone"),  # no such country code
+        ({"phone": "+1555555"}, "phone"),  # too short for North America
+        ({"phone": "+33 1 23 45 67 89"}, "phone"),
+        ({"email": "\u00fc@example.org"}, "email"),  # needs SMTPUTF8, which careloop does not speak
+        ({"email": "Dana <dana@example.org>"}, "email"),
+        ({"email": "dana@localhost"}, "email"),
+        ({"email": '"dana rivera"@example.org'}, "email"),
+    ],
+)
+def test_contact_details_no_channel_could_use_are_422(client, admin, api, contact, field):
+    nb = api.notebook()
+    url = f"/v1/notebooks/{nb['id']}/members"
+    response = client.post(url, json={"name": "Dana", "role": "parent", **contact}, headers=admin)
+    assert_422_names(response, field)
+    member = api.member(nb["id"], "Sam", "parent")
+    assert_422_names(client.patch(f"/v1/members/{member['id']}", json=contact, headers=admin), field)
+    assert [m["id"] for m in api.get(url)["items"]] == [member["id"]]
+
+
+def test_contact_details_are_stored_as_the_channels_use_them(api):
+    nb = api.notebook()
+    member = api.member(nb["id"], "Kai", "parent", email="kai@B\u00fccher.Example", phone="+442071234567")
+    assert (member["email"], member["phone"]) == ("kai@xn--bcher-kva.example", "+442071234567")
+
+
+def test_the_outbox_refuses_what_twilio_or_smtp_would(app, api, settings):
+    """A contact stored before the API checked it (written into the database here) fails at
+    the channel with a reason, as Twilio or the SMTP server would refuse it: the outbox no longer
+    records a text to a number Twilio cannot read as sent."""
+    from pathlib import Path
+
+    from sqlalchemy import update
+
+    from careloop.models import Member
+
+    nb = api.notebook()
+    mom = api.member(nb["id"], "Dana", "parent", email="dana@example.org", phone="+15555550101")
+    with app.extensions["careloop"].sessions() as session:
+        unusable = {"phone": "+1555555010\uff11", "email": "\u00fc@example.org"}
+        session.execute(update(Member).where(Member.id == mom["id"]).values(**unusable))
+        session.commit()
+    event = api.event(nb["id"], "medication.changed", {"medication": "Keppra", "change": "started"})
+    drain(app)
+    deliveries = {d["channel"]: d for d in api.get(f"/v1/events/{event['id']}")["deliveries"]}
+    assert {c: d["status"] for c, d in deliveries.items()} == {"sms": "failed", "email": "failed"}
+    assert deliveries["sms"]["attempts"] == 1 and "phone" in deliveries["sms"]["error"]
+    assert "email" in deliveries["email"]["error"]
+    outbox = Path(settings.outbox_dir)
+    assert not (outbox / "sms.log").exists() and not list(outbox.glob("email/*.eml"))
