@@ -10,13 +10,13 @@ the message templates find their labels: adding an event type touches this modul
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -35,24 +35,34 @@ Prose2000 = prose(2000)
 """A note or a concern: line breaks and tabs allowed, no other control characters."""
 MemberId = identifier()
 
-EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
-"""Dates a care notebook can sensibly hold; anything else is a typo or garbage."""
+EARLIEST_YEAR, LATEST_YEAR = 1901, 2199
+"""Years a date-time may be written in: a care notebook holds nothing earlier or later, and
+whatever its offset, the instant stays within the years 1900 to 2200 in UTC, as stored."""
+
+TIMESTAMP_PATTERN = r"^(19(0[1-9]|[1-9][0-9])|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}"
+"""How a date-time must start: a year from 1901 to 2199, a date, ``T`` and a time (the OpenAPI
+``pattern`` beside ``format: date-time``). A bare number is not a time, not even in a string."""
+
+TIMESTAMP_RULE = (
+    f"must be an ISO 8601 date-time with a UTC offset, written in the years {EARLIEST_YEAR} to "
+    f"{LATEST_YEAR}, such as 2026-03-01T09:30:00-06:00"
+)
 
 
-def _iso_text_only(value):
-    # JSON numbers would otherwise be read as Unix timestamps (0 → 1970).
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO 8601 date-time string with a UTC offset")
+def _date_time_text(value):
+    # Numbers — and numbers in a string, "0" or "0.5" — would otherwise be read as Unix time.
+    if isinstance(value, datetime):
+        if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+            raise ValueError(TIMESTAMP_RULE)
+        return value
+    if not isinstance(value, str) or not re.match(TIMESTAMP_PATTERN, value):
+        raise ValueError(TIMESTAMP_RULE)
     return value
 
 
-def _sensible_year(value: datetime) -> datetime:
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
-        raise ValueError(f"must be between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
-    return value
-
-
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_sensible_year)]
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_date_time_text), Field(json_schema_extra={"pattern": TIMESTAMP_PATTERN})
+]
 """An ISO 8601 date-time with a UTC offset (naive ones are refused), in a sensible range."""
 
 

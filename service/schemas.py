@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -11,7 +10,6 @@ from pydantic import (
     ConfigDict,
     Field,
     RootModel,
-    StringConstraints,
     create_model,
 )
 
@@ -19,18 +17,14 @@ from careloop.contacts import E164_PATTERN, PHONE_FORMAT, normalize_email, norma
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.service.pagination import Cursor
 from careloop.text import identifier
+from careloop.timezones import TIME_ZONES, check_time_zone
 from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
 
-
-def _check_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"{value!r} is not an IANA time zone such as 'America/Chicago'") from exc
-    return value
-
-
-TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_zone)]
+TimeZone = Annotated[
+    str,
+    Field(description="an IANA time zone name", json_schema_extra={"enum": list(TIME_ZONES)}),
+    AfterValidator(check_time_zone),
+]
 Phone = Annotated[
     str,
     Field(

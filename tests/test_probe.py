@@ -201,3 +201,86 @@ def test_the_outbox_refuses_what_twilio_or_smtp_would(app, api, settings):
     assert "email" in deliveries["email"]["error"]
     outbox = Path(settings.outbox_dir)
     assert not (outbox / "sms.log").exists() and not list(outbox.glob("email/*.eml"))
+
+
+# -- 7. loose input ---------------------------------------------------------------------------
+
+
+NOTE = b'{"text": "t", "voice": "child"}'
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        (b'{"type": "concern.raised", "data": {"summary": "s", "severity": "low", "severity": "urgent"}}',
+         "data.severity"),
+        (b'{"type": "note.added", "type": "concern.raised", "data": ' + NOTE + b"}", "type"),
+        (b'{"type": "note.added", "data": ' + NOTE + b', "data": ' + NOTE + b"}", "data"),
+    ],
+    ids=["in data", "top level", "an object twice"],
+)  # fmt: skip
+def test_duplicate_json_keys_are_400_naming_the_key(app, client, admin, api, raw, key):
+    nb = api.notebook()
+    headers = {**admin, "Content-Type": "application/json"}
+    response = client.post(f"/v1/notebooks/{nb['id']}/events", data=raw, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    body = response.get_json()
+    assert body["error"] == "bad_request" and key in body["fields"], body
+    assert api.get(f"/v1/notebooks/{nb['id']}/events")["items"] == []
+
+
+@pytest.mark.parametrize("raw", [b'{"name": NaN}', b'{"name": "n", "x": Infinity}', b"-Infinity"])
+def test_non_standard_json_numbers_are_400(client, admin, raw):
+    response = client.post("/v1/notebooks", data=raw, headers={**admin, "Content-Type": "application/json"})
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_request"
+
+
+@pytest.mark.parametrize("value", ["0", "1700000000", "0.5", "-1", "1e9", "2026", "2026-03-01"])
+def test_times_are_iso_date_times_never_numbers_in_a_string(client, admin, api, value):
+    nb = api.notebook()
+    body = {"type": "note.added", "data": {"text": "t", "voice": "child"}, "occurred_at": value}
+    assert_422_names(client.post(f"/v1/notebooks/{nb['id']}/events", json=body, headers=admin), "occurred_at")
+    response = client.get(f"/v1/notebooks/{nb['id']}/events", headers=admin, query_string={"since": value})
+    assert_422_names(response, "query.since")
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("2199-12-31T23:59:59-14:00", True),  # 2200-01-01 in UTC: still in range
+        ("1901-01-01T00:00:00+14:00", True),  # 1900-12-31 in UTC
+        ("2200-12-31T23:59:59-14:00", False),  # 2201 in UTC: was stored
+        ("2200-01-01T00:00:00Z", False),
+        ("1900-01-01T00:00:00-05:00", False),
+        ("1899-12-31T23:00:00-05:00", False),  # 1900 in UTC, but not as written
+    ],
+)
+def test_the_year_range_keeps_every_stored_instant_within_1900_to_2200(client, admin, api, value, ok):
+    nb = api.notebook()
+    body = {"type": "note.added", "data": {"text": "t", "voice": "child"}, "occurred_at": value}
+    response = client.post(f"/v1/notebooks/{nb['id']}/events", json=body, headers=admin)
+    if not ok:
+        assert_422_names(response, "occurred_at")
+        return
+    assert response.status_code == 202, response.get_json()
+    stored = api.get(f"/v1/events/{response.get_json()['id']}")["occurred_at"]
+    assert "1900-" <= stored[:5] <= "2200-", stored
+
+
+NOT_ZONES = ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris", "UTC "]
+
+
+@pytest.mark.parametrize("zone", NOT_ZONES)
+def test_only_iana_time_zone_names_are_accepted(client, admin, api, zone):
+    body = {"name": "n", "child_name": "c", "timezone": zone}
+    response = client.post("/v1/notebooks", json=body, headers=admin)
+    assert_422_names(response, "timezone")
+    nb = api.notebook()
+    url = f"/v1/notebooks/{nb['id']}/members"
+    response = client.post(url, json={"name": "n", "role": "parent", "timezone": zone}, headers=admin)
+    assert_422_names(response, "timezone")
+
+
+def test_iana_names_and_their_links_are_accepted(api):
+    for zone in ("America/Chicago", "UTC", "Etc/UTC", "Asia/Kolkata", "US/Eastern", "Pacific/Chatham"):
+        assert api.notebook(timezone=zone)["timezone"] == zone
