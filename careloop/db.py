@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = str(files("careloop.migrations"))
@@ -42,6 +42,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite database file readable and writable by its owner only (0600).
+
+    SQLite creates a missing file with the process umask (0644 by default: any local user
+    could read the care notebooks), and its WAL and shared-memory files copy the database
+    file's mode. Nothing to do for other databases, in-memory SQLite, or an existing file.
+    """
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def get_engine(url: str, autocommit: bool = False) -> Engine:
     """The engine for ``url`` (one per process). ``autocommit``: a second engine of its own
     whose connections commit each statement by itself (no BEGIN/COMMIT round trips)."""
@@ -50,6 +68,7 @@ def get_engine(url: str, autocommit: bool = False) -> Engine:
         if engine is None:
             options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
             if url.startswith("sqlite"):
+                create_private_sqlite_file(url)
                 sqlite_args = {"timeout": 10, "check_same_thread": False}
                 engine = create_engine(url, connect_args=sqlite_args, **options)
                 event.listen(engine, "connect", _sqlite_pragmas)
@@ -115,4 +134,5 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Apply alembic migrations up to ``revision``."""
     from alembic import command  # as above
 
+    create_private_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)

@@ -79,7 +79,7 @@ class FileOutbox(Channel):
             body = to_gsm7(message.text)  # as TwilioSMS sends it
             path = self._append_sms(message, body)
             self._say("[sms] to {} ({}): {}", message.to_name, message.to, _excerpt(body))
-            return ProviderReceipt(provider_id=f"outbox:{path}")
+            return self._receipt(path)
 
         if self.kind == ChannelKind.EMAIL:
             msg = build_email(message, self.sender)
@@ -105,7 +105,7 @@ class FileOutbox(Channel):
         else:
             subject = _excerpt(message.subject)
             self._say("[email] to {} <{}>: {} -> {}", message.to_name, message.to, subject, path)
-        return ProviderReceipt(provider_id=f"outbox:{path}")
+        return self._receipt(path)
 
     def lookup(self, message: OutgoingMessage) -> ProviderReceipt | None:
         """The receipt of any attempt of this delivery already in the outbox, else None."""
@@ -117,7 +117,7 @@ class FileOutbox(Channel):
                     for line in fh:
                         fields = line.split("\t")
                         if len(fields) > 1 and fields[1].rpartition(".")[0] == ref:
-                            return ProviderReceipt(provider_id=f"outbox:{log_path}")
+                            return self._receipt(log_path)
             except FileNotFoundError:
                 pass
             return None
@@ -127,7 +127,12 @@ class FileOutbox(Channel):
             for path in (self.outbox_dir / "email").glob("*.eml")
             if (m := pattern.fullmatch(path.name))
         )
-        return ProviderReceipt(provider_id=f"outbox:{found[-1][1]}") if found else None
+        return self._receipt(found[-1][1]) if found else None
+
+    def _receipt(self, path: Path) -> ProviderReceipt:
+        """``outbox:`` and the file's path within the outbox folder: the folder itself, a path
+        on the server, is nobody's business (notebook keys read provider ids)."""
+        return ProviderReceipt(provider_id=f"outbox:{path.relative_to(self.outbox_dir).as_posix()}")
 
     def _eml_path(self, message: OutgoingMessage) -> Path:
         return self.outbox_dir / "email" / f"{_safe(message.delivery_id)}.{int(message.attempt)}.eml"

@@ -17,9 +17,11 @@ from careloop.config.settings import Settings, get_settings
 from careloop.runtime import Runtime
 from careloop.service import (
     deliveries,
+    docs,
     errors,
     events,
     guards,
+    headers,
     health,
     member_pages,
     notebooks,
@@ -65,6 +67,9 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         INFO={"description": "Care notebook events in; the right care-team member told."},
         HTTP_ERROR_SCHEMA=ERROR_SCHEMA,
         VALIDATION_ERROR_SCHEMA=ERROR_SCHEMA,
+        # The API's address as configured, never the Host header a request happened to send
+        # (apiflask would echo it into `servers`, and cache that for everybody).
+        SERVERS=[{"url": settings.public_url}],
     )
     if test_config:
         app.config.update(test_config)
@@ -88,6 +93,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
 
     errors.init_app(app)
     guards.init_app(app)
+    headers.init_app(app)
+    docs.init_app(app)
     for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from apiflask import APIBlueprint
 from flask import current_app, g
 from sqlalchemy import text
 
 from careloop.service.schemas import HealthOut
+
+log = logging.getLogger("careloop.service")
 
 bp = APIBlueprint("health", __name__, tag="Health")
 
@@ -30,13 +34,15 @@ def healthz():
     try:
         g.db.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
+    except Exception as exc:  # the answer says down; what broke is for the log, not the caller
+        log.warning("healthz: database unreachable (%s)", type(exc).__name__)
+        checks["database"] = "unreachable"
     try:
         runtime.dispatcher.ping()
         checks["queue"] = "ok"
     except Exception as exc:
-        checks["queue"] = f"unreachable: {type(exc).__name__}"
+        log.warning("healthz: queue unreachable (%s)", type(exc).__name__)
+        checks["queue"] = "unreachable"
     ok = checks["database"] == "ok"
     status = "ok" if ok and checks["queue"] == "ok" else ("degraded" if ok else "down")
     return {"status": status, "queue_mode": runtime.dispatcher.mode, **checks}, 200 if ok else 503

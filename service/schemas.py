@@ -246,8 +246,8 @@ class EventList(_Out):
 class HealthOut(_Out):
     status: Literal["ok", "degraded", "down"]
     queue_mode: Literal["rq", "inprocess"]
-    database: str
-    queue: str
+    database: Literal["ok", "unreachable"]
+    queue: Literal["ok", "unreachable"]
 
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()

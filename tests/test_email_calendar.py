@@ -588,7 +588,7 @@ def test_outbox_sms_appends_a_line_and_echoes(tmp_path, capsys):
     stamp, ref, to, body = lines[0].split("\t")
     assert datetime.fromisoformat(stamp).tzinfo is not None
     assert (ref, to, body) == ("dlv-7.1", "+15551234567", "Note added.\\nOpen careloop.")
-    assert receipt.provider_id == f"outbox:{tmp_path / 'sms.log'}" and receipt.status == "sent"
+    assert receipt.provider_id == "outbox:sms.log" and receipt.status == "sent"
     echoed = capsys.readouterr().out.splitlines()
     assert echoed[0] == "[sms] to Sam (+15551234567): Note added. Open careloop."
     assert outbox.lookup(message) == receipt
@@ -604,7 +604,7 @@ def test_outbox_email_writes_the_same_email_smtp_would_send(tmp_path, capsys, sm
     mailer.send(message)
 
     path = tmp_path / "email" / "dlv-7.1.eml"
-    assert receipt.provider_id == f"outbox:{path}"
+    assert receipt.provider_id == "outbox:email/dlv-7.1.eml"
     written = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     sent = smtp.messages[0]
     for header in ("From", "To", "Subject", "Message-ID"):
@@ -623,7 +623,7 @@ def test_outbox_calendar_writes_eml_and_ics(tmp_path, capsys):
 
     eml = tmp_path / "email" / "dlv-7.1.eml"
     ics = tmp_path / "calendar" / "checkin-42@careloop.3.ics"
-    assert receipt.provider_id == f"outbox:{eml}"
+    assert receipt.provider_id == "outbox:email/dlv-7.1.eml"
     msg = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert calendar_part(msg).get_payload(decode=True) == ics.read_bytes()
     cal, event = parse_ics(ics.read_bytes())

@@ -43,9 +43,12 @@ def no_network(monkeypatch):
     return attempts
 
 
-def _outbox_path(provider_id: str) -> Path:
+def _outbox_path(provider_id: str, outbox: Path) -> Path:
+    """The file a delivery's provider id names: a path in the outbox folder (never the server's)."""
     assert provider_id.startswith("outbox:"), provider_id
-    return Path(provider_id[len("outbox:") :])
+    relative = Path(provider_id[len("outbox:") :])
+    assert not relative.is_absolute() and ".." not in relative.parts, provider_id
+    return outbox / relative
 
 
 def _parse_eml(path: Path) -> email.message.EmailMessage:
@@ -122,7 +125,7 @@ def test_embedded_full_loop_writes_sms_email_and_invites_to_the_outbox(app, api,
     assert len(sms_lines) == len(sms_sent) == 3  # dad twice, PT once
     by_ref = {line.split("\t")[1]: line.split("\t") for line in sms_lines}
     for d in sms_sent:
-        assert _outbox_path(d["provider_id"]) == outbox / "sms.log"
+        assert _outbox_path(d["provider_id"], outbox) == outbox / "sms.log"
         _stamp, _ref, to, body = by_ref[f"{d['id']}.1"]
         assert to == members_by_id[d["member_id"]]["phone"]
         assert "Maya" in body and "levetiracetam" not in body and "250 mg" not in body
@@ -132,7 +135,7 @@ def test_embedded_full_loop_writes_sms_email_and_invites_to_the_outbox(app, api,
     emails = [d for d in all_rows if d["channel"] == "email" and d["status"] == "sent"]
     assert len(emails) == 2 + 5
     for d in emails:
-        path = _outbox_path(d["provider_id"])
+        path = _outbox_path(d["provider_id"], outbox)
         assert path.parent == outbox / "email" and path.name == f"{d['id']}.1.eml"
         msg = _parse_eml(path)
         assert msg["To"].addresses[0].addr_spec == members_by_id[d["member_id"]]["email"]
@@ -140,13 +143,13 @@ def test_embedded_full_loop_writes_sms_email_and_invites_to_the_outbox(app, api,
         assert msg["From"].addresses[0].addr_spec == "careloop@careloop.test"
         assert msg["Subject"] and "Maya" in msg["Subject"]
         assert msg.get_body(("plain",)) is not None
-    subjects = {_parse_eml(_outbox_path(d["provider_id"]))["Subject"] for d in emails}
+    subjects = {_parse_eml(_outbox_path(d["provider_id"], outbox))["Subject"] for d in emails}
     assert any("medication" in s.lower() for s in subjects) and any("URGENT" in s for s in subjects)
 
     # -- calendar: iMIP email per attendee, and the .ics beside it, parseable by icalendar
     uids = set()
     for d in checkin_rows:
-        msg = _parse_eml(_outbox_path(d["provider_id"]))
+        msg = _parse_eml(_outbox_path(d["provider_id"], outbox))
         assert msg["To"].addresses[0].addr_spec == members_by_id[d["member_id"]]["email"]
         assert msg["Message-ID"] == f"<{d['id']}.1@careloop.test>"
         cal = icalendar.Calendar.from_ical(_calendar_part(msg))

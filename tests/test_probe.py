@@ -284,3 +284,75 @@ def test_only_iana_time_zone_names_are_accepted(client, admin, api, zone):
 def test_iana_names_and_their_links_are_accepted(api):
     for zone in ("America/Chicago", "UTC", "Etc/UTC", "Asia/Kolkata", "US/Eastern", "Pacific/Chatham"):
         assert api.notebook(timezone=zone)["timezone"] == zone
+
+
+# -- 8. small leaks ---------------------------------------------------------------------------
+
+
+def test_provider_ids_show_no_server_paths(app, client, api, settings):
+    nb = api.notebook()
+    api.member(nb["id"], "Dana", "parent", email="dana@example.org", phone="+15555550101")
+    event = api.event(nb["id"], "medication.changed", {"medication": "Keppra", "change": "started"})
+    drain(app)
+    key = bearer(mint(api, nb["id"])["key"])
+    deliveries = client.get(f"/v1/events/{event['id']}", headers=key).get_json()["deliveries"]
+    ids = {d["channel"]: d["provider_id"] for d in deliveries}
+    assert ids["sms"] == "outbox:sms.log" and ids["email"].startswith("outbox:email/dlv_"), ids
+    listed = client.get("/v1/deliveries", headers=key).get_data(as_text=True)
+    assert str(settings.outbox_dir) not in listed and "/tmp" not in listed
+
+
+def test_the_api_description_names_the_public_url_whatever_the_host_header(client, settings):
+    for host in ("evil.example", "127.0.0.1:9"):
+        spec = client.get("/openapi.json", headers={"Host": host}).get_json()
+        assert spec["servers"] == [{"url": settings.public_url}]
+
+
+def test_the_docs_page_loads_nothing_from_elsewhere(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and not [a for a in assets if "//" in a], assets
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.mimetype in ("text/css", "text/javascript", "application/javascript", "image/png")
+        assert len(served.data) > 500 and "max-age" in served.headers["Cache-Control"]
+
+
+def test_responses_holding_health_data_are_never_cached(app, client, admin, api):
+    nb = api.notebook()
+    member = api.member(nb["id"], "Dana", "parent", email="dana@example.org")
+    event = api.event(nb["id"], "note.added", {"text": "t", "voice": "family"})
+    drain(app)
+    for url in (f"/v1/notebooks/{nb['id']}", f"/v1/notebooks/{nb['id']}/members",
+                f"/v1/notebooks/{nb['id']}/events", f"/v1/events/{event['id']}", "/v1/deliveries",
+                f"/v1/members/{member['id']}", "/v1/nothing"):  # fmt: skip
+        response = client.get(url, headers=admin)
+        assert response.headers.get("Cache-Control") == "no-store", (url, response.status_code)
+    created = client.post(f"/v1/notebooks/{nb['id']}/keys", json={"name": "k"}, headers=admin)
+    assert created.headers.get("Cache-Control") == "no-store"
+
+
+def test_healthz_names_no_exception(db_url, tmp_path):
+    from tests.conftest import build_app, make_settings
+
+    app, _ = build_app(make_settings(db_url, tmp_path, redis_url="redis://127.0.0.1:1/0"))
+    body = app.test_client().get("/healthz").get_json()
+    assert body == {"status": "degraded", "database": "ok", "queue": "unreachable", "queue_mode": "rq"}
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path):
+    import os
+
+    from tests.conftest import build_app, make_settings
+
+    path = tmp_path / "fresh.db"
+    app, api = build_app(make_settings(f"sqlite:///{path}", tmp_path))
+    api.notebook()
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("fresh.db")]
+    assert {p.name for p in files} >= {"fresh.db"}
+    assert {p.name: oct(os.stat(p).st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
