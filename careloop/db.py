@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = str(files("careloop.migrations"))
 """Where alembic's env.py and the versions live (the installed package careloop.migrations)."""
@@ -135,4 +136,29 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command  # as above
 
     create_private_sqlite_file(url)
-    command.upgrade(alembic_config(url), revision)
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+MIGRATION_LOCK = 0x636172656C6F6F70
+"""PostgreSQL advisory lock key ("careloop") held while migrating."""
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, one migration at a time across processes and machines (web masters
+    starting together, `careloop db upgrade`): the others wait, then find nothing to do.
+    SQLite lives on one machine, where gunicorn's master migrates before its workers fork."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()

@@ -16,6 +16,8 @@ import json
 from apiflask import APIFlask, abort
 from flask import Request, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 NUL_MESSAGE = "must not contain NUL characters"
 
@@ -86,7 +88,18 @@ class StrictJSONProvider(DefaultJSONProvider):
 
 
 class CareloopRequest(Request):
-    """Flask's request, answering a body it cannot read with careloop's JSON 400."""
+    """Flask's request, answering a body it cannot read with careloop's JSON 400, and a
+    streamed body over the size limit with 413 (werkzeug would cut it at the limit and hand
+    on the truncated start, read as "not valid JSON")."""
+
+    def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False):
+        data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+        stream = self.stream
+        # Without a Content-Length (chunked), the stream is cut at MAX_CONTENT_LENGTH: a body
+        # that reached it did not fit.
+        if self.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted:
+            raise RequestEntityTooLarge()
+        return data
 
     def on_json_loading_failed(self, e: ValueError | None):
         if isinstance(e, BodyError) and e.field:
