@@ -12,6 +12,9 @@ from __future__ import annotations
 from importlib.resources import files
 from zoneinfo import ZoneInfo
 
+TIME_ZONE_FORMAT = "iana-time-zone"
+"""The OpenAPI ``format`` of a time zone name (the list is too long to publish as an enum)."""
+
 NOT_PLACES = frozenset({"Factory"})
 """Names in IANA's list that are not a time zone anyone lives in."""
 
@@ -22,7 +25,7 @@ TIME_ZONES: tuple[str, ...] = tuple(
         if name not in NOT_PLACES
     )
 )
-"""Every accepted name, sorted (the OpenAPI document lists them as an enum)."""
+"""Every accepted name, sorted."""
 
 _ACCEPTED = frozenset(TIME_ZONES)
 

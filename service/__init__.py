@@ -25,6 +25,7 @@ from careloop.service import (
     health,
     member_pages,
     notebooks,
+    openapi,
     pages,
     redaction,
     twilio,
@@ -95,6 +96,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     guards.init_app(app)
     headers.init_app(app)
     docs.init_app(app)
+    openapi.init_app(app)
     for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

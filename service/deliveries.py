@@ -10,6 +10,7 @@ from careloop import serialize
 from careloop.deliveries import retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
+from careloop.service import api_links
 from careloop.service.auth import auth, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import DeliveriesQuery, DeliveryList, DeliveryOut
@@ -28,8 +29,12 @@ def _delivery_or_404(delivery_id: str) -> Delivery:
 @bp.get("/deliveries")
 @bp.auth_required(auth)
 @bp.input(DeliveriesQuery, location="query", arg_name="query")
-@bp.output(DeliveryList)
-@bp.doc(summary="List deliveries, newest first; ?status=failed lists the dead letters", responses=[404])
+@bp.output(DeliveryList, links=api_links.FROM_DELIVERIES)
+@bp.doc(
+    operation_id="listDeliveries",
+    summary="List deliveries, newest first; ?status=failed lists the dead letters",
+    responses={404: "A notebook key asked for another notebook's deliveries"},
+)
 def list_deliveries(query: DeliveriesQuery):
     who = principal()
     stmt = select(Delivery)
@@ -57,18 +62,19 @@ def list_deliveries(query: DeliveriesQuery):
     }
 
 
-@bp.get("/deliveries/<delivery_id>")
+@bp.get("/deliveries/<id:delivery_id>")
 @bp.auth_required(auth)
-@bp.output(DeliveryOut)
-@bp.doc(summary="Get one delivery", responses=[404])
+@bp.output(DeliveryOut, links=api_links.FROM_DELIVERY)
+@bp.doc(operation_id="getDelivery", summary="Get one delivery", responses=[404])
 def get_delivery(delivery_id: str):
     return serialize.delivery(_delivery_or_404(delivery_id))
 
 
-@bp.post("/deliveries/<delivery_id>/retry")
+@bp.post("/deliveries/<id:delivery_id>/retry")
 @bp.auth_required(auth)
-@bp.output(DeliveryOut, status_code=202)
+@bp.output(DeliveryOut, status_code=202, links=api_links.FROM_DELIVERY)
 @bp.doc(
+    operation_id="retryDelivery",
     summary="Send a failed delivery again",
     description="Moves a failed or undelivered delivery back to the queue with a fresh attempt budget. "
     "Idempotent: retrying one that is already queued, sending or sent changes nothing and "

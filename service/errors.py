@@ -1,4 +1,6 @@
-"""Every error is JSON: {"error", "message", "fields"?}. Validation errors name each field."""
+"""Every error is JSON: {"error", "message", "fields"?}. Validation errors name each field
+(``fields``: name → messages); nothing else is ever added, so the documented error body is
+exactly what comes back."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from careloop.events import EVENT_DATA
 
@@ -23,6 +25,7 @@ ERROR_NAMES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
@@ -68,14 +71,16 @@ def init_app(app: APIFlask) -> None:
         fields = _fields(error.detail)
         if fields:
             body["fields"] = fields
-        elif error.detail:
-            body["detail"] = error.detail
         return body, error.status_code, error.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
+        if isinstance(error, ClientDisconnected):  # the body stopped coming (WEB_READ_TIMEOUT)
+            return {"error": ERROR_NAMES[408], "message": "the request body did not arrive in time"}, 408
         code = error.code or 500
-        return {"error": ERROR_NAMES.get(code, "error"), "message": error.description}, code
+        # Keep what the error says about the resource (a 405's Allow), not its HTML content type.
+        headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+        return {"error": ERROR_NAMES.get(code, "error"), "message": error.description}, code, headers
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
@@ -10,6 +12,7 @@ from careloop import serialize
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event
 from careloop.models import Delivery, Event
+from careloop.service import api_links
 from careloop.service.auth import auth, notebook_or_404, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQuery, EventWithDeliveries
@@ -17,13 +20,43 @@ from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQu
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
 IDEMPOTENCY_KEY_MAX = 200
+"""Characters an Idempotency-Key may have (the database column's size)."""
+
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]*[\x21-\x7e][\x20-\x7e]*$"
+"""Printable ASCII, not blank: characters and bytes are one and the same (an HTTP header
+arrives as bytes), as the IETF Idempotency-Key draft's structured-field string has it."""
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retried request safe: the same key and body return the first event.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
+}
+"""The header, as the OpenAPI document describes it."""
 
 
-@bp.post("/notebooks/<notebook_id>/events")
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if len(key) > IDEMPOTENCY_KEY_MAX or not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        problem = f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+        abort(422, "Validation error", detail={"headers": {"Idempotency-Key": [problem]}})
+    return key.strip()
+
+
+@bp.post("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
 @bp.input(EventIn, arg_name="body")
-@bp.output(EventAccepted, status_code=202)
+@bp.output(EventAccepted, status_code=202, links=api_links.FROM_ACCEPTED_EVENT)
 @bp.doc(
+    operation_id="createEvent",
     summary="Record a notebook event",
     description="Answers 202 once the event is stored; routing and delivery happen in the background. "
     "Send an `Idempotency-Key` header to make retries safe: the same key and body return the "
@@ -38,13 +71,7 @@ IDEMPOTENCY_KEY_MAX = 200
 )
 def create_event(notebook_id: str, body: EventIn):
     notebook = notebook_or_404(notebook_id)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and (not 0 < len(key.strip()) <= IDEMPOTENCY_KEY_MAX or "\x00" in key):
-        abort(
-            422,
-            "Validation error",
-            detail={"headers": {"Idempotency-Key": ["must be 1 to 200 characters, none of them NUL"]}},
-        )
+    key = _idempotency_key()
     item = body.root
     try:
         event, created = record_event(
@@ -54,7 +81,7 @@ def create_event(notebook_id: str, body: EventIn):
             data=item.data.model_dump(mode="json", exclude_none=True),
             occurred_at=item.occurred_at,
             author_member_id=item.author_member_id,
-            idempotency_key=key.strip() if key else None,
+            idempotency_key=key,
         )
     except FieldError as exc:
         abort(422, "Validation error", detail={"json": {exc.field: [exc.message]}})
@@ -68,11 +95,11 @@ def create_event(notebook_id: str, body: EventIn):
     return {"id": event.id, "status": "accepted", "type": event.type}, 202, headers
 
 
-@bp.get("/notebooks/<notebook_id>/events")
+@bp.get("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
 @bp.input(EventsQuery, location="query", arg_name="query")
-@bp.output(EventList)
-@bp.doc(summary="List events, newest first (by occurred_at)", responses=[404])
+@bp.output(EventList, links=api_links.FROM_EVENTS)
+@bp.doc(operation_id="listEvents", summary="List events, newest first (by occurred_at)", responses=[404])
 def list_events(notebook_id: str, query: EventsQuery):
     notebook = notebook_or_404(notebook_id)
     stmt = select(Event).where(Event.notebook_id == notebook.id)
@@ -92,10 +119,10 @@ def list_events(notebook_id: str, query: EventsQuery):
     }
 
 
-@bp.get("/events/<event_id>")
+@bp.get("/events/<id:event_id>")
 @bp.auth_required(auth)
-@bp.output(EventWithDeliveries)
-@bp.doc(summary="Get an event with its deliveries", responses=[404])
+@bp.output(EventWithDeliveries, links=api_links.FROM_EVENT)
+@bp.doc(operation_id="getEvent", summary="Get an event with its deliveries", responses=[404])
 def get_event(event_id: str):
     event = g.db.get(Event, event_id)
     if event is None or not principal().may_reach(event.notebook_id):

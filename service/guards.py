@@ -5,8 +5,8 @@
   "urgent"`` would silently keep the last) → 400 naming what is wrong. The body is parsed when
   a route asks for it, that is after authentication and the admin check, so a caller that may
   not use a route learns nothing from its body.
-- NUL characters in the path or the query (PostgreSQL text cannot hold them; no careloop id
-  contains one) → 404 or 422.
+- Path segments that cannot be a careloop id match no route (404); every query is checked
+  by its route's schema (a NUL, which PostgreSQL text cannot hold, included).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 
 from apiflask import APIFlask, abort
-from flask import Request, request
+from flask import Request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import LimitedStream
-
-NUL_MESSAGE = "must not contain NUL characters"
 
 
 class BodyError(ValueError):
@@ -101,20 +100,33 @@ class CareloopRequest(Request):
             raise RequestEntityTooLarge()
         return data
 
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
+        document = super().get_json(force=force, silent=silent, cache=cache)
+        if document is None and not silent:
+            # Every careloop body is an object; apiflask would read a bare `null` as `{}`.
+            abort(422, "Validation error", detail={"json": {"": ["a JSON object is required, not null"]}})
+        return document
+
     def on_json_loading_failed(self, e: ValueError | None):
         if isinstance(e, BodyError) and e.field:
             abort(400, "the request body gives a key twice", detail={"json": {e.field: [e.message]}})
         abort(400, e.message if isinstance(e, BodyError) else "the request body is not valid JSON")
 
 
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
+"""The shape of a careloop id in a path (``nb_…``, ``mem_…``, ``evt_…``, ``dlv_…``)."""
+
+
+class IdConverter(BaseConverter):
+    """``<id:notebook_id>``: a path segment that can be a careloop id. Any other segment (a NUL,
+    a slash, 3,000 characters) matches no route and is a 404 like any unknown URL, before
+    authentication and before anything looks it up."""
+
+    regex = ID_PATTERN[1:-1]
+
+
 def init_app(app: APIFlask) -> None:
+    """Install the strict JSON reading and the ``id`` path converter (before any route)."""
     app.request_class = CareloopRequest
     app.json = StrictJSONProvider(app)
-
-    @app.before_request
-    def _refuse_nul():
-        if any(isinstance(v, str) and "\x00" in v for v in (request.view_args or {}).values()):
-            abort(404, "not found")
-        for name, value in request.args.items(multi=True):
-            if "\x00" in name or "\x00" in value:
-                abort(422, "Validation error", detail={"query": {name.replace("\x00", "\\0"): [NUL_MESSAGE]}})
+    app.url_map.converters["id"] = IdConverter

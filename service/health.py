@@ -18,6 +18,7 @@ bp = APIBlueprint("health", __name__, tag="Health")
 @bp.get("/healthz")
 @bp.output(HealthOut)
 @bp.doc(
+    operation_id="health",
     summary="Database and queue reachability",
     responses={
         503: {

@@ -10,26 +10,34 @@ from pydantic import (
     ConfigDict,
     Field,
     RootModel,
+    StrictBool,
     create_model,
+    model_validator,
 )
 
-from careloop.contacts import E164_PATTERN, PHONE_FORMAT, normalize_email, normalize_phone
+from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.service.pagination import Cursor
-from careloop.text import identifier
-from careloop.timezones import TIME_ZONES, check_time_zone
+from careloop.text import identifier, text_type
+from careloop.timezones import TIME_ZONE_FORMAT, check_time_zone
 from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
 
 TimeZone = Annotated[
     str,
-    Field(description="an IANA time zone name", json_schema_extra={"enum": list(TIME_ZONES)}),
+    Field(
+        description="an IANA time zone name, e.g. America/Chicago: one of the names the `tzdata` "
+        "package lists (zones and their links), `Factory` excepted",
+        json_schema_extra={"format": TIME_ZONE_FORMAT},
+    ),
     AfterValidator(check_time_zone),
 ]
 Phone = Annotated[
     str,
     Field(
-        description="E.164 in ASCII digits, possible for its country code, e.g. +15551234567",
-        json_schema_extra={"pattern": E164_PATTERN, "format": PHONE_FORMAT},
+        description="E.164 (`+`, then 7 to 15 ASCII digits) and possible for its country code, "
+        "e.g. +15551234567",
+        # The format alone: "possible for its country code" is no pattern (see careloop.contacts).
+        json_schema_extra={"format": PHONE_FORMAT},
     ),
     AfterValidator(normalize_phone),
 ]
@@ -55,7 +63,7 @@ class NotebookIn(_In):
     name: Line200
     child_name: Line200
     timezone: TimeZone
-    email_detail: bool = Field(
+    email_detail: StrictBool = Field(
         False,
         description="whether emails list the event's details (only those each recipient's role may "
         "see); texts and subjects never do",
@@ -63,10 +71,12 @@ class NotebookIn(_In):
 
 
 class NotebookPatch(_In):
-    name: Line200 | None = None
-    child_name: Line200 | None = None
-    timezone: TimeZone | None = None
-    email_detail: bool | None = None
+    """Any of a notebook's fields (each may be changed, none removed: no null)."""
+
+    name: Line200 = None  # type: ignore[assignment]
+    child_name: Line200 = None  # type: ignore[assignment]
+    timezone: TimeZone = None  # type: ignore[assignment]
+    email_detail: StrictBool = None  # type: ignore[assignment]
 
 
 class KeyIn(_In):
@@ -82,12 +92,15 @@ class MemberIn(_In):
 
 
 class MemberPatch(_In):
-    name: Line200 | None = None
-    role: RoleName | None = None
+    """Any of a member's fields; ``null`` clears email, phone or timezone (the others have to
+    stay: they may be changed, not removed)."""
+
+    name: Line200 = None  # type: ignore[assignment]
+    role: RoleName = None  # type: ignore[assignment]
     email: Email | None = None
     phone: Phone | None = None
     timezone: TimeZone | None = None
-    active: bool | None = None
+    active: StrictBool = None  # type: ignore[assignment]
 
 
 class _EventBase(_In):
@@ -130,6 +143,37 @@ class DeliveriesQuery(_In):
     cursor: Cursor | None = None
 
 
+AttemptNumber = text_type(r"^[1-9][0-9]{0,5}$", "must be a whole number from 1", 6)
+"""An attempt's number in a Twilio callback URL (ASCII digits only)."""
+
+
+class TwilioStatusQuery(_In):
+    """The query of the status-callback URL careloop gave Twilio."""
+
+    delivery: Annotated[NotebookId, Field(description="the delivery the message was")]
+    attempt: Annotated[AttemptNumber, Field(description="the attempt that sent it")] | None = None
+
+
+class TwilioStatusForm(BaseModel):
+    """The fields of Twilio's status callback careloop reads (Twilio sends more)."""
+
+    model_config = ConfigDict(extra="allow")
+    MessageSid: Annotated[str, Field(min_length=1, max_length=64)]
+    MessageStatus: Annotated[str, Field(min_length=1, max_length=32)]
+    ErrorCode: Annotated[str, Field(max_length=16)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data):
+        # Twilio's older field names, still sent beside (or instead of) the new ones.
+        if isinstance(data, dict):
+            data = dict(data)
+            for new, old in (("MessageSid", "SmsSid"), ("MessageStatus", "SmsStatus")):
+                if not data.get(new) and data.get(old):
+                    data[new] = data[old]
+        return data
+
+
 # --- Responses ---------------------------------------------------------------------------------
 # Declared so /openapi.json describes every body that comes back; apiflask passes each
 # answer through its model, so an answer that broke the documented shape would fail loudly.
@@ -146,7 +190,6 @@ class ErrorOut(_Out):
     error: str = Field(description="a short code: validation_error, not_found, conflict, …")
     message: str
     fields: dict[str, list[str]] | None = Field(None, description="what is wrong with each named field")
-    detail: dict[str, Any] | None = Field(None, description="more about the error, where there is more")
 
 
 class NotebookOut(_Out):

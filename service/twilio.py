@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import re
+from functools import wraps
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
@@ -11,11 +11,10 @@ from twilio.request_validator import RequestValidator
 
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
+from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
+from careloop.text import for_log
 
 log = logging.getLogger("careloop.service")
-
-ATTEMPT = re.compile(r"[1-9][0-9]{0,5}")
-"""The attempt number careloop put in the callback URL (ASCII digits only)."""
 
 bp = APIBlueprint("twilio", __name__, url_prefix="/v1/twilio", tag="Twilio")
 
@@ -27,9 +26,28 @@ def _public_url() -> str:
     return f"{base}{request.path}" + (f"?{query}" if query else "")
 
 
+def _signed_by_twilio(view):
+    """Refuse what Twilio did not sign before anything reads the request: an unsigned caller
+    learns nothing, not even which fields are missing (403 comes before any 422)."""
+
+    @wraps(view)
+    def checked(*args, **kwargs):
+        settings = current_app.extensions["careloop"].settings
+        if not settings.twilio_auth_token:
+            abort(404, "Twilio is not configured")
+        validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not validator.validate(_public_url(), request.form.to_dict(), signature):
+            abort(403, "invalid Twilio signature")
+        return view(*args, **kwargs)
+
+    return checked
+
+
 @bp.post("/status")
 @bp.output({}, status_code=204)
 @bp.doc(
+    operation_id="twilioStatus",
     summary="Twilio message status callback",
     description="Form-encoded, as Twilio sends it; needs a valid X-Twilio-Signature. "
     "The delivery and the attempt are named by the `delivery` and `attempt` query parameters careloop "
@@ -41,34 +59,21 @@ def _public_url() -> str:
         404: "Twilio not configured",
     },
 )
-def status_callback():
-    settings = current_app.extensions["careloop"].settings
-    if not settings.twilio_auth_token:
-        abort(404, "Twilio is not configured")
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    signature = request.headers.get("X-Twilio-Signature", "")
-    if not validator.validate(_public_url(), request.form.to_dict(), signature):
-        abort(403, "invalid Twilio signature")
-    delivery_id = request.args.get("delivery")
-    sid = request.form.get("MessageSid") or request.form.get("SmsSid")
-    status = request.form.get("MessageStatus") or request.form.get("SmsStatus")
-    attempt = request.args.get("attempt")
-    problems = {
-        name: ["is required"]
-        for name, value in (("query.delivery", delivery_id), ("MessageSid", sid), ("MessageStatus", status))
-        if not value
-    }
-    if attempt is not None and not ATTEMPT.fullmatch(attempt):
-        problems["query.attempt"] = ["must be a whole number from 1"]
-    if problems:
-        abort(422, "Validation error", detail={"form": problems})
+@_signed_by_twilio
+@bp.input(TwilioStatusQuery, location="query", arg_name="query")
+@bp.input(TwilioStatusForm, location="form", arg_name="form")
+def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
+    status = form.MessageStatus
     mapped = TWILIO_STATUSES.get(status)
-    code = request.form.get("ErrorCode")
-    reason = f"Twilio reported {status}" + (f" (error {code})" if code else "")
+    reason = f"Twilio reported {status}" + (f" (error {form.ErrorCode})" if form.ErrorCode else "")
+    attempt = int(query.attempt) if query.attempt else None
     changed = mapped is not None and apply_provider_status(
-        g.db, delivery_id, sid, mapped, reason, attempt=int(attempt) if attempt else None
+        g.db, query.delivery, form.MessageSid, mapped, reason, attempt=attempt
     )
     log.info(
-        "twilio status %s for delivery %s (%s)", status, delivery_id, "applied" if changed else "ignored"
+        "twilio status %s for delivery %s (%s)",
+        for_log(status),
+        query.delivery,
+        "applied" if changed else "ignored",
     )
     return "", 204

@@ -356,3 +356,86 @@ def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path):
     files = [p for p in tmp_path.iterdir() if p.name.startswith("fresh.db")]
     assert {p.name for p in files} >= {"fresh.db"}
     assert {p.name: oct(os.stat(p).st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
+
+
+# -- 9. what the API says about itself --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x00", b'{"name": "x", "name": "y"}', b'{"name": 5, "child_name": "c", "timezone": "UTC"}', b""]
+)
+@pytest.mark.parametrize("url", ["/v1/notebooks", "/v1/notebooks/{nb}/keys"])
+def test_admin_routes_answer_a_notebook_key_403_before_reading_its_body(client, api, url, raw):
+    nb = api.notebook()
+    key = bearer(mint(api, nb["id"])["key"])
+    headers = {**key, "Content-Type": "application/json"}
+    response = client.post(url.format(nb=nb["id"]), data=raw, headers=headers)
+    assert response.status_code == 403 and response.get_json()["error"] == "forbidden"
+    anonymous = client.post(url.format(nb=nb["id"]), data=raw, headers={"Content-Type": "application/json"})
+    assert anonymous.status_code == 401
+
+
+def test_405_names_the_methods_allowed(client, admin):
+    response = client.delete("/v1/notebooks", headers=admin)
+    assert response.status_code == 405 and response.get_json()["error"] == "method_not_allowed"
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"POST"}
+
+
+@pytest.mark.parametrize("key", ["\u00e9" * 100, "\u00e9" * 150, "tab\there", "x" * 201])
+def test_an_idempotency_key_is_printable_ascii_counted_as_it_says(client, admin, api, key):
+    """The message says characters; a header is bytes: a key of printable ASCII is both."""
+    nb = api.notebook()
+    body = {"type": "note.added", "data": {"text": "t", "voice": "child"}}
+    headers = {**admin, "Idempotency-Key": key.encode("utf-8").decode("latin-1")}
+    response = client.post(f"/v1/notebooks/{nb['id']}/events", json=body, headers=headers)
+    document = assert_422_names(response, "header.Idempotency-Key")
+    assert "200 printable ASCII characters" in document["fields"]["header.Idempotency-Key"][0]
+
+
+def test_the_api_description_documents_every_answer_it_gives(client):
+    spec = client.get("/openapi.json").get_json()
+    operations = {op["operationId"]: op for ops in spec["paths"].values() for op in ops.values()}
+    for name, op in operations.items():
+        body = op.get("requestBody")
+        if body:
+            assert body["required"] is True, name
+            assert "413" in op["responses"], name
+            if "application/json" in body["content"]:
+                assert "400" in op["responses"], name
+        for parameter in op.get("parameters", []):
+            if parameter["in"] == "path":
+                assert parameter["schema"]["pattern"] == "^[A-Za-z0-9_-]{1,40}$", (name, parameter)
+    assert "422" in operations["twilioStatus"]["responses"]
+    assert {p["name"] for p in operations["twilioStatus"]["parameters"]} >= {"delivery", "attempt"}
+    assert "Idempotency-Key" in {p["name"] for p in operations["createEvent"]["parameters"]}
+    accepted = operations["createEvent"]["responses"]["202"]
+    assert set(accepted["headers"]) == {"Location", "Idempotent-Replayed"}
+    for schema in ("HTTPError", "ValidationError"):
+        assert set(spec["components"]["schemas"][schema]["properties"]) == {"error", "message", "fields"}
+
+
+def test_the_api_description_links_each_answer_to_the_next_request(client):
+    spec = client.get("/openapi.json").get_json()
+    operations = {op["operationId"]: op for ops in spec["paths"].values() for op in ops.values()}
+    links = {
+        (name, link["operationId"])
+        for name, op in operations.items()
+        for response in op["responses"].values()
+        for link in response.get("links", {}).values()
+    }
+    assert all(target in operations for _, target in links)
+    assert {
+        ("createNotebook", "listMembers"),
+        ("createNotebook", "createEvent"),
+        ("createMember", "updateMember"),
+        ("createEvent", "getEvent"),
+        ("getEvent", "getDelivery"),
+        ("listDeliveries", "retryDelivery"),
+    } <= links
+
+
+def test_paths_that_cannot_name_a_resource_are_404_before_authentication(client):
+    for path in ("/v1/notebooks/%00", "/v1/events/" + "x" * 41, "/v1/deliveries/a.b/retry"):
+        for method in ("get", "post"):
+            response = getattr(client, method)(path)
+            assert response.status_code in (404, 405) and response.is_json, (path, response.status_code)

@@ -1,0 +1,47 @@
+"""The OpenAPI links between careloop's operations: how the id one answer returns feeds the
+next request (a notebook's id → its members, events and deliveries; an event's → its
+deliveries …). Clients and schemathesis' stateful tests follow them to real resources."""
+
+from __future__ import annotations
+
+
+def _link(operation_id: str, description: str, **parameters: str) -> dict:
+    return {"operationId": operation_id, "description": description, "parameters": parameters}
+
+
+_NOTEBOOK = "$response.body#/id"
+
+FROM_NOTEBOOK = {
+    "GetNotebook": _link("getNotebook", "The notebook just created", notebook_id=_NOTEBOOK),
+    "CreateKey": _link("createKey", "A key for it", notebook_id=_NOTEBOOK),
+    "CreateMember": _link("createMember", "A member of its team", notebook_id=_NOTEBOOK),
+    "ListMembers": _link("listMembers", "Its team", notebook_id=_NOTEBOOK),
+    "CreateEvent": _link("createEvent", "An event in it", notebook_id=_NOTEBOOK),
+    "ListEvents": _link("listEvents", "Its events", notebook_id=_NOTEBOOK),
+    "ListDeliveries": _link("listDeliveries", "Its deliveries", **{"query.notebook_id": _NOTEBOOK}),
+}
+FROM_MEMBER = {
+    "UpdateMember": _link("updateMember", "Change the member just added", member_id="$response.body#/id"),
+}
+FROM_MEMBERS = {
+    "UpdateMember": _link("updateMember", "Change the first member", member_id="$response.body#/items/0/id"),
+}
+FROM_ACCEPTED_EVENT = {
+    "GetEvent": _link("getEvent", "The event just recorded", event_id="$response.body#/id"),
+}
+FROM_EVENTS = {
+    "GetEvent": _link("getEvent", "The newest event", event_id="$response.body#/items/0/id"),
+}
+FROM_EVENT = {
+    "GetDelivery": _link("getDelivery", "Its first delivery", delivery_id="$response.body#/deliveries/0/id"),
+    "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/deliveries/0/id"),
+}
+FROM_DELIVERIES = {
+    "GetDelivery": _link("getDelivery", "The newest delivery", delivery_id="$response.body#/items/0/id"),
+    "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/items/0/id"),
+}
+FROM_DELIVERY = {
+    "GetDelivery": _link("getDelivery", "The delivery as it is now", delivery_id="$response.body#/id"),
+    "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/id"),
+    "GetEvent": _link("getEvent", "The event it belongs to", event_id="$response.body#/event_id"),
+}

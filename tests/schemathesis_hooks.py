@@ -1,0 +1,30 @@
+"""schemathesis hooks for careloop's API description (loaded through tests/schemathesis.toml):
+how to write the two string formats careloop documents by name, so that a schema-valid value
+is one careloop accepts and the checks that valid data is accepted stay meaningful.
+
+- ``e164``: E.164 in ASCII digits *and* possible for its country code's numbering plan, which
+  no regular expression can say: every region's example number from libphonenumber's metadata,
+  with other last digits.
+- ``iana-time-zone``: one of IANA's names (too many for an enum in the document).
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+import schemathesis
+from hypothesis import strategies as st
+
+from careloop.contacts import PHONE_FORMAT
+from careloop.timezones import TIME_ZONE_FORMAT, TIME_ZONES
+
+EXAMPLES = sorted(
+    phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    for number in map(phonenumbers.example_number, phonenumbers.SUPPORTED_REGIONS)
+    if number is not None
+)
+
+schemathesis.openapi.format(
+    PHONE_FORMAT,
+    st.tuples(st.sampled_from(EXAMPLES), st.integers(0, 99)).map(lambda pair: f"{pair[0][:-2]}{pair[1]:02d}"),
+)
+schemathesis.openapi.format(TIME_ZONE_FORMAT, st.sampled_from(TIME_ZONES))
