@@ -13,6 +13,7 @@ _NOTEBOOK = "$response.body#/id"
 
 FROM_NOTEBOOK = {
     "GetNotebook": _link("getNotebook", "The notebook just created", notebook_id=_NOTEBOOK),
+    "UpdateNotebook": _link("updateNotebook", "Change it", notebook_id=_NOTEBOOK),
     "CreateKey": _link("createKey", "A key for it", notebook_id=_NOTEBOOK),
     "CreateMember": _link("createMember", "A member of its team", notebook_id=_NOTEBOOK),
     "ListMembers": _link("listMembers", "Its team", notebook_id=_NOTEBOOK),
@@ -22,6 +23,9 @@ FROM_NOTEBOOK = {
 }
 FROM_MEMBER = {
     "UpdateMember": _link("updateMember", "Change the member just added", member_id="$response.body#/id"),
+    "RevokeMemberLinks": _link(
+        "revokeMemberLinks", "Turn off the links they were sent", member_id="$response.body#/id"
+    ),
 }
 FROM_MEMBERS = {
     "UpdateMember": _link("updateMember", "Change the first member", member_id="$response.body#/items/0/id"),
