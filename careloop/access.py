@@ -202,8 +202,8 @@ def create_key(
     secret = mint_secret()
     key = ApiKey(notebook_id=notebook_id, name=name, role=role, key_hash=hash_key(secret))
     session.add(key)
+    session.flush()  # its id, for its notebook rows and the caller's answer
     if role in MULTI_NOTEBOOK_ROLES:
-        session.flush()  # the key's id, for its notebook rows
         session.add_all(ApiKeyNotebook(key_id=key.id, notebook_id=nb) for nb in wanted)
     return key, secret
 

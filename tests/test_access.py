@@ -576,3 +576,88 @@ def test_a_key_out_of_reach_is_refused_before_its_body_or_query_is_read(world):
             assert response.status_code == 404, (method, rule, caller, response.get_json())
             checked += 1
     assert checked > 20
+
+
+# -- the shell and the migration -----------------------------------------------------------------
+
+
+def test_careloop_keys_create_list_revoke_from_the_shell(world, tmp_path):
+    import json
+
+    from careloop.models import AuditEntry
+    from tests.test_cli import cli_env, invoke
+
+    nb = world.ids["nb"]
+    env = cli_env(world.app.extensions["careloop"].settings)
+    made = invoke("keys", "create", "--notebook", nb, "--name", "front desk", "--role", "clinician", env=env)
+    assert made.exit_code == 0, made.output
+    secret = made.output.split("keep it safe): ")[1].strip()
+    assert secret.startswith("clk_")
+    key_id = made.output.split()[0]
+    assert world.client.get(f"/v1/notebooks/{nb}/events", headers=bearer(secret)).status_code == 200
+
+    listed = invoke("keys", "list", "--notebook", nb, "--json", env=env)
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    assert key_id in {r["id"] for r in rows} and secret not in listed.output
+    assert next(r for r in rows if r["id"] == key_id)["role"] == "clinician"
+    assert "front desk" in invoke("keys", "list", env=env).output
+
+    clinic_args = ["--role", "clinic", "--notebook", nb, "--notebook", nb, "--name", "c", "--json"]
+    clinic = invoke("keys", "create", *clinic_args, env=env)
+    assert clinic.exit_code == 0 and json.loads(clinic.output)["notebook_ids"] == [nb]
+
+    revoked = invoke("keys", "revoke", key_id, env=env)
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    assert world.client.get(f"/v1/notebooks/{nb}/events", headers=bearer(secret)).status_code == 401
+    again = invoke("keys", "revoke", key_id, env=env)
+    assert again.exit_code != 0 and "no such working key" in again.output
+
+    for args, message in (
+        (["--notebook", "nb_nothing", "--name", "x"], "no such notebook: nb_nothing"),
+        (["--notebook", nb, "--notebook", nb, "--name", "x"], "reaches one notebook"),
+        (["--notebook", nb, "--name", "two\nlines"], "--name"),
+    ):
+        failed = invoke("keys", "create", *args, env=env)
+        assert failed.exit_code != 0 and message in failed.output, (args, failed.output)
+
+    url = world.app.extensions["careloop"].settings.database_url
+    with session_scope(url) as session:
+        done = {(r.action, r.target_id, r.notebook_id) for r in session.scalars(select(AuditEntry))
+                if r.actor_type == "operator"}  # fmt: skip
+    assert {("cli.keys_create", key_id, nb), ("cli.keys_revoke", key_id, nb)} <= done
+
+
+def test_keys_made_before_roles_become_family_keys(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from careloop.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO notebooks (id, name, child_name, timezone, created_at, email_detail) "
+                "VALUES ('nb_old', 'n', 'Kim', 'UTC', '2026-01-01 00:00:00', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, notebook_id, name, key_hash, created_at) "
+                "VALUES ('key_old', 'nb_old', 'old', :hash, '2026-01-01 00:00:00')"
+            ),
+            {"hash": access.hash_key("clk_old")},
+        )
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT role, last_used_at FROM api_keys")).all() == [("family", None)]
+    engine.dispose()
+    with session_scope(url) as session:
+        who = access.authenticate(session, "clk_old")
+    assert (
+        who.role == KeyRole.FAMILY
+        and who.notebook_ids == {"nb_old"}
+        and who.may(Action.MANAGE_KEYS, "nb_old")
+    )
