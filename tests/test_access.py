@@ -661,3 +661,29 @@ def test_keys_made_before_roles_become_family_keys(tmp_path):
         and who.notebook_ids == {"nb_old"}
         and who.may(Action.MANAGE_KEYS, "nb_old")
     )
+
+
+def test_twilio_callbacks_are_audited_signed_or_not(world, settings, tmp_path):
+    from twilio.request_validator import RequestValidator
+
+    from careloop.models import AuditEntry
+    from careloop.service import create_app
+    from tests.conftest import make_settings
+
+    token = "f" * 32
+    signed_app = create_app(
+        {"TESTING": True}, settings=make_settings(settings.database_url, tmp_path, twilio_auth_token=token)
+    )
+    client = signed_app.test_client()
+    path = f"/v1/twilio/status?attempt=1&delivery={world.ids['delivery']}"
+    form = {"MessageSid": "SM" + "0" * 32, "MessageStatus": "delivered"}
+    signature = RequestValidator(token).compute_signature(settings.public_url + path, form)
+    assert client.post(path, data=form, headers={"X-Twilio-Signature": signature}).status_code == 204
+    assert client.post(path, data=form, headers={"X-Twilio-Signature": "forged"}).status_code == 403
+    with session_scope(settings.database_url) as session:
+        rows = session.scalars(select(AuditEntry).where(AuditEntry.action == "twilio.status_callback")).all()
+        seen = sorted((r.actor_type, r.status, r.notebook_id, r.target_id, r.reason) for r in rows)
+    assert seen == [
+        ("anonymous", 403, None, None, "bad signature"),  # nothing unsigned is taken at its word
+        ("twilio", 204, world.ids["nb"], world.ids["delivery"], None),
+    ]
