@@ -28,6 +28,8 @@ from careloop.service import (
     openapi,
     pages,
     redaction,
+    signin,
+    timeline,
     twilio,
 )
 from careloop.service.schemas import ERROR_SCHEMA
@@ -97,6 +99,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     headers.init_app(app)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
+    signin.init_app(app)
+    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages, signin, timeline):
         app.register_blueprint(module.bp)
     return app

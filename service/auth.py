@@ -39,21 +39,37 @@ def mint_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def is_admin_key(token: str) -> bool:
+    admin_key = current_app.extensions["careloop"].settings.admin_key
+    return bool(admin_key) and hmac.compare_digest(token.encode(), admin_key.get_secret_value().encode())
+
+
+def key_principal(*, token: str | None = None, key_id: str | None = None) -> Principal | None:
+    """The principal of a notebook key, found by its secret (a Bearer token) or by its id (a
+    signed-in page session, which keeps the id, never the key): the one place a key row
+    becomes a principal, for the API and the pages alike. None when there is no such key or it
+    was revoked — so revoking a key ends its page sessions at their next request too."""
+    if token is not None:
+        if not token.startswith(KEY_PREFIX):
+            return None
+        where = ApiKey.key_hash == hash_key(token)
+    elif key_id is not None:
+        where = ApiKey.id == key_id
+    else:
+        return None
+    key = g.db.execute(select(ApiKey).where(where, ApiKey.revoked_at.is_(None))).scalar_one_or_none()
+    if key is None:
+        return None
+    return Principal(admin=False, notebook_id=key.notebook_id, key_id=key.id)
+
+
 @auth.verify_token
 def _verify(token: str) -> Principal | None:
     if not token:
         return None
-    admin_key = current_app.extensions["careloop"].settings.admin_key
-    if admin_key and hmac.compare_digest(token.encode(), admin_key.get_secret_value().encode()):
+    if is_admin_key(token):
         return Principal(admin=True)
-    if not token.startswith(KEY_PREFIX):
-        return None
-    key = g.db.execute(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
-    ).scalar_one_or_none()
-    if key is None:
-        return None
-    return Principal(admin=False, notebook_id=key.notebook_id, key_id=key.id)
+    return key_principal(token=token)
 
 
 ADMIN = "admin"
