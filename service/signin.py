@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 
-from apiflask import APIFlask
+from apiflask import APIBlueprint, APIFlask
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -34,7 +34,7 @@ from careloop.service.pages import private_page
 
 log = logging.getLogger("careloop.service.signin")
 
-bp = Blueprint("signin", __name__)
+bp = APIBlueprint("signin", __name__, enable_openapi=False)  # a page, not part of the API
 
 csrf = CSRFProtect()
 

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, request, url_for
+from apiflask import APIBlueprint
+from flask import abort, current_app, flash, g, redirect, request, url_for
 from sqlalchemy import and_, func, or_, select
 from werkzeug.exceptions import HTTPException
 
@@ -35,7 +36,7 @@ from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind, DeliveryStatus
 
 log = logging.getLogger("careloop.service.timeline")
 
-bp = Blueprint("timeline", __name__, url_prefix="/timeline")
+bp = APIBlueprint("timeline", __name__, url_prefix="/timeline", enable_openapi=False)  # pages, not the API
 
 PAGE_SIZE = 20
 """Events per timeline page."""
