@@ -23,7 +23,6 @@ from datetime import datetime
 from apiflask import APIBlueprint
 from flask import abort, current_app, flash, g, redirect, request, url_for
 from sqlalchemy import and_, func, or_, select
-from werkzeug.exceptions import HTTPException
 
 from careloop.events import EventType
 from careloop.messages import event_label, local_time
@@ -370,14 +369,3 @@ def admin():
 
 
 protect_forms(bp)
-
-
-@bp.errorhandler(HTTPException)
-def _page_error(error: HTTPException):
-    """A page answers a page, never the API's JSON."""
-    messages = {
-        403: ("Admins only", "This page needs a session signed in with the admin key."),
-        404: ("Not found", "There is nothing here, or it is not part of your notebook."),
-    }
-    title, message = messages.get(error.code or 500, ("Something went wrong", error.description or ""))
-    return page("timeline/message.html", error.code or 500, title=title, message=message)

@@ -302,3 +302,84 @@ def test_the_admin_view_lists_failed_deliveries_across_notebooks_and_the_embedde
     assert re.search(r"email 0", page), page
     # the admin's timeline offers every notebook
     assert browser.get(f"/timeline?notebook={other['id']}").text.count("Dr. Lin (neurology)") >= 2
+
+
+# --- "Email me a sign-in link" ---------------------------------------------------------------------
+
+
+def _main(html: str) -> str:
+    return re.search(r"<main.*</main>", html, re.S).group(0)
+
+
+def _link_in(received) -> str:
+    body = received.message.get_body(("plain",)).get_content()
+    return re.search(r"https://careloop\.test(/signin/link/\S+)", body).group(1)
+
+
+def test_an_emailed_link_signs_a_parent_in_once_and_the_answer_never_says_whether_the_address_is_known(
+    setup, smtp
+):
+    app, api, nb, m, key = setup
+    browser = Browser(app)
+    answers = {}
+    for address in ("dana@example.org", "nobody@example.org", "shah@example.org", "not an address", ""):
+        browser.get("/signin")
+        answers[address] = _main(browser.post("/signin/email", {"email": address}, status=200).text)
+    assert len(set(answers.values())) == 1, answers  # the same page, known or not
+    assert "works once, for 15 minutes" in answers["dana@example.org"]
+    (received,) = smtp.wait_for(1)
+    assert received.rcpt_tos == ["dana@example.org"]  # a parent; never the neurologist
+    path = _link_in(received)
+
+    stranger = Browser(app)
+    opened = stranger.get(path)  # opening it (a mail scanner's GET) uses nothing
+    assert opened.headers["Referrer-Policy"] == "strict-origin" and "Sign in" in opened.text
+    stranger.get(path)
+    token = path.rsplit("/", 1)[1]
+    assert stranger.post("/signin/link", {"token": token}).headers["Location"] == "/timeline"
+    payload = cookie_payload(stranger.cookie().value)
+    assert payload["member_id"] == m["mom"]["id"] and token not in json.dumps(payload)
+    assert f"Timeline: {nb['name']}" in stranger.get("/timeline").text
+
+    # used once: the link is gone, for this browser and any other
+    assert "no longer works" in Browser(app).get(path, status=404).text
+    again = Browser(app)
+    again.get("/signin")
+    assert "no longer works" in again.post("/signin/link", {"token": token}, status=404).text
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    assert Browser(app).get(f"/signin/link/{forged}", status=404)
+
+    # revoking the member's links ends the session at its next request
+    api.post(f"/v1/members/{m['mom']['id']}/links/revoke", {}, status=200)
+    assert stranger.get("/timeline", status=303).headers["Location"] == "/signin"
+
+
+def test_sign_in_links_expire_and_a_member_gets_at_most_three_open_ones(setup, smtp, db_url):
+    from datetime import timedelta
+
+    from careloop.models import Member, SigninLink
+    from careloop.signin_links import LINK_TTL, MAX_OPEN_LINKS, SigninLinks
+
+    app, api, nb, m, key = setup
+    browser = Browser(app)
+    for _ in range(MAX_OPEN_LINKS + 2):
+        browser.get("/signin")
+        browser.post("/signin/email", {"email": "DANA@example.org"}, status=200)
+    smtp.wait_for(MAX_OPEN_LINKS)
+    with session_scope(db_url) as session:  # the links made (each one is sent as it is made)
+        assert session.query(SigninLink).filter_by(member_id=m["mom"]["id"]).count() == MAX_OPEN_LINKS
+    token = _link_in(smtp.received[0]).rsplit("/", 1)[1]
+    links = SigninLinks(app.extensions["careloop"].runtime.secret)
+    with session_scope(db_url) as session:
+        assert links.use(session, token, now=utcnow() + LINK_TTL + timedelta(seconds=1)) is None
+        assert links.check(session, token)  # not used by the late try
+        assert links.use(session, token) is not None
+        member = session.get(Member, m["mom"]["id"])
+        assert links.issue(session, member) is not None  # one was used: room for another
+
+
+def test_sign_in_tokens_never_reach_a_request_log_line():
+    from careloop.service.redaction import redact
+
+    line = '127.0.0.1 - - "GET /signin/link/b64nonce.ZmTime.Sig-nature_ HTTP/1.1" 200 "-"'
+    assert redact(line) == '127.0.0.1 - - "GET /signin/link/[token] HTTP/1.1" 200 "-"'
