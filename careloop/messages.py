@@ -30,12 +30,35 @@ class Attendee:
 
 
 @dataclass(frozen=True)
+class Occurrence:
+    """One occurrence of a recurring check-in, changed on its own.
+
+    ``recurrence_id`` is its original start (RECURRENCE-ID); ``sequence`` its own SEQUENCE;
+    ``start``/``end`` where it is now. ``title``/``location`` None: the series' own.
+    """
+
+    recurrence_id: datetime
+    sequence: int
+    start: datetime
+    end: datetime
+    title: str | None = None
+    location: str | None = None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
 class CalendarInvite:
     """One check-in as an iTIP object.
 
     ``method`` is ``REQUEST`` (new or updated) or ``CANCEL``. ``uid`` is stable per check-in,
     ``sequence`` is raised by every update and the cancel. ``start``/``end`` are aware
     datetimes; ``tzid`` is the IANA zone they are shown in (a VTIMEZONE for it is embedded).
+
+    A recurring check-in has ``recurrence`` (an RRULE value), ``exdates`` (original starts of
+    occurrences cancelled alone) and ``overrides`` (occurrences moved alone, sent with the
+    series). ``occurrence`` makes the message about that one occurrence only (RECURRENCE-ID).
+    ``uninvite``: a CANCEL that removes its attendees from a check-in that goes on (RFC 5546
+    §3.2.5: it lists only them and has no STATUS:CANCELLED).
     """
 
     method: str
@@ -49,10 +72,20 @@ class CalendarInvite:
     attendees: tuple[Attendee, ...]
     location: str | None = None
     description: str | None = None
+    recurrence: str | None = None
+    exdates: tuple[datetime, ...] = ()
+    overrides: tuple[Occurrence, ...] = ()
+    occurrence: Occurrence | None = None
+    uninvite: bool = False
+    # Shown in an uninvite's email: when the check-in was, as the removed attendee had it.
+    previous_start: datetime | None = None
+    previous_end: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("REQUEST", "CANCEL"):
             raise ValueError(f"method must be REQUEST or CANCEL, not {self.method!r}")
+        if self.uninvite and self.method != "CANCEL":
+            raise ValueError("an uninvite is a CANCEL")
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("start and end must be timezone-aware")
 
