@@ -51,7 +51,7 @@ def parse_rule(text: str) -> vRecur:
     if unknown:
         raise ValueError(f"may not use {', '.join(unknown)} (allowed: {', '.join(PARTS)})")
     if [f.upper() for f in parts.get("FREQ", ())] not in ([f] for f in FREQUENCIES):
-        raise ValueError(f"needs FREQ, one of {', '.join(FREQUENCIES)}")
+        raise ValueError(f"must be an RRULE with FREQ {', '.join(FREQUENCIES)}, such as {EXAMPLE!r}")
     if "COUNT" in parts and "UNTIL" in parts:
         raise ValueError("may have COUNT or UNTIL, not both")
     if "COUNT" not in parts and "UNTIL" not in parts:
