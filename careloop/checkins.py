@@ -104,7 +104,8 @@ def apply_event(session: Session, notebook: Notebook, event_type: str, data: dic
         session.refresh(checkin, ["sequence"])
     sequence = checkin.sequence
 
-    holders_before = list(before.get("holders") or ())
+    # A check-in scheduled before careloop kept holders: everyone it listed holds it.
+    holders_before = list(before.get("holders", before.get("attendees")) or ())
     previous_list = list(before.get("attendees") or ())
     details = dict(before)
     occurrence = None

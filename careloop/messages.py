@@ -11,6 +11,7 @@ which are what an invite is. Texts are GSM-7 and fit one segment wherever the li
 from __future__ import annotations
 
 import html
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -182,7 +183,13 @@ def field_label(event_type: str, field_name: str) -> str:
 
 def _is_time_field(event_type: str, field_name: str) -> bool:
     info = EVENT_DATA[event_type].model_fields.get(field_name)
-    return info is not None and info.annotation in (AwareDatetime, datetime)
+    if info is None:
+        return False
+    # a time, or a time or None (an Optional of an Annotated time)
+    kinds = [info.annotation]
+    for arg in typing.get_args(info.annotation):
+        kinds += [arg, *typing.get_args(arg)[:1]]
+    return any(kind in (AwareDatetime, datetime) for kind in kinds)
 
 
 def first_name(full_name: str) -> str:
@@ -240,6 +247,8 @@ def detail_lines(event_type: str, data: dict, fields: tuple[str, ...], zone: str
             continue
         if _is_time_field(event_type, key):
             text = local_time(datetime.fromisoformat(str(value)), zone)
+        elif key == "recurrence":
+            text = describe_rule(str(value))
         elif key in _WORDS_WITH_UNDERSCORES:
             text = str(value).replace("_", " ")
         else:
