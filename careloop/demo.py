@@ -75,7 +75,6 @@ def demo_events(member_ids: dict[str, str], now: datetime | None = None) -> list
                 "end": (start + timedelta(hours=1)).isoformat(),
                 "location": "Lincoln Elementary, room 12",
                 "attendees": [member_ids[n] for n in CHECKIN_ATTENDEES],
-                "recurrence": "FREQ=MONTHLY;COUNT=3",
             },
         },
     ]
