@@ -524,3 +524,30 @@ def test_an_email_shows_the_time_in_the_recipients_own_zone(app, api, team, sett
     assert Calendar.from_ical(got[m["slp"]["id"]][1]).walk("VEVENT")[0]["DTSTART"].params["TZID"] == (
         "America/Chicago"
     )
+
+
+def test_the_member_page_of_a_moved_occurrence_shows_its_new_time(app, api, team, settings, client):
+    import re
+
+    from tests.conftest import drain
+
+    nb, m = team
+    mom = [m["mom"]["id"]]
+    api.event(nb["id"], "checkin.scheduled", series_data(mom))
+    march, moved_to = SECOND_TUESDAYS[2], datetime(2027, 3, 16, 18, 0, tzinfo=CHICAGO)
+    data = series_data(
+        mom,
+        occurrence=march.isoformat(),
+        start=moved_to.isoformat(),
+        end=(moved_to + timedelta(minutes=45)).isoformat(),
+    )
+    data.pop("recurrence")
+    moved = api.event(nb["id"], "checkin.updated", data)
+    drain(app)
+    msg, _ = sent_calendar(api, moved["id"], settings.outbox_dir)[m["mom"]["id"]]
+    (path,) = re.findall(r"https?://[^/\s]+(/m/\S+)", body_text(msg))
+    page = client.get(path)
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "Tue 16 Mar 2027, 6:00 pm – 6:45 pm CDT" in text
+    assert "9 Mar" not in text
