@@ -180,6 +180,20 @@ def attendee_addresses(vevent) -> list[str]:
     return [str(a).lower() for a in (value if isinstance(value, list) else [value])]
 
 
+def read_three_ways(text: bytes) -> dict:
+    """What ical.js, vobject and icalendar read in one single-VEVENT object (they must agree)."""
+    (js,) = ical_js.read([text])
+    (event,) = js["events"]
+    (vevent,) = vobject_events(text)
+    (component,) = Calendar.from_ical(text).walk("VEVENT")
+    status = vevent.status.value if hasattr(vevent, "status") else None
+    assert (unix(vevent.dtstart.value), unix(component.start)) == (event["start"], event["start"])
+    assert (status, component.get("STATUS")) == (event["status"], event["status"])
+    assert [a.value.lower() for a in getattr(vevent, "attendee_list", [])] == event["attendees"]
+    assert int(vevent.sequence.value) == component["SEQUENCE"] == event["sequence"]
+    return {**event, "method": js["method"]}
+
+
 def body_text(msg) -> str:
     return msg.get_body(("plain",)).get_content()
 
@@ -348,9 +362,9 @@ def test_a_removed_attendee_gets_a_cancel_that_lists_only_them(app, api, team, s
     assert "You are no longer invited" in body and "Was: Tue 12 Jan 2027, 5:00–5:45 pm CST" in body
     assert "14 Jan" not in body  # never the new time
 
-    (read,) = ical_js.read([text])
-    assert read["method"] == "CANCEL" and read["events"][0]["status"] is None
-    assert read["events"][0]["attendees"] == ["mailto:jordan@example.org"]
+    read = read_three_ways(text)
+    assert (read["method"], read["status"], read["sequence"]) == ("CANCEL", None, 1)
+    assert read["attendees"] == ["mailto:jordan@example.org"]
 
     for who in ("mom", "dad"):
         msg, text = got[m[who]["id"]]
@@ -404,6 +418,8 @@ def test_a_member_deactivated_after_being_invited_still_gets_the_cancel(
     msg, text = got[m["slp"]["id"]]
     cal = Calendar.from_ical(text)
     assert cal["METHOD"] == "CANCEL" and cal.walk("VEVENT")[0]["STATUS"] == "CANCELLED"
+    read = read_three_ways(text)
+    assert (read["method"], read["status"], read["start"]) == ("CANCEL", "CANCELLED", unix(start))
     assert "/m/" not in body_text(msg)  # no member link: it would not open for them any more
 
     got = sent_calendar(api, updated["id"], outbox)
@@ -411,6 +427,12 @@ def test_a_member_deactivated_after_being_invited_still_gets_the_cancel(
     cal = Calendar.from_ical(got[m["slp"]["id"]][1])
     (vevent,) = cal.walk("VEVENT")
     assert cal["METHOD"] == "CANCEL" and "STATUS" not in vevent
+    read = read_three_ways(got[m["slp"]["id"]][1])
+    assert (read["method"], read["status"], read["attendees"]) == (
+        "CANCEL",
+        None,
+        ["mailto:jordan@example.org"],
+    )
     assert attendee_addresses(vevent) == ["mailto:jordan@example.org"]
     cal = Calendar.from_ical(got[m["mom"]["id"]][1])
     (vevent,) = cal.walk("VEVENT")
