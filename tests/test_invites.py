@@ -15,6 +15,7 @@ from icalendar import Calendar
 from careloop.integrations.calendar_invite import build_invite
 from careloop.integrations.vtimezone import vtimezone
 from careloop.messages import Attendee, CalendarInvite
+from careloop.recurrence import occurrences
 from tests.peers import ical_js
 
 ZONES = ("America/Chicago", "Europe/London", "Australia/Sydney", "Asia/Jerusalem")
@@ -573,3 +574,31 @@ def test_the_member_page_of_a_moved_occurrence_shows_its_new_time(app, api, team
     text = page.get_data(as_text=True)
     assert "Tue 16 Mar 2027, 6:00 pm – 6:45 pm CDT" in text
     assert "9 Mar" not in text
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_a_weekly_series_keeps_its_local_time_across_every_change_in_every_reader(zone):
+    """Two years of Tuesdays at 15:30 local time, written out by hand: ical.js and vobject
+    expand the RRULE against the VTIMEZONE to the same instants."""
+    tz = ZoneInfo(zone)
+    first = date(2027, 1, 5)
+    meant = [
+        datetime.combine(first + timedelta(weeks=n), datetime.min.time().replace(hour=15, minute=30), tz)
+        for n in range(104)
+    ]
+    text = build_invite(
+        invite(
+            tzid=zone, start=meant[0], end=meant[0] + timedelta(hours=1), recurrence="FREQ=WEEKLY;COUNT=104"
+        )
+    )
+    assert occurrences(meant[0], "FREQ=WEEKLY;COUNT=104", zone) == meant
+    (read,) = ical_js.read([text])
+    assert read["occurrences"] == [[unix(s), unix(s), unix(s) + 3600] for s in meant]
+    (vevent,) = vobject_events(text)
+    expanded = list(vevent.getrruleset(addRDate=True))
+    assert [d.replace(tzinfo=None) for d in expanded] == [s.replace(tzinfo=None) for s in meant]
+    if not hasattr(expanded[0].tzinfo, "zone"):
+        assert expanded == meant  # read with the invite's own VTIMEZONE: the same instants
+    # else vobject took pytz's zone for this TZID (it does for some) and dateutil keeps the
+    # first occurrence's offset on every one (pytz is never normalized there): its wall-clock
+    # times in the TZID, checked above, are what it means.
