@@ -315,6 +315,9 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
         return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
     try:
         with session_scope(runtime.database_url, autocommit=True) as session:
+            orphans = dl.untried_claims(session, claim_token, exclude=delivery_id)
+            if orphans:  # the batch's claim committed but its answer was lost: the rest go back
+                _give_back(session, runtime, orphans, 0)
             claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
                 return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
