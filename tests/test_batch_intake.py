@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from careloop.db import session_scope
-from careloop.models import Delivery, Event, OutboxEntry
+from careloop.models import Delivery, Event, OutboxEntry, utcnow
 from tests.conftest import build_team, checkin_data, run_rq_until_settled
 from tests.test_api import BAD_EVENTS, assert_422_names, db_session, event_ids, post_event, valid_bodies
 
@@ -194,3 +194,44 @@ def test_a_batch_is_routed_and_sent_exactly_once_through_rq(rq_api, runtime, smt
     assert len(twilio_proxy.sent) == by_channel["sms"]
     recipients = Counter(str(msg["To"]) + msg["Message-ID"] for msg in smtp.messages)
     assert max(recipients.values()) == 1  # no message twice
+
+
+def test_the_relay_leaves_a_waiting_batch_routing_job_alone_and_replaces_a_lost_one(rq_api, runtime):
+    """Events recorded together share one routing job; the relay asks Redis for that job (not one
+    per event) before handing them over again."""
+    from datetime import timedelta
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from sqlalchemy import update
+
+    from careloop.queues import ROUTE_BATCH_SIZE
+    from careloop.workers.relay import relay_once
+
+    nb, _ = build_team(rq_api)
+    count = ROUTE_BATCH_SIZE + 3
+    notes = [{"type": "note.added", "data": {"text": f"n{i}", "voice": "family"}} for i in range(count)]
+    ids = [r["id"] for r in batch(rq_api.client, nb["id"], notes, rq_api.headers)["results"]]
+    dispatcher = runtime.dispatcher
+    queue = Queue(dispatcher.route_queue.name, connection=dispatcher.connection, serializer=JSONSerializer)
+    assert len(queue.job_ids) == 2  # 28 events: a job of 25 and one of 3
+
+    def age_hand_overs():
+        with session_scope(runtime.database_url) as session:
+            old = utcnow() - timedelta(seconds=runtime.settings.claim_timeout + 1)
+            session.execute(update(OutboxEntry).values(dispatched_at=old))
+
+    age_hand_overs()
+    assert relay_once(runtime)["events"] == 0  # both jobs still wait in the queue
+    assert len(queue.job_ids) == 2
+    lost = queue.job_ids[0]
+    queue.remove(lost)
+    dispatcher.connection.delete(f"rq:job:{lost}")
+    age_hand_overs()
+    assert relay_once(runtime)["events"] == ROUTE_BATCH_SIZE  # the lost job's events, once
+    assert len(queue.job_ids) == 2
+    run_rq_until_settled(runtime)
+    with session_scope(runtime.database_url) as session:
+        routed = session.scalars(select(Event.id).where(Event.routed_at.is_not(None))).all()
+    assert sorted(routed) == sorted(ids)
+    assert dispatcher.connection.hlen(dispatcher.route_jobs_key) == 0  # forgotten once routed

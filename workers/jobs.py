@@ -105,7 +105,42 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         return 0
 
 
-def _route(runtime: Runtime, event_id: str) -> int:
+def route_many(event_ids: list[str], runtime: Runtime | None = None) -> int:
+    """Route several events recorded together, each as :func:`route_event` does, in one job.
+
+    Urgent events' deliveries are handed over as soon as each is routed; the others' are
+    handed over together at the end, several to a delivery job. Returns how many deliveries
+    were handed over.
+    """
+    runtime = _runtime(runtime)
+    later: list[str] = []
+    handed = 0
+    for event_id in event_ids:
+        try:
+            handed += _route(runtime, event_id, later)
+        except DATABASE_ERRORS as exc:
+            log.warning("route %s: the database is unavailable (%s); trying again in %ss",
+                        event_id, type(exc).__name__, DATABASE_RETRY_DELAY)  # fmt: skip
+            try:
+                runtime.dispatcher.route_later(event_id, DATABASE_RETRY_DELAY)
+            except Exception:
+                log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
+    if later:
+        try:
+            with session_scope(runtime.database_url) as session:
+                hand_over_deliveries(session, runtime.dispatcher, later)
+        except DATABASE_ERRORS:  # not recorded as handed over: the relay hands them over when due
+            log.warning("%d deliveries: the database is unavailable; left for the relay", len(later))
+    try:
+        runtime.dispatcher.routed(event_ids)
+    except Exception:  # only bookkeeping for the relay; it finds these events routed anyway
+        log.warning("could not forget the routing job of %d events", len(event_ids))
+    return handed + len(later)
+
+
+def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> int:
+    """Route one event. ``later``: append its ordinary deliveries there for the caller to hand
+    over (urgent ones are handed over here and now)."""
     # One transaction for the deliveries, routed_at and the outbox record (one commit, where
     # autocommit made each its own), and one for recording the hand-over.
     with session_scope(runtime.database_url) as session:
@@ -177,10 +212,12 @@ def _route(runtime: Runtime, event_id: str) -> int:
                 Delivery.enqueued_at.is_(None),
             )
         ).all()
-        if to_send:
+        if to_send and later is not None and not urgent:
+            later += to_send
+        elif to_send:
             hand_over_deliveries(session, runtime.dispatcher, list(to_send))
         log.info(
-            "routed event %s (%s): %d planned, %d handed over",
+            "routed event %s (%s): %d planned, %d to hand over",
             event.id,
             event.type,
             len(planned),
