@@ -25,6 +25,7 @@ from careloop.queues import (
     ROUTE_QUEUE,
     DeliveryJob,
     batches,
+    delivery_queue,
     retry_due_time,
     route_batch_job_id,
     route_job_id,
@@ -171,6 +172,14 @@ class RQDispatcher:
             failure_ttl=JOB_FAILURE_TTL,
         )
 
+    def urgent_waiting(self, channel: str) -> bool:
+        """Whether an urgent alert of ``channel`` waits in its queue (one round trip; False when
+        Redis cannot be asked: the batch in hand simply goes on)."""
+        try:
+            return bool(self.queue(delivery_queue(channel, urgent=True)).count)
+        except Exception:
+            return False
+
     def missing_deliveries(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
         """The deliveries whose job Redis no longer has waiting (one round trip)."""
         known = [(self.queue(job.queue).name, job.job_id) for job in jobs if job.job_id]
@@ -290,6 +299,9 @@ class InProcessDispatcher:
 
     def ping(self) -> bool:
         return True
+
+    def urgent_waiting(self, channel: str) -> bool:
+        return False  # one thread runs every job here, urgent ones included, in order of due time
 
     def lost_data(self) -> bool:
         return False  # nothing here outlives the process; the relay's first sweep hands it over

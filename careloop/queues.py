@@ -62,6 +62,11 @@ def delivery_queue(channel: str, urgent: bool) -> str:
     return f"{channel}-urgent" if urgent else str(channel)
 
 
+def is_urgent_queue(queue: str) -> bool:
+    """Whether ``queue`` (a role: ``sms-urgent``, ``email``, …) holds urgent alerts."""
+    return queue.endswith("-urgent")
+
+
 def queue_roles(channels: Iterable[str] | None = None) -> list[str]:
     """The queues a worker taking ``channels`` (all by default) listens to, highest priority
     first: urgent deliveries, then routing, then ordinary deliveries (RQ takes queues in order)."""

@@ -29,7 +29,7 @@ from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, ProviderReceipt, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
-from careloop.queues import BATCH_SIZE, delivery_queue
+from careloop.queues import BATCH_SIZE, delivery_queue, is_urgent_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -64,6 +64,11 @@ DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 DATABASE_RETRY_DELAY = 2.0
 """Seconds before a job that met a database error runs again."""
+
+URGENT_LOOK_INTERVAL = 0.25
+"""Seconds between a batch of ordinary deliveries' looks at its channel's urgent queue: when an
+urgent alert waits there, the rest of the batch goes back to its queue (untried) and the
+worker takes the alert next."""
 
 OUTCOME_WRITE_PATIENCE = 60.0
 """Seconds a job keeps trying to record what the provider answered while the database is down;
@@ -308,10 +313,19 @@ def deliver_many(
             budget = time.monotonic() + runtime.job_timeout / 2
             failing: set[str] = set()  # channels that failed transiently in this batch
             untried: list[dl.Claim] = []
+            yielded: list[dl.Claim] = []  # left for an urgent alert waiting in the channel's queue
+            look = time.monotonic() + URGENT_LOOK_INTERVAL if queue and not is_urgent_queue(queue) else None
             bug: Exception | None = None
             for claim in claims:
                 channel = session.get(Delivery, claim.delivery_id).channel
-                if channel in failing or time.monotonic() > budget:
+                if look is not None and time.monotonic() >= look:
+                    look = time.monotonic() + URGENT_LOOK_INTERVAL
+                    if runtime.dispatcher.urgent_waiting(channel):
+                        look = None
+                        log.info("an urgent alert is waiting: the rest of this batch goes back to its queue")
+                if look is None and queue and not is_urgent_queue(queue):
+                    yielded.append(claim)
+                elif channel in failing or time.monotonic() > budget:
                     untried.append(claim)
                 else:
                     try:
@@ -325,6 +339,8 @@ def deliver_many(
             _record_sent(runtime, sent)
             if untried:
                 _give_back(session, runtime, untried, runtime.settings.retry_schedule[0])
+            if yielded:
+                _give_back(session, runtime, yielded, 0.0, "not tried yet: an urgent alert went first")
             if bug is not None:
                 raise bug  # RQ keeps the failed job for an operator to see
     except DATABASE_ERRORS as exc:
@@ -428,9 +444,16 @@ def _preload(session: Session, claims: list[dl.Claim]) -> list:
     return [*deliveries, *events, *notebooks, *members]
 
 
-def _give_back(session: Session, runtime: Runtime, claims: list[dl.Claim], delay: float) -> None:
-    """Deliveries of this batch not tried (their provider is failing, or time ran out)."""
-    dl.release(session, claims, "not tried yet: its provider was failing or the batch ran long", delay)
+def _give_back(
+    session: Session,
+    runtime: Runtime,
+    claims: list[dl.Claim],
+    delay: float,
+    reason: str = "not tried yet: its provider was failing or the batch ran long",
+) -> None:
+    """Deliveries of this batch not tried (their provider is failing, time ran out, or an urgent
+    alert is waiting)."""
+    dl.release(session, claims, reason, delay)
     log.info("%d deliveries given back untried; due again in %ss", len(claims), delay)
     hand_over_deliveries(session, runtime.dispatcher, [c.delivery_id for c in claims], delay=delay)
 
