@@ -303,7 +303,7 @@ def main(events: int, backlog: int) -> None:
                 f"in {elapsed:.1f}s "
                 f"= {ours:,.0f} deliveries/s by 2 careloop workers (Procfile) · RQ's default worker "
                 f"{theirs:,.0f} no-op jobs/s · ratio {ours / theirs:.1f}× (target ≥ 10×) · "
-                f"{per_delivery:.2f} database commits per delivery (routing included)"
+                f"{per_delivery:.2f} database transactions per delivery (reads, routing and relay included)"
             )
             print(
                 "memory: workers (sms, mail) peak RSS "
