@@ -48,11 +48,16 @@ def _verify(token: str) -> Principal | None:
         return Principal(admin=True)
     if not token.startswith(KEY_PREFIX):
         return None
-    key = g.db.execute(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
-    ).scalar_one_or_none()
-    if key is None:
+    # The key's notebook comes with it (one round trip): notebook_or_404 then finds it in the
+    # session's identity map, which holds it only weakly, so the request holds it (g).
+    row = g.db.execute(
+        select(ApiKey, Notebook)
+        .join(Notebook, Notebook.id == ApiKey.notebook_id)
+        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None:
         return None
+    key, g.key_notebook = row
     return Principal(admin=False, notebook_id=key.notebook_id, key_id=key.id)
 
 
