@@ -10,11 +10,13 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 
 from careloop import serialize
+from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event, record_events
 from careloop.models import Delivery, Event
 from careloop.service import api_links
-from careloop.service.auth import auth, notebook_or_404, principal
+from careloop.service.audit_trail import trail
+from careloop.service.auth import auth, before_the_body, notebook_or_404, reach_or_404
 from careloop.service.errors import error_body, validation_detail
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import (
@@ -74,6 +76,7 @@ def _idempotency_key() -> str | None:
 
 @bp.post("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
+@before_the_body(Action.RECORD_EVENTS)
 @bp.input(EventIn, arg_name="body")
 @bp.output(EventAccepted, status_code=202, links=api_links.FROM_ACCEPTED_EVENT)
 @bp.doc(
@@ -91,7 +94,7 @@ def _idempotency_key() -> str | None:
     },
 )
 def create_event(notebook_id: str, body: EventIn):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.RECORD_EVENTS)
     key = _idempotency_key()
     item = body.root
     try:
@@ -108,6 +111,7 @@ def create_event(notebook_id: str, body: EventIn):
         abort(422, "Validation error", detail={"json": {exc.field: [exc.message]}})
     except IdempotencyConflict:
         abort(409, "this Idempotency-Key was used with a different request body")
+    trail().target_id = event.id
     if created:
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [event.id])
     headers = {"Location": f"/v1/events/{event.id}"}
@@ -141,6 +145,7 @@ def _batch_item(raw: dict) -> tuple[dict | None, dict | None]:
 
 @bp.post("/notebooks/<id:notebook_id>/events:batch")
 @bp.auth_required(auth)
+@before_the_body(Action.RECORD_EVENTS)
 @bp.input(EventBatchIn, arg_name="body")
 @bp.output(EventBatchOut, links=api_links.FROM_EVENT_BATCH)
 @bp.doc(
@@ -160,7 +165,7 @@ def _batch_item(raw: dict) -> tuple[dict | None, dict | None]:
     },
 )
 def create_events(notebook_id: str, body: EventBatchIn):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.RECORD_EVENTS)
     results: list[dict] = [{}] * len(body.events)
     items, positions = [], []
     for index, raw in enumerate(body.events):
@@ -191,11 +196,12 @@ def create_events(notebook_id: str, body: EventBatchIn):
 
 @bp.get("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
+@before_the_body(Action.READ_EVENTS)
 @bp.input(EventsQuery, location="query", arg_name="query")
 @bp.output(EventList, links=api_links.FROM_EVENTS)
 @bp.doc(operation_id="listEvents", summary="List events, newest first (by occurred_at)", responses=[404])
 def list_events(notebook_id: str, query: EventsQuery):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.READ_EVENTS)
     stmt = select(Event).where(Event.notebook_id == notebook.id)
     if query.type:
         stmt = stmt.where(Event.type == query.type)
@@ -218,9 +224,7 @@ def list_events(notebook_id: str, query: EventsQuery):
 @bp.output(EventWithDeliveries, links=api_links.FROM_EVENT)
 @bp.doc(operation_id="getEvent", summary="Get an event with its deliveries", responses=[404])
 def get_event(event_id: str):
-    event = g.db.get(Event, event_id)
-    if event is None or not principal().may_reach(event.notebook_id):
-        abort(404, "event not found")
+    event = reach_or_404(Event, event_id, Action.READ_EVENTS, "event")
     deliveries = g.db.scalars(
         select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.created_at, Delivery.id)
     ).all()
