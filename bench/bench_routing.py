@@ -91,13 +91,16 @@ def scaling(n: int) -> None:
         print(f"{count:>8,} rules: {times[count] * 1e6:8.1f} µs/event")
     print(f"{'ratio':>14}: {times[10_000] / times[10]:.2f}× the time with 10 rules (target ≤ 2×)")
     rules = rules_of(10)
+    per_team = {}
     for size in (5, 500):
         members = team(size)
         spent = min(
             _timed(lambda m=members: [plan_deliveries(event, m, rules) for _ in range(n // 10)])
             for _ in range(3)
         )
-        print(f"{size:>8} members: {spent * 1e6 / (n // 10):8.1f} µs/event")
+        per_team[size] = spent / (n // 10)
+        print(f"{size:>8} members: {per_team[size] * 1e6:8.1f} µs/event")
+    print(f"{'ratio':>14}: {per_team[500] / per_team[5]:.0f}× the time with 5 members (100× the members)")
 
 
 def _timed(fn) -> float:

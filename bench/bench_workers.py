@@ -3,12 +3,17 @@ runs them: one for texts, one for mail) to local sinks (Postfix's smtp-sink; a m
 Twilio-shaped HTTP 201 responder), against RQ's default ``rq worker`` running one no-op job
 per delivery, measured in the same run.
 
-    .venv/bin/python bench/bench_workers.py [EVENTS]
+    .venv/bin/python -m bench.bench_workers [EVENTS] [BACKLOG]
 
 Each urgent concern fans out to 7 sends (5 emails, 2 texts) and 3 skipped texts; the default
 715 events make 5,005 sends. Uses PostgreSQL (a database of its own, dropped afterwards),
-Redis DB 14 (flushed), all on 127.0.0.1. Prints deliveries/s, the ratio to the baseline and
-each worker's peak RSS.
+Redis DB 14 (flushed), all on 127.0.0.1. Prints deliveries/s, the ratio to the baseline,
+each worker's peak RSS and the database commits per delivery (from PostgreSQL's statistics).
+
+Then urgent first: BACKLOG (default 5,000) ordinary deliveries (medication changes, 5 sends
+each, posted through ``…/events:batch``) are routed and waiting when an urgent concern
+arrives; prints how long after its routing its deliveries reached the providers, against how
+long the backlog still took to drain (what it would have waited at the back of one queue).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from sqlalchemy import create_engine, func, select, text
 from bench.sinks import SmtpSink, TwilioSink
 from careloop.config.settings import Settings
 from careloop.db import dispose_all, session_scope, upgrade
-from careloop.models import Delivery
+from careloop.models import Delivery, Event
 from careloop.service import create_app
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -97,6 +102,21 @@ def post_events(settings: Settings, events: int) -> int:
     """A notebook with a typical team and ``events`` urgent concerns; returns the sends due."""
     app = create_app(settings=settings)
     client = app.test_client()
+    nb, members = make_team(client)
+    for i in range(events):
+        response = client.post(
+            f"/v1/notebooks/{nb['id']}/events",
+            json={"type": "concern.raised", "data": {"summary": f"c{i}", "severity": "urgent"},
+                  "author_member_id": members[0]["id"]},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )  # fmt: skip
+        assert response.status_code == 202, response.get_json()
+    app.extensions["careloop"].runtime.close()
+    return events * 7
+
+
+def make_team(client) -> tuple[dict, list[dict]]:
+    """A notebook with a typical team (6 members, 3 with phones)."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
 
     def post(url, body):
@@ -117,14 +137,7 @@ def post_events(settings: Settings, events: int) -> int:
     for name, role, email, phone in team:
         body = {"name": name, "role": role, "email": email, **({"phone": phone} if phone else {})}
         members.append(post(f"/v1/notebooks/{nb['id']}/members", body))
-    for i in range(events):
-        post(
-            f"/v1/notebooks/{nb['id']}/events",
-            {"type": "concern.raised", "data": {"summary": f"c{i}", "severity": "urgent"},
-             "author_member_id": members[0]["id"]},
-        )  # fmt: skip
-    app.extensions["careloop"].runtime.close()
-    return events * 7
+    return nb, members
 
 
 def pending() -> tuple[int, int]:
@@ -136,13 +149,9 @@ def pending() -> tuple[int, int]:
     return total, open_
 
 
-def run_careloop(
-    settings: Settings, sends: int, smtp: SmtpSink, twilio: TwilioSink
-) -> tuple[float, list[float]]:
+def start_workers(settings: Settings, log) -> list[subprocess.Popen]:
     env = worker_env(settings)
-    log = open(Path(settings.outbox_dir) / "workers.log", "wb")  # noqa: SIM115 - closed below
-    start = time.perf_counter()
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "careloop.cli", "worker", *args],
             env=env,
@@ -153,6 +162,32 @@ def run_careloop(
         )  # fmt: skip
         for args in PROCFILE_WORKERS
     ]
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
+def commits() -> int:
+    """Transactions committed in the bench database so far (PostgreSQL's statistics)."""
+    with create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            conn.scalar(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = 'careloop_bench_workers'")
+            )
+        )
+
+
+def run_careloop(
+    settings: Settings, sends: int, smtp: SmtpSink, twilio: TwilioSink
+) -> tuple[float, list[float]]:
+    log = open(Path(settings.outbox_dir) / "workers.log", "wb")  # noqa: SIM115 - closed below
+    start = time.perf_counter()
+    procs = start_workers(settings, log)
     try:
         while smtp.messages + twilio.count < sends or pending()[1]:
             if any(p.poll() is not None for p in procs):
@@ -161,12 +196,72 @@ def run_careloop(
         elapsed = time.perf_counter() - start
         rss = [peak_rss_mb(p.pid) for p in procs]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        stop_workers(procs)
         log.close()
     return elapsed, rss
+
+
+def run_urgent(settings: Settings, backlog: int) -> dict[str, float]:
+    """Urgent first: an urgent concern arriving behind ``backlog`` routed, waiting deliveries."""
+    app = create_app(settings=settings)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    nb, members = make_team(client)
+    change = {"type": "medication.changed", "data": {"medication": "m", "change": "started"}}
+    events = -(-backlog // 5)  # 5 sends each: both parents by text and email, neurology by email
+    for start in range(0, events, 500):
+        response = client.post(
+            f"/v1/notebooks/{nb['id']}/events:batch",
+            json={"events": [change] * min(500, events - start)},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.get_json()
+    log = open(Path(settings.outbox_dir) / "urgent.log", "wb")  # noqa: SIM115 - closed below
+    procs = start_workers(settings, log)
+    try:
+        with session_scope(PG_URL) as session:
+            while session.scalar(select(func.count()).select_from(Event).where(Event.routed_at.is_(None))):
+                session.commit()
+                time.sleep(0.05)
+            waiting = session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status == "queued")
+            )
+        response = client.post(
+            f"/v1/notebooks/{nb['id']}/events",
+            json={"type": "concern.raised", "data": {"summary": "Seizure", "severity": "urgent"},
+                  "author_member_id": members[0]["id"]},
+            headers=headers,
+        )  # fmt: skip
+        assert response.status_code == 202, response.get_json()
+        urgent = response.get_json()["id"]
+        with session_scope(PG_URL) as session:
+            while True:
+                rows = session.execute(
+                    select(Delivery.status, Delivery.sent_at).where(Delivery.event_id == urgent)
+                ).all()
+                if rows and all(r.status in ("sent", "skipped") for r in rows):
+                    break
+                session.commit()
+                time.sleep(0.02)
+            event = session.get(Event, urgent)
+            routed, recorded = event.routed_at, event.recorded_at
+            while session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status.in_(("queued", "sending")))
+            ):
+                session.commit()
+                time.sleep(0.1)
+            drained = session.scalar(select(func.max(Delivery.sent_at)))
+    finally:
+        stop_workers(procs)
+        log.close()
+        app.extensions["careloop"].runtime.close()
+    sent = [r.sent_at for r in rows if r.sent_at]
+    return {
+        "backlog": waiting,
+        "after_routing": (max(sent) - routed).total_seconds(),
+        "after_202": (max(sent) - recorded).total_seconds(),
+        "drain": (drained - routed).total_seconds(),
+    }
 
 
 def run_rq_baseline(jobs: int) -> float:
@@ -184,7 +279,7 @@ def run_rq_baseline(jobs: int) -> float:
     return time.perf_counter() - start
 
 
-def main(events: int) -> None:
+def main(events: int, backlog: int) -> None:
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text("DROP DATABASE IF EXISTS careloop_bench_workers WITH (FORCE)"))
@@ -196,7 +291,9 @@ def main(events: int) -> None:
             upgrade(PG_URL)
             settings = settings_for(smtp, twilio, outbox)
             sends = post_events(settings, events)
+            before = commits()
             elapsed, rss = run_careloop(settings, sends, smtp, twilio)
+            per_delivery = (commits() - before) / sends
             total, open_ = pending()
             assert open_ == 0 and smtp.messages + twilio.count == sends, (smtp.messages, twilio.count, sends)
             baseline = run_rq_baseline(sends)
@@ -205,8 +302,22 @@ def main(events: int) -> None:
                 f"workers: {sends:,} sends ({smtp.messages:,} emails, {twilio.count:,} texts) "
                 f"in {elapsed:.1f}s "
                 f"= {ours:,.0f} deliveries/s by 2 careloop workers (Procfile) · RQ's default worker "
-                f"{theirs:,.0f} no-op jobs/s · ratio {ours / theirs:.1f}× · peak RSS "
+                f"{theirs:,.0f} no-op jobs/s · ratio {ours / theirs:.1f}× (target ≥ 10×) · "
+                f"{per_delivery:.2f} database transactions per delivery (reads, routing and relay included)"
+            )
+            print(
+                "memory: workers (sms, mail) peak RSS "
                 + ", ".join(f"{r:.0f} MB" for r in rss)
+                + " (target < 150 MB)"
+            )
+            Redis.from_url(REDIS_URL).flushdb()
+            urgent = run_urgent(settings, backlog)
+            print(
+                f"urgent first: behind {urgent['backlog']:,} waiting deliveries, an urgent concern's 7 sends "
+                f"reached the providers {urgent['after_routing']:.2f} s after its routing "
+                f"({urgent['after_202']:.2f} s after its 202; target ≤ 2 s) · the backlog took "
+                f"{urgent['drain']:.1f} s more to drain (its wait at the back of one queue) · ratio "
+                f"{urgent['after_routing'] / urgent['drain']:.3f}× of that"
             )
     finally:
         smtp.stop()
@@ -219,4 +330,4 @@ def main(events: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 715)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 715, int(sys.argv[2]) if len(sys.argv) > 2 else 5000)

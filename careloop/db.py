@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -61,6 +62,41 @@ def create_private_sqlite_file(url: str) -> None:
         pass
 
 
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled connection may rest before it is checked (a round trip) at its next use."""
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it has rested a while (PostgreSQL).
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: for a worker, whose autocommit
+    session takes a connection for each statement, that doubled the round trips of every
+    delivery. A connection used within the last :data:`PING_AFTER_IDLE` seconds is as likely
+    to be alive as one pinged a moment ago; if the database went away since, the statement
+    fails as it would have a moment after a ping, and the pool replaces its connections.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection, record) -> None:
+        record.info["rested_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _rest(_dbapi_connection, record) -> None:
+        if record is not None:
+            record.info["rested_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_connection, record, _proxy) -> None:
+        if time.monotonic() - record.info.get("rested_since", 0.0) <= PING_AFTER_IDLE:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(type(error).__name__) from error
+        if not alive:
+            raise exc.DisconnectionError("ping failed")
+
+
 def get_engine(url: str, autocommit: bool = False) -> Engine:
     """The engine for ``url`` (one per process). ``autocommit``: a second engine of its own
     whose connections commit each statement by itself (no BEGIN/COMMIT round trips)."""
@@ -76,13 +112,13 @@ def get_engine(url: str, autocommit: bool = False) -> Engine:
             else:
                 engine = create_engine(
                     url,
-                    pool_pre_ping=True,
                     pool_size=5,
                     max_overflow=10,
                     pool_timeout=10,
                     connect_args={"connect_timeout": 5},
                     **options,
                 )
+                _ping_after_idle(engine)
             _engines[(url, autocommit)] = engine
         return engine
 

@@ -185,13 +185,14 @@ def claim(
     return Claim(delivery_id, token, attempts, round_attempts)
 
 
-def mark_provider_called(session: Session, c: Claim) -> bool:
+def mark_provider_called(session: Session, c: Claim, commit: bool = True) -> bool:
     """Record, before the provider is called, that this attempt is about to call it.
 
     A worker that vanishes before this line sent nothing (its claim is simply retried); one
     that vanishes after it may have reached the provider (who is asked, where it can be).
     Returns False when the claim is no longer this worker's (the relay took it over): then
-    the provider must not be called.
+    the provider must not be called. ``commit=False``: the caller commits (it must, before
+    calling the provider), together with other writes.
     """
     now = utcnow()
     result = session.execute(
@@ -200,7 +201,8 @@ def mark_provider_called(session: Session, c: Claim) -> bool:
         .values(provider_called_at=now)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 
@@ -221,9 +223,14 @@ def _owned(c: Claim):
 
 
 def mark_sent(
-    session: Session, c: Claim, provider_id: str, status: DeliveryStatus = DeliveryStatus.SENT
+    session: Session,
+    c: Claim,
+    provider_id: str,
+    status: DeliveryStatus = DeliveryStatus.SENT,
+    commit: bool = True,
 ) -> bool:
-    """Record the provider's acceptance. A status a callback already moved further is kept."""
+    """Record the provider's acceptance. A status a callback already moved further is kept.
+    ``commit=False``: the caller commits, together with other writes."""
     now = utcnow()
     result = session.execute(
         update(Delivery)
@@ -239,7 +246,8 @@ def mark_sent(
             .values(provider_id=provider_id, sent_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 

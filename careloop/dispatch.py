@@ -20,7 +20,16 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from careloop.queues import ROUTE_QUEUE, DeliveryJob, batches, retry_due_time, route_job_id
+from careloop.queues import (
+    ROUTE_BATCH_SIZE,
+    ROUTE_QUEUE,
+    DeliveryJob,
+    batches,
+    delivery_queue,
+    retry_due_time,
+    route_batch_job_id,
+    route_job_id,
+)
 
 log = logging.getLogger("careloop.dispatch")
 
@@ -35,16 +44,18 @@ JOB_FAILURE_TTL = 7 * 24 * 3600
 class Jobs:
     """The work a dispatcher hands out, as functions given by ``careloop.workers``.
 
-    ``route(event_id, runtime=None)``, ``deliver_many(delivery_ids, runtime=None)`` and
-    ``deliver(delivery_id, runtime=None, claim_token=None)`` are RQ jobs (importable by name,
-    ids in); the in-process queue calls them with its runtime. ``sweep(runtime)`` is one
-    relay sweep, run by the in-process queue in its idle time.
+    ``route(event_id, runtime=None)``, ``route_many(event_ids, runtime=None)``,
+    ``deliver_many(delivery_ids, runtime=None)`` and ``deliver(delivery_id, runtime=None,
+    claim_token=None)`` are RQ jobs (importable by name, ids in); the in-process queue calls
+    them with its runtime. ``sweep(runtime)`` is one relay sweep, run by the in-process queue
+    in its idle time.
     """
 
     route: Callable[..., Any]
     deliver: Callable[..., Any]
     deliver_many: Callable[..., Any]
     sweep: Callable[[Any], Any]
+    route_many: Callable[..., Any] | None = None
 
 
 class RQDispatcher:
@@ -74,7 +85,7 @@ class RQDispatcher:
     def route_queue(self) -> Queue:
         return self.queue(ROUTE_QUEUE)
 
-    def _prepared(self, function: Callable[..., Any], ref: str, job_id: str):
+    def _prepared(self, function: Callable[..., Any], ref: Any, job_id: str):
         return Queue.prepare_data(
             function,
             args=(ref,),
@@ -84,10 +95,35 @@ class RQDispatcher:
             failure_ttl=JOB_FAILURE_TTL,
         )
 
+    @property
+    def route_jobs_key(self) -> str:
+        """A Redis hash: event id → the id of the routing job that carries it, for events routed
+        several to a job (the relay asks it before handing an event over again)."""
+        return f"{self.prefix}:route-jobs"
+
     def route(self, event_ids: list[str]) -> None:
-        self.route_queue.enqueue_many(
-            [self._prepared(self.jobs.route, event_id, route_job_id(event_id)) for event_id in event_ids]
-        )
+        """Enqueue the routing of these events: one job for one event, one job for up to
+        :data:`ROUTE_BATCH_SIZE` events recorded together (one Redis round trip in all)."""
+        if len(event_ids) == 1 or self.jobs.route_many is None:
+            self.route_queue.enqueue_many(
+                [self._prepared(self.jobs.route, event_id, route_job_id(event_id)) for event_id in event_ids]
+            )
+            return
+        chunks = [event_ids[i : i + ROUTE_BATCH_SIZE] for i in range(0, len(event_ids), ROUTE_BATCH_SIZE)]
+        with self.connection.pipeline() as pipe:
+            carriers = {}
+            datas = []
+            for chunk in chunks:
+                job_id = route_batch_job_id(chunk)
+                carriers.update(dict.fromkeys(chunk, job_id))
+                datas.append(self._prepared(self.jobs.route_many, chunk, job_id))
+            pipe.hset(self.route_jobs_key, mapping=carriers)
+            self.route_queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+
+    def routed(self, event_ids: list[str]) -> None:
+        """Forget which job carried these events (they are routed)."""
+        self.connection.hdel(self.route_jobs_key, *event_ids)
 
     def deliver(self, jobs: list[DeliveryJob], delay: float | None = None) -> list[DeliveryJob]:
         """Enqueue these deliveries on their queues, several to a job (:func:`batches`), now or
@@ -136,6 +172,14 @@ class RQDispatcher:
             failure_ttl=JOB_FAILURE_TTL,
         )
 
+    def urgent_waiting(self, channel: str) -> bool:
+        """Whether an urgent alert of ``channel`` waits in its queue (one round trip; False when
+        Redis cannot be asked: the batch in hand simply goes on)."""
+        try:
+            return bool(self.queue(delivery_queue(channel, urgent=True)).count)
+        except Exception:
+            return False
+
     def missing_deliveries(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
         """The deliveries whose job Redis no longer has waiting (one round trip)."""
         known = [(self.queue(job.queue).name, job.job_id) for job in jobs if job.job_id]
@@ -143,9 +187,16 @@ class RQDispatcher:
         return [job for job in jobs if job.job_id not in waiting]
 
     def missing_routes(self, event_ids: list[str]) -> list[str]:
-        """The events whose routing job Redis no longer has waiting (one round trip)."""
-        waiting = self._waiting([(self.route_queue.name, route_job_id(e)) for e in event_ids])
-        return [e for e in event_ids if route_job_id(e) not in waiting]
+        """The events whose routing job Redis no longer has waiting (two round trips)."""
+        if not event_ids:
+            return []
+        carriers = self.connection.hmget(self.route_jobs_key, event_ids)
+        job_ids = [
+            (c.decode() if isinstance(c, bytes) else c) or route_job_id(e)
+            for e, c in zip(event_ids, carriers, strict=True)
+        ]
+        waiting = self._waiting([(self.route_queue.name, j) for j in dict.fromkeys(job_ids)])
+        return [e for e, j in zip(event_ids, job_ids, strict=True) if j not in waiting]
 
     def _waiting(self, jobs: list[tuple[str, str]]) -> set[str]:
         """Of these (queue name, job id) pairs, the ids of jobs still waiting to run: queued, or
@@ -223,8 +274,15 @@ class InProcessDispatcher:
                 self._thread.start()
 
     def route(self, event_ids: list[str]) -> None:
+        if len(event_ids) > 1 and self._jobs.route_many is not None:
+            for start in range(0, len(event_ids), ROUTE_BATCH_SIZE):
+                self._push(self._jobs.route_many, event_ids[start : start + ROUTE_BATCH_SIZE], None)
+            return
         for event_id in event_ids:
             self._push(self._jobs.route, event_id, None)
+
+    def routed(self, event_ids: list[str]) -> None:
+        pass
 
     def deliver(self, jobs: list[DeliveryJob], delay: float | None = None) -> list[DeliveryJob]:
         handed = []
@@ -241,6 +299,9 @@ class InProcessDispatcher:
 
     def ping(self) -> bool:
         return True
+
+    def urgent_waiting(self, channel: str) -> bool:
+        return False  # one thread runs every job here, urgent ones included, in order of due time
 
     def lost_data(self) -> bool:
         return False  # nothing here outlives the process; the relay's first sweep hands it over

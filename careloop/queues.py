@@ -62,6 +62,11 @@ def delivery_queue(channel: str, urgent: bool) -> str:
     return f"{channel}-urgent" if urgent else str(channel)
 
 
+def is_urgent_queue(queue: str) -> bool:
+    """Whether ``queue`` (a role: ``sms-urgent``, ``email``, …) holds urgent alerts."""
+    return queue.endswith("-urgent")
+
+
 def queue_roles(channels: Iterable[str] | None = None) -> list[str]:
     """The queues a worker taking ``channels`` (all by default) listens to, highest priority
     first: urgent deliveries, then routing, then ordinary deliveries (RQ takes queues in order)."""
@@ -78,9 +83,19 @@ def queue_names(prefix: str, channels: Iterable[str] | None = None) -> list[str]
     return [f"{prefix}-{role}" for role in queue_roles(channels)]
 
 
+ROUTE_BATCH_SIZE = 25
+"""Events one routing job routes when they were recorded together (a batch, the relay): one RQ
+job instead of 25, and their ordinary deliveries handed over together, in full jobs."""
+
+
 def route_job_id(event_id: str) -> str:
     """The RQ job id of an event's routing job (one per event)."""
     return f"route-{event_id}"
+
+
+def route_batch_job_id(event_ids: list[str]) -> str:
+    """The RQ job id of a routing job for several events (named after the first)."""
+    return f"route-{event_ids[0]}-and-{len(event_ids) - 1}"
 
 
 def retry_due_time(delay: float, now: datetime | None = None) -> datetime:

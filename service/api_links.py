@@ -35,6 +35,9 @@ FROM_MEMBERS = {
 FROM_ACCEPTED_EVENT = {
     "GetEvent": _link("getEvent", "The event just recorded", event_id="$response.body#/id"),
 }
+FROM_EVENT_BATCH = {
+    "GetEvent": _link("getEvent", "The first event of the batch", event_id="$response.body#/results/0/id"),
+}
 FROM_EVENTS = {
     "GetEvent": _link("getEvent", "The newest event", event_id="$response.body#/items/0/id"),
 }

@@ -189,6 +189,32 @@ class EventIn(RootModel[Annotated[Union[EVENT_REQUESTS], Field(discriminator="ty
     )  # fmt: skip
 
 
+BATCH_MAX = 500
+"""Events one ``POST …/events:batch`` may carry."""
+
+
+class EventBatchIn(_In):
+    """Many events of one notebook at once; each item is decided on its own."""
+
+    model_config = ConfigDict(
+        **examples({"events": [
+            {"type": "note.added", "data": {"text": "Slept well", "voice": "family"},
+             "idempotency_key": "row-1"},
+            {"type": "goal.updated", "data": {"goal": "Walk 10 m", "status": "progress"}},
+        ]})
+    )  # fmt: skip
+
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=BATCH_MAX,
+        description=f"1 to {BATCH_MAX} events, each a JSON object shaped as `createEvent`'s body "
+        "(`type`, `data`, `occurred_at`?, `author_member_id`?) plus an optional `idempotency_key` "
+        "(as the `Idempotency-Key` header: 1 to 200 printable ASCII characters). An item that is "
+        "not an object makes the whole batch a 422; an object that is not a valid event is "
+        "answered on its own in `results`.",
+    )
+
+
 class EventsQuery(_In):
     model_config = ConfigDict(extra="forbid")
     type: Literal[tuple(t.value for t in EventType)] | None = None  # type: ignore[valid-type]
@@ -375,6 +401,30 @@ DELIVERY_EXAMPLES = (
      "error": "SMTP 550: 5.1.1 mailbox unavailable", "rules": ["neurology-hears-medication"],
      "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None, "sent_at": None, "delivered_at": None},
 )  # fmt: skip
+
+
+class BatchResult(_Out):
+    index: int = Field(description="the item's position in `events`, from 0")
+    status: Literal["accepted", "duplicate", "rejected"] = Field(
+        description="`accepted`: stored and to be routed (as a 202 alone); `duplicate`: its "
+        "`idempotency_key` was used before with the same event, `id` is that first event; "
+        "`rejected`: nothing stored, `error` is the body it would have had alone"
+    )
+    id: str | None = Field(None, description="the event's id (accepted, duplicate)")
+    http_status: int | None = Field(None, description="the status it would have had alone (rejected)")
+    error: ErrorOut | None = Field(None, description="why it was rejected")
+
+
+class EventBatchOut(_Out):
+    model_config = ConfigDict(
+        **examples({"results": [
+            {"index": 0, "status": "accepted", "id": EVT, "http_status": None, "error": None},
+            {"index": 1, "status": "rejected", "id": None, "http_status": 422,
+             "error": {"error": "validation_error", "message": "Validation error",
+                       "fields": {"data.severity": ["Input should be 'low', 'medium', 'high' or 'urgent'"]}}},
+        ]})
+    )  # fmt: skip
+    results: list[BatchResult] = Field(description="one per item, in the order given")
 
 
 class DeliveryOut(_Out):

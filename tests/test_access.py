@@ -123,6 +123,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/notebooks/<id:notebook_id>/events"): Row(
         "/v1/notebooks/{nb}/events", notebook_route(202, EVERY_ROLE), NOTE
     ),
+    ("POST", "/v1/notebooks/<id:notebook_id>/events:batch"): Row(
+        "/v1/notebooks/{nb}/events:batch", notebook_route(200, EVERY_ROLE), {"events": [NOTE]}
+    ),
     ("GET", "/v1/notebooks/<id:notebook_id>/events"): Row(
         "/v1/notebooks/{nb}/events", notebook_route(200, EVERY_ROLE)
     ),

@@ -27,9 +27,9 @@ from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
-from careloop.messages import MemberLink, NotebookView, OutgoingMessage, Recipient, render
+from careloop.messages import MemberLink, NotebookView, OutgoingMessage, ProviderReceipt, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
-from careloop.queues import BATCH_SIZE, delivery_queue
+from careloop.queues import BATCH_SIZE, delivery_queue, is_urgent_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -64,6 +64,11 @@ DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 DATABASE_RETRY_DELAY = 2.0
 """Seconds before a job that met a database error runs again."""
+
+URGENT_LOOK_INTERVAL = 0.25
+"""Seconds between a batch of ordinary deliveries' looks at its channel's urgent queue: when an
+urgent alert waits there, the rest of the batch goes back to its queue (untried) and the
+worker takes the alert next."""
 
 OUTCOME_WRITE_PATIENCE = 60.0
 """Seconds a job keeps trying to record what the provider answered while the database is down;
@@ -105,8 +110,45 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         return 0
 
 
-def _route(runtime: Runtime, event_id: str) -> int:
-    with session_scope(runtime.database_url, autocommit=True) as session:
+def route_many(event_ids: list[str], runtime: Runtime | None = None) -> int:
+    """Route several events recorded together, each as :func:`route_event` does, in one job.
+
+    Urgent events' deliveries are handed over as soon as each is routed; the others' are
+    handed over together at the end, several to a delivery job. Returns how many deliveries
+    were handed over.
+    """
+    runtime = _runtime(runtime)
+    later: list[str] = []
+    handed = 0
+    for event_id in event_ids:
+        try:
+            handed += _route(runtime, event_id, later)
+        except DATABASE_ERRORS as exc:
+            log.warning("route %s: the database is unavailable (%s); trying again in %ss",
+                        event_id, type(exc).__name__, DATABASE_RETRY_DELAY)  # fmt: skip
+            try:
+                runtime.dispatcher.route_later(event_id, DATABASE_RETRY_DELAY)
+            except Exception:
+                log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
+    if later:
+        try:
+            with session_scope(runtime.database_url) as session:
+                hand_over_deliveries(session, runtime.dispatcher, later)
+        except DATABASE_ERRORS:  # not recorded as handed over: the relay hands them over when due
+            log.warning("%d deliveries: the database is unavailable; left for the relay", len(later))
+    try:
+        runtime.dispatcher.routed(event_ids)
+    except Exception:  # only bookkeeping for the relay; it finds these events routed anyway
+        log.warning("could not forget the routing job of %d events", len(event_ids))
+    return handed + len(later)
+
+
+def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> int:
+    """Route one event. ``later``: append its ordinary deliveries there for the caller to hand
+    over (urgent ones are handed over here and now)."""
+    # One transaction for the deliveries, routed_at and the outbox record (one commit, where
+    # autocommit made each its own), and one for recording the hand-over.
+    with session_scope(runtime.database_url) as session:
         event = session.get(Event, event_id)
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
@@ -176,10 +218,12 @@ def _route(runtime: Runtime, event_id: str) -> int:
                 Delivery.enqueued_at.is_(None),
             )
         ).all()
-        if to_send:
+        if to_send and later is not None and not urgent:
+            later += to_send
+        elif to_send:
             hand_over_deliveries(session, runtime.dispatcher, list(to_send))
         log.info(
-            "routed event %s (%s): %d planned, %d handed over",
+            "routed event %s (%s): %d planned, %d to hand over",
             event.id,
             event.type,
             len(planned),
@@ -267,6 +311,7 @@ def deliver_many(
     claims: list[dl.Claim] = []
     done = 0
     outcomes: dict[str, str] = {}
+    sent: list[tuple[dl.Claim, ProviderReceipt]] = []  # accepted, recorded with the next write
     try:
         with session_scope(runtime.database_url, autocommit=True) as session:
             claims = dl.claim_many(session, list(delivery_ids), token, fill_from=queue, fill_to=BATCH_SIZE)
@@ -278,29 +323,75 @@ def deliver_many(
             budget = time.monotonic() + runtime.job_timeout / 2
             failing: set[str] = set()  # channels that failed transiently in this batch
             untried: list[dl.Claim] = []
+            yielded: list[dl.Claim] = []  # left for an urgent alert waiting in the channel's queue
+            look = time.monotonic() + URGENT_LOOK_INTERVAL if queue and not is_urgent_queue(queue) else None
             bug: Exception | None = None
             for claim in claims:
                 channel = session.get(Delivery, claim.delivery_id).channel
-                if channel in failing or time.monotonic() > budget:
+                if look is not None and time.monotonic() >= look:
+                    look = time.monotonic() + URGENT_LOOK_INTERVAL
+                    if runtime.dispatcher.urgent_waiting(channel):
+                        look = None
+                        log.info("an urgent alert is waiting: the rest of this batch goes back to its queue")
+                if look is None and queue and not is_urgent_queue(queue):
+                    yielded.append(claim)
+                elif channel in failing or time.monotonic() > budget:
                     untried.append(claim)
                 else:
                     try:
-                        outcomes[claim.delivery_id] = _send(session, runtime, claim, failing)
+                        outcomes[claim.delivery_id] = _send(session, runtime, claim, failing, sent)
                     except DATABASE_ERRORS:
                         raise
                     except Exception as exc:  # recorded on that delivery; the rest still go
                         log.exception("delivery %s: unexpected error", claim.delivery_id)
                         bug = bug or exc
                 done += 1
+            _record_sent(runtime, sent)
             if untried:
                 _give_back(session, runtime, untried, runtime.settings.retry_schedule[0])
+            if yielded:
+                _give_back(session, runtime, yielded, 0.0, "not tried yet: an urgent alert went first")
             if bug is not None:
                 raise bug  # RQ keeps the failed job for an operator to see
     except DATABASE_ERRORS as exc:
         # Nothing is lost: each delivery row (queued, or claimed by `token`) still says what to do.
+        _record_sent(runtime, sent)
         left = [c.delivery_id for c in claims[max(done - 1, 0) :]] or list(delivery_ids)
         _resume_later(runtime, left, token, exc)
     return outcomes
+
+
+def _record_sent(runtime: Runtime, sent: list[tuple[dl.Claim, ProviderReceipt]]) -> None:
+    """Record the providers' acceptances not yet written (patiently: they exist only here)."""
+    if not sent:
+        return
+
+    def write() -> None:
+        with session_scope(runtime.database_url) as tx:  # one transaction, one commit
+            for claim, receipt in sent:
+                dl.mark_sent(tx, claim, receipt.provider_id, receipt.status, commit=False)
+
+    _patiently(write)
+    sent.clear()
+
+
+def _mark_provider_called(
+    runtime: Runtime, claim: dl.Claim, sent: list[tuple[dl.Claim, ProviderReceipt]]
+) -> bool:
+    """:func:`careloop.deliveries.mark_provider_called`, committed together with the acceptances
+    of the sends before it: one commit (a WAL flush, the costliest part of a delivery on
+    PostgreSQL) per delivery instead of two. A crash before this commit leaves those earlier
+    sends as a crash right after their provider call always did ("called", settled by the relay)."""
+
+    def write() -> bool:
+        with session_scope(runtime.database_url) as tx:
+            for earlier, receipt in sent:
+                dl.mark_sent(tx, earlier, receipt.provider_id, receipt.status, commit=False)
+            return dl.mark_provider_called(tx, claim, commit=False)
+
+    called = _patiently(write)
+    sent.clear()
+    return called
 
 
 def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str | None = None) -> str:
@@ -325,7 +416,10 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
                 message = build_message(session, runtime, claim)
                 reason = "an attempt interrupted by the database"
                 return _settle_by_lookup(session, runtime, claim, message, reason)
-            return _send(session, runtime, claim, set())
+            sent: list[tuple[dl.Claim, ProviderReceipt]] = []
+            status = _send(session, runtime, claim, set(), sent)
+            _record_sent(runtime, sent)
+            return status
     except DATABASE_ERRORS as exc:
         _resume_later(runtime, [delivery_id], claim_token, exc)
         return "database-unavailable"
@@ -363,9 +457,16 @@ def _preload(session: Session, claims: list[dl.Claim]) -> list:
     return [*deliveries, *events, *notebooks, *members]
 
 
-def _give_back(session: Session, runtime: Runtime, claims: list[dl.Claim], delay: float) -> None:
-    """Deliveries of this batch not tried (their provider is failing, or time ran out)."""
-    dl.release(session, claims, "not tried yet: its provider was failing or the batch ran long", delay)
+def _give_back(
+    session: Session,
+    runtime: Runtime,
+    claims: list[dl.Claim],
+    delay: float,
+    reason: str = "not tried yet: its provider was failing or the batch ran long",
+) -> None:
+    """Deliveries of this batch not tried (their provider is failing, time ran out, or an urgent
+    alert is waiting)."""
+    dl.release(session, claims, reason, delay)
     log.info("%d deliveries given back untried; due again in %ss", len(claims), delay)
     hand_over_deliveries(session, runtime.dispatcher, [c.delivery_id for c in claims], delay=delay)
 
@@ -379,7 +480,15 @@ def _not_claimed(session: Session, runtime: Runtime, delivery_id: str) -> str:
     return "not-claimed"
 
 
-def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]) -> str:
+def _send(
+    session: Session,
+    runtime: Runtime,
+    claim: dl.Claim,
+    failing: set[str],
+    sent: list[tuple[dl.Claim, ProviderReceipt]],
+) -> str:
+    """Send one claimed delivery. Its acceptance is appended to ``sent``, to be recorded with the
+    next delivery's "provider called" (or by :func:`_record_sent` at the end of the batch)."""
     delivery_id = claim.delivery_id
     delivery = session.get(Delivery, delivery_id)
     try:
@@ -400,7 +509,7 @@ def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]
     if missing:
         dl.mark_failed(session, claim, missing)
         return DeliveryStatus.FAILED
-    if not dl.mark_provider_called(session, claim):  # committed before the call: see recover_stale
+    if not _mark_provider_called(runtime, claim, sent):  # committed before the call: see recover_stale
         log.info("delivery %s: the claim was taken over; not sending", delivery_id)
         return "not-claimed"
     try:
@@ -415,7 +524,7 @@ def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]
         reason = dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)"
         _patiently(lambda: dl.mark_failed(session, claim, reason))
         raise
-    _patiently(lambda: dl.mark_sent(session, claim, receipt.provider_id, receipt.status))
+    sent.append((claim, receipt))
     log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
     return receipt.status
 
