@@ -24,10 +24,12 @@ from careloop.service import (
     headers,
     health,
     member_pages,
+    metrics,
     notebooks,
     openapi,
     pages,
     redaction,
+    tracing,
     twilio,
 )
 from careloop.service.schemas import ERROR_SCHEMA
@@ -81,6 +83,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
         db.upgrade(settings.database_url)
     app.extensions["careloop"] = CareloopExtension(runtime)
+    tracing.init_app(app)  # first: every later hook's log lines carry the request id
 
     @app.before_request
     def _open_session():
@@ -97,6 +100,6 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     headers.init_app(app)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
+    for module in (notebooks, events, deliveries, twilio, health, metrics, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
-from careloop import serialize
+from careloop import metrics, serialize
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event
 from careloop.models import Delivery, Event
@@ -18,6 +19,8 @@ from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQuery, EventWithDeliveries
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
+
+log = logging.getLogger("careloop.service")
 
 IDEMPOTENCY_KEY_MAX = 200
 """Characters an Idempotency-Key may have (the database column's size)."""
@@ -88,7 +91,11 @@ def create_event(notebook_id: str, body: EventIn):
     except IdempotencyConflict:
         abort(409, "this Idempotency-Key was used with a different request body")
     if created:
+        metrics.event_accepted(event.type, "api")
+        log.info("event %s (%s) recorded in notebook %s", event.id, event.type, notebook.id)
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [event.id])
+    else:
+        log.info("event %s: a repeat of its request (Idempotency-Key); nothing recorded", event.id)
     headers = {"Location": f"/v1/events/{event.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

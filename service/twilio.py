@@ -9,6 +9,7 @@ from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from twilio.request_validator import RequestValidator
 
+from careloop import metrics
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
 from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
@@ -38,6 +39,8 @@ def _signed_by_twilio(view):
         validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
         signature = request.headers.get("X-Twilio-Signature", "")
         if not validator.validate(_public_url(), request.form.to_dict(), signature):
+            metrics.webhook_verification_failed("twilio")
+            log.warning("twilio status callback refused: its signature does not verify")
             abort(403, "invalid Twilio signature")
         return view(*args, **kwargs)
 

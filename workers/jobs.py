@@ -21,12 +21,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import metrics
 from careloop.db import session_scope
 from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
+from careloop.logs import request_id_bound
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.queues import BATCH_SIZE, delivery_queue
@@ -79,8 +81,12 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
         insert(Delivery)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["event_id", "member_id", "channel"])
+        .returning(Delivery.channel, Delivery.status)
     )
-    session.execute(stmt)
+    inserted = session.execute(stmt).all()  # only the rows inserted now: a second routing counts none
+    for row in inserted:
+        if row.status == DeliveryStatus.SKIPPED:
+            metrics.delivery_outcome(row.channel, DeliveryStatus.SKIPPED)
 
 
 def route_event(event_id: str, runtime: Runtime | None = None) -> int:
@@ -111,80 +117,90 @@ def _route(runtime: Runtime, event_id: str) -> int:
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
             return 0
-        members = session.scalars(
-            select(Member)
-            .where(Member.notebook_id == event.notebook_id)
-            .order_by(Member.created_at, Member.id)
-        ).all()
-        now = utcnow()
-        urgent = is_urgent(event.type, event.data)
-        planned = plan_deliveries(
-            EventView(
-                id=event.id,
-                type=event.type,
-                data=event.data,
-                author_member_id=event.author_member_id,
-                previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
-            ),
-            [
-                MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
-                for m in members
-            ],
-            runtime.rules,
-            now,
+        with request_id_bound(_request_id(event)):
+            return _plan_and_hand_over(session, runtime, event)
+
+
+def _request_id(event: Event | None) -> str | None:
+    """The request id the event was recorded under (its log lines carry it)."""
+    return (event.context or {}).get("request_id") if event is not None else None
+
+
+def _plan_and_hand_over(session: Session, runtime: Runtime, event: Event) -> int:
+    members = session.scalars(
+        select(Member)
+        .where(Member.notebook_id == event.notebook_id)
+        .order_by(Member.created_at, Member.id)
+    ).all()
+    now = utcnow()
+    urgent = is_urgent(event.type, event.data)
+    planned = plan_deliveries(
+        EventView(
+            id=event.id,
+            type=event.type,
+            data=event.data,
+            author_member_id=event.author_member_id,
+            previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
+        ),
+        [
+            MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
+            for m in members
+        ],
+        runtime.rules,
+        now,
+    )
+    _insert_ignoring_duplicates(
+        session,
+        [
+            {
+                "id": new_id("dlv"),
+                "event_id": event.id,
+                "notebook_id": event.notebook_id,
+                "member_id": p.member_id,
+                "channel": p.channel,
+                "queue": delivery_queue(p.channel, urgent),
+                "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
+                "error": p.skip_reason,
+                "rules": list(p.rules),
+                "attempts": 0,
+                "round_attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "next_attempt_at": now,
+                "link_issued_at": now,
+            }
+            for p in planned
+        ],
+    )
+    if event.routed_at is None:
+        event.routed_at = now
+    session.execute(
+        OutboxEntry.__table__.update()
+        .where(
+            OutboxEntry.topic == ROUTE_TOPIC,
+            OutboxEntry.ref_id == event.id,
+            OutboxEntry.done_at.is_(None),
         )
-        _insert_ignoring_duplicates(
-            session,
-            [
-                {
-                    "id": new_id("dlv"),
-                    "event_id": event.id,
-                    "notebook_id": event.notebook_id,
-                    "member_id": p.member_id,
-                    "channel": p.channel,
-                    "queue": delivery_queue(p.channel, urgent),
-                    "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
-                    "error": p.skip_reason,
-                    "rules": list(p.rules),
-                    "attempts": 0,
-                    "round_attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "next_attempt_at": now,
-                    "link_issued_at": now,
-                }
-                for p in planned
-            ],
+        .values(done_at=now)
+    )
+    session.commit()
+    to_send = session.scalars(
+        select(Delivery.id).where(
+            Delivery.event_id == event.id,
+            Delivery.status == DeliveryStatus.QUEUED,
+            Delivery.enqueued_at.is_(None),
         )
-        if event.routed_at is None:
-            event.routed_at = now
-        session.execute(
-            OutboxEntry.__table__.update()
-            .where(
-                OutboxEntry.topic == ROUTE_TOPIC,
-                OutboxEntry.ref_id == event.id,
-                OutboxEntry.done_at.is_(None),
-            )
-            .values(done_at=now)
-        )
-        session.commit()
-        to_send = session.scalars(
-            select(Delivery.id).where(
-                Delivery.event_id == event.id,
-                Delivery.status == DeliveryStatus.QUEUED,
-                Delivery.enqueued_at.is_(None),
-            )
-        ).all()
-        if to_send:
-            hand_over_deliveries(session, runtime.dispatcher, list(to_send))
-        log.info(
-            "routed event %s (%s): %d planned, %d handed over",
-            event.id,
-            event.type,
-            len(planned),
-            len(to_send),
-        )
-        return len(to_send)
+    ).all()
+    if to_send:
+        hand_over_deliveries(session, runtime.dispatcher, list(to_send))
+    log.info(
+        "routed event %s (%s): %d planned, %d handed over",
+        event.id,
+        event.type,
+        len(planned),
+        len(to_send),
+    )
+    return len(to_send)
 
 
 def member_link(runtime: Runtime, delivery: Delivery, member: Member) -> MemberLink:
@@ -275,7 +291,8 @@ def deliver_many(
                     untried.append(claim)
                 else:
                     try:
-                        outcomes[claim.delivery_id] = _send(session, runtime, claim, failing)
+                        with request_id_bound(_delivery_request_id(session, claim.delivery_id)):
+                            outcomes[claim.delivery_id] = _send(session, runtime, claim, failing)
                     except DATABASE_ERRORS:
                         raise
                     except Exception as exc:  # recorded on that delivery; the rest still go
@@ -316,6 +333,11 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
     except DATABASE_ERRORS as exc:
         _resume_later(runtime, [delivery_id], claim_token, exc)
         return "database-unavailable"
+
+
+def _delivery_request_id(session: Session, delivery_id: str) -> str | None:
+    delivery = session.get(Delivery, delivery_id)
+    return _request_id(session.get(Event, delivery.event_id)) if delivery is not None else None
 
 
 def _resume_later(runtime: Runtime, delivery_ids: list[str], token: str, exc: Exception) -> None:
@@ -390,18 +412,22 @@ def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]
     if not dl.mark_provider_called(session, claim):  # committed before the call: see recover_stale
         log.info("delivery %s: the claim was taken over; not sending", delivery_id)
         return "not-claimed"
+    started = time.perf_counter()
     try:
         receipt = channel.send(message)
     except DeliveryError as exc:
+        metrics.PROVIDER_LATENCY.labels(delivery.channel, "error").observe(time.perf_counter() - started)
         if not exc.permanent:
             failing.add(delivery.channel)
         refusal = exc
         return _patiently(lambda: _after_refusal(session, runtime, claim, message, refusal))
     except Exception:
+        metrics.PROVIDER_LATENCY.labels(delivery.channel, "error").observe(time.perf_counter() - started)
         # A bug, not a provider answer: the provider may or may not have the message.
         reason = dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)"
         _patiently(lambda: dl.mark_failed(session, claim, reason))
         raise
+    metrics.PROVIDER_LATENCY.labels(delivery.channel, "ok").observe(time.perf_counter() - started)
     _patiently(lambda: dl.mark_sent(session, claim, receipt.provider_id, receipt.status))
     log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
     return receipt.status
