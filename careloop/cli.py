@@ -15,7 +15,7 @@ import click
 from rq.cli.cli import main as rq_main
 from sqlalchemy import func, select
 
-from careloop import logs, serialize
+from careloop import logs, metrics, serialize
 from careloop.config.settings import get_settings
 from careloop.db import session_scope, upgrade
 from careloop.deliveries import retry_failed
@@ -89,8 +89,15 @@ def demo(outbox: Path, database: str, serve: bool, port: int) -> None:
     help="Comma-separated channels whose deliveries this worker sends (default: all). "
     "Every worker also routes events; urgent deliveries of its channels go first.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics there (this machine's PROMETHEUS_MULTIPROC_DIR, else this "
+    "worker's own); no token: bind it where only the scraper reaches.",
+)
 @click.pass_context
-def worker(ctx: click.Context, channels: str | None) -> None:
+def worker(ctx: click.Context, channels: str | None, metrics_listen: str | None) -> None:
     """Run careloop's worker on its queues, with RQ's scheduler and careloop's relay.
 
     --channels sms (say) keeps a hung SMTP server from delaying texts; every other option is
@@ -108,6 +115,8 @@ def worker(ctx: click.Context, channels: str | None) -> None:
     if not settings.redis_url:
         _fail("careloop worker needs REDIS_URL; without it the web process runs jobs itself (embedded mode)")
     _runtime()
+    if metrics_listen:
+        _serve_metrics(metrics_listen)
     rq_args = [
         "worker",
         "--url",
@@ -125,6 +134,16 @@ def worker(ctx: click.Context, channels: str | None) -> None:
         *queue_names(settings.queue_prefix, chosen),
     ]
     rq_main.main(args=rq_args, prog_name="careloop")
+
+
+def _serve_metrics(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"--metrics-listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    try:
+        metrics.serve(host.strip("[]"), int(port))
+    except OSError as exc:
+        _fail(f"--metrics-listen {listen}: {exc.strerror or exc}")
 
 
 @main.command()

@@ -31,6 +31,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -188,15 +189,26 @@ class QueueCollector(Collector):
         yield from (depth, age, scheduled, failed)
 
 
+def _registry() -> CollectorRegistry:
+    if not multiprocess_mode():
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve(address: str, port: int) -> None:
+    """Serve the metrics on ``address:port`` from a thread of this process (``careloop worker
+    --metrics-listen``): this machine's folder in multiprocess mode, else this process's own.
+    No token: bind it to an address only the scraper reaches."""
+    start_http_server(port, addr=address, registry=_registry())
+    log.info("serving metrics on %s:%d", address, port)
+
+
 def exposition(extra: Iterable[Collector] = ()) -> bytes:
     """Every metric as Prometheus text: this machine's processes' sums in multiprocess mode
     (else this process's own), then the ``extra`` collectors (read now)."""
-    if multiprocess_mode():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    body = generate_latest(registry)
+    body = generate_latest(_registry())
     scrape = CollectorRegistry()
     for collector in extra:
         scrape.register(collector)

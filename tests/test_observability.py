@@ -241,3 +241,46 @@ def test_a_known_sequence_shows_exactly_in_metrics_and_one_request_id_runs_throu
                    "5555550101", "ortiz@example.org", "Dana Rivera", METRICS_TOKEN, ADMIN_KEY):  # fmt: skip
         assert secret not in everything, secret
     assert os.listdir(folder)  # the processes wrote their values where they were told
+
+
+def test_a_worker_on_a_machine_of_its_own_serves_its_metrics(
+    pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy
+):
+    """`careloop worker --metrics-listen`: a worker without a web process beside it is scraped
+    itself (no PROMETHEUS_MULTIPROC_DIR here: its own counts)."""
+    from tests.conftest import build_app, close_app
+    from tests.test_procfile import free_port
+
+    settings = peer_settings(pg_only_url, tmp_path, smtp, twilio_proxy)
+    app, api = build_app(settings)
+    port = free_port()
+    worker = start_worker(
+        worker_env(settings), tmp_path / "worker.log", "--metrics-listen", f"127.0.0.1:{port}"
+    )
+    try:
+        nb = api.notebook()
+        api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org")
+        api.member(nb["id"], "Ms. Ortiz", "school", email="ortiz@example.org")
+        api.event(nb["id"], "goal.updated", {"goal": "g", "status": "new"})
+        wait_until(
+            lambda: [d.status for d in all_deliveries(pg_only_url)] == ["sent", "sent"],
+            timeout=60,
+            interval=0.1,
+            message="both emails sent",
+        )
+
+        def scraped():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return samples(response.read().decode())
+            except OSError:
+                return None
+
+        found = wait_until(scraped, timeout=30, interval=0.1, message="the worker's metrics")
+    finally:
+        stop_worker(worker)
+        close_app(app)
+    assert value(found, "careloop_deliveries_total", channel="email", status="sent") == 2
+    assert value(found, "careloop_provider_latency_seconds_count", channel="email", outcome="ok") == 2
+    # counted where it happened: intake is the web process's
+    assert value(found, "careloop_events_accepted_total", type="goal.updated", source="api") == 0
