@@ -324,7 +324,8 @@ def queues(as_json: bool) -> None:
             names = set(stats)
             for worker in Worker.all(connection=dispatcher.connection):
                 if names & set(worker.queue_names()):
-                    state, queue_names = str(worker.get_state()), worker.queue_names()
+                    state = worker.get_state()
+                    state, queue_names = str(getattr(state, "value", state)), worker.queue_names()
                     report["workers"].append({"name": worker.name, "state": state, "queues": queue_names})
         except Exception as exc:  # Redis down: say so, and what the database knows
             report["error"] = f"Redis unreachable ({type(exc).__name__})"
@@ -337,19 +338,21 @@ def queues(as_json: bool) -> None:
         sys.exit(1)
 
 
+QUEUE_ROW = "{:<28} {:>7} {:>8} {:>9} {:>7} {:>6}"
+"""One line of `careloop queues`: queue, waiting, oldest, scheduled, started, failed."""
+
+
 def _print_queues(report: dict) -> None:
     if report["mode"] != "rq":
         click.echo("embedded mode (REDIS_URL is not set): jobs run inside the web process; no RQ queues")
     elif "error" in report:
         click.secho(report["error"], fg="red", err=True)
     else:
-        click.echo(f"{'QUEUE':<28} {'WAITING':>7} {'OLDEST':>8} {'SCHEDULED':>9} {'STARTED':>7} FAILED")
+        click.echo(QUEUE_ROW.format("QUEUE", "WAITING", "OLDEST", "SCHEDULED", "STARTED", "FAILED"))
         for q in report["queues"]:
             oldest = f"{q['oldest_age_seconds']:.0f}s" if q["oldest_age_seconds"] is not None else "-"
-            click.echo(
-                f"{q['name']:<28} {q['waiting']:>7} {oldest:>8} {q['scheduled']:>9} {q['started']:>7} "
-                f"{q['failed']:>6}"
-            )
+            counts = (q["waiting"], oldest, q["scheduled"], q["started"], q["failed"])
+            click.echo(QUEUE_ROW.format(q["name"], *counts))
         click.echo(f"workers: {len(report['workers'])}")
         for w in report["workers"]:
             click.echo(f"  {w['name']}  {w['state']}  {','.join(w['queues'])}")

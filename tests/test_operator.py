@@ -208,6 +208,7 @@ def test_queues_lists_depths_workers_and_failed_jobs(rq_mode, redis_conn, db_url
         name="observer-1",
     )
     listening.register_birth()
+    listening.set_state("idle")
     try:
         as_json = invoke("queues", "--json", env=env)
         shown = invoke("queues", env=env)
@@ -224,6 +225,7 @@ def test_queues_lists_depths_workers_and_failed_jobs(rq_mode, redis_conn, db_url
         "started": 0, "failed": 0,
     }  # fmt: skip
     assert [w["name"] for w in report["workers"]] == ["observer-1"]
+    assert report["workers"][0]["state"] == "idle"
     assert report["mode"] == "rq"
     assert shown.exit_code == 0, shown.output
     route_line = next(line for line in shown.stdout.splitlines() if line.startswith("careloop-test-route "))
