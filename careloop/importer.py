@@ -31,6 +31,7 @@ from careloop.handover import hand_over_events
 from careloop.intake import ROUTE_TOPIC, FieldError, IdempotencyConflict, record_event
 from careloop.models import Event, Notebook, OutboxEntry, utcnow
 from careloop.runtime import Runtime
+from careloop.service.guards import BodyError, strict_loads
 from careloop.service.schemas import EventIn
 
 KEY_PREFIX = "import:"
@@ -113,9 +114,12 @@ def _csv_rows(text: str) -> Iterator[Row]:
 
 
 def _object(text: str) -> dict:
+    """A JSON object read as the API reads a body: no key twice, no NaN or Infinity."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = strict_loads(text)
+    except BodyError as exc:
+        if exc.field:
+            raise ValueError(f"gives the key {exc.field!r} more than once") from None
         raise ValueError("is not JSON") from None
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")

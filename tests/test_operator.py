@@ -338,12 +338,17 @@ def test_import_json_lines_and_route_them_when_asked(db_url, tmp_path):
         {"type": "goal.updated", "data": {"goal": "g", "status": "new", "colour": "red"}},
     ]
     path = tmp_path / "history.jsonl"
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n[1]\n")
+    strict = (
+        '{"type": "goal.updated", "type": "note.added", "data": {}}\n{"type": "goal.updated", "data": NaN}\n'
+    )
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n[1]\n" + strict)
     result = _import(path, nb["id"], settings, "--route")
-    assert "5 rows: 2 accepted, 0 already imported, 3 rejected" in result.stdout, result.output
+    assert "7 rows: 2 accepted, 0 already imported, 5 rejected" in result.stdout, result.output
     assert "line 3: data.colour: Extra inputs are not permitted" in result.stdout
     assert "line 4: the line is not JSON" in result.stdout
     assert "line 5: the line must be a JSON object" in result.stdout
+    assert "line 6: the line gives the key 'type' more than once" in result.stdout  # as the API reads JSON
+    assert "line 7: the line is not JSON" in result.stdout
     with session_scope(db_url) as session:
         deliveries = session.scalars(select(Delivery)).all()
         keys = {e.idempotency_key for e in session.scalars(select(Event)).all()}
