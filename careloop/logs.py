@@ -159,7 +159,12 @@ def make_handler(fmt: str) -> logging.Handler:
 
 def configure(default: str = "text", level: int = logging.INFO) -> str:
     """Send the root logger's records to stderr in ``CARELOOP_LOG_FORMAT`` (else ``default``);
-    returns the format chosen. Replaces whatever handlers the root logger had."""
+    returns the format chosen. A root logger that has handlers already (a test runner's) is
+    left as it is, as :func:`logging.basicConfig` does.
+
+    Raises:
+        ValueError: when ``CARELOOP_LOG_FORMAT`` is neither ``json`` nor ``text``.
+    """
     fmt = log_format(default)
-    logging.basicConfig(level=level, handlers=[make_handler(fmt)], force=True)
+    logging.basicConfig(level=level, handlers=[make_handler(fmt)])
     return fmt

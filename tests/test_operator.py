@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -371,3 +372,32 @@ def test_import_refuses_a_file_or_notebook_it_cannot_use(db_url, tmp_path):
     good.write_text(json.dumps({"type": "goal.updated", "data": GOAL}) + "\n")
     missing = _import(good, "nb_nothere", settings)
     assert missing.exit_code == 2 and "nb_nothere: no such notebook" in missing.stderr
+
+
+# --- log lines --------------------------------------------------------------------------------------
+
+
+def _record(message: str, *args) -> logging.LogRecord:
+    return logging.LogRecord("careloop.workers", logging.INFO, __file__, 1, message, args, None)
+
+
+def test_log_lines_carry_the_request_id_in_json_and_in_text():
+    from careloop import logs
+
+    with logs.request_id_bound("ehr-8812-a"):
+        record = _record("delivery %s sent by %s", "dlv_1", "sms")
+        logs.RequestIdFilter().filter(record)
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line["request_id"] == "ehr-8812-a" and line["message"] == "delivery dlv_1 sent by sms"
+    assert {"ts", "level", "logger", "pid"} <= set(line) and line["level"] == "INFO"
+    forged = _record("member %s", "Sam\nFAKE ERROR line")
+    assert "\n" not in logs.JsonFormatter().format(forged)
+    text_line = logs.TextFormatter(logs.LOG_FORMAT).format(record)
+    assert text_line.endswith("delivery dlv_1 sent by sms [request_id=ehr-8812-a]")
+    assert "\n" not in logs.TextFormatter(logs.LOG_FORMAT).format(forged)
+    assert logs.current_request_id() is None  # bound only inside
+
+
+def test_log_format_is_json_or_text_and_a_bad_one_stops_the_command(tmp_path):
+    bad = invoke("rules", "check", "x.yaml", env=cli_env(CARELOOP_LOG_FORMAT="xml"))
+    assert bad.exit_code == 2 and "CARELOOP_LOG_FORMAT must be json or text" in bad.stderr
