@@ -28,7 +28,7 @@ from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
-from careloop.logs import request_id_bound
+from careloop.logs import request_id_bound, reset_request_id, set_request_id
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.queues import BATCH_SIZE, delivery_queue
@@ -95,6 +95,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
     Returns how many deliveries were handed over. Running it twice creates nothing new.
     """
     runtime = _runtime(runtime)
+    token = set_request_id(None)  # _route sets the event's; reset when the job ends
     try:
         return _route(runtime, event_id)
     except DATABASE_ERRORS as exc:
@@ -109,6 +110,8 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         except Exception:
             log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
         return 0
+    finally:
+        reset_request_id(token)
 
 
 def _route(runtime: Runtime, event_id: str) -> int:
@@ -117,90 +120,86 @@ def _route(runtime: Runtime, event_id: str) -> int:
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
             return 0
-        with request_id_bound(_request_id(event)):
-            return _plan_and_hand_over(session, runtime, event)
+        set_request_id(_request_id(event))  # the request that recorded it: its lines carry that id
+        members = session.scalars(
+            select(Member)
+            .where(Member.notebook_id == event.notebook_id)
+            .order_by(Member.created_at, Member.id)
+        ).all()
+        now = utcnow()
+        urgent = is_urgent(event.type, event.data)
+        planned = plan_deliveries(
+            EventView(
+                id=event.id,
+                type=event.type,
+                data=event.data,
+                author_member_id=event.author_member_id,
+                previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
+            ),
+            [
+                MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
+                for m in members
+            ],
+            runtime.rules,
+            now,
+        )
+        _insert_ignoring_duplicates(
+            session,
+            [
+                {
+                    "id": new_id("dlv"),
+                    "event_id": event.id,
+                    "notebook_id": event.notebook_id,
+                    "member_id": p.member_id,
+                    "channel": p.channel,
+                    "queue": delivery_queue(p.channel, urgent),
+                    "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
+                    "error": p.skip_reason,
+                    "rules": list(p.rules),
+                    "attempts": 0,
+                    "round_attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                    "link_issued_at": now,
+                }
+                for p in planned
+            ],
+        )
+        if event.routed_at is None:
+            event.routed_at = now
+        session.execute(
+            OutboxEntry.__table__.update()
+            .where(
+                OutboxEntry.topic == ROUTE_TOPIC,
+                OutboxEntry.ref_id == event.id,
+                OutboxEntry.done_at.is_(None),
+            )
+            .values(done_at=now)
+        )
+        session.commit()
+        to_send = session.scalars(
+            select(Delivery.id).where(
+                Delivery.event_id == event.id,
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.enqueued_at.is_(None),
+            )
+        ).all()
+        if to_send:
+            hand_over_deliveries(session, runtime.dispatcher, list(to_send))
+        log.info(
+            "routed event %s (%s): %d planned, %d handed over",
+            event.id,
+            event.type,
+            len(planned),
+            len(to_send),
+        )
+        return len(to_send)
 
 
 def _request_id(event: Event | None) -> str | None:
     """The request id the event was recorded under (its log lines carry it)."""
     return (event.context or {}).get("request_id") if event is not None else None
-
-
-def _plan_and_hand_over(session: Session, runtime: Runtime, event: Event) -> int:
-    members = session.scalars(
-        select(Member)
-        .where(Member.notebook_id == event.notebook_id)
-        .order_by(Member.created_at, Member.id)
-    ).all()
-    now = utcnow()
-    urgent = is_urgent(event.type, event.data)
-    planned = plan_deliveries(
-        EventView(
-            id=event.id,
-            type=event.type,
-            data=event.data,
-            author_member_id=event.author_member_id,
-            previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
-        ),
-        [
-            MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
-            for m in members
-        ],
-        runtime.rules,
-        now,
-    )
-    _insert_ignoring_duplicates(
-        session,
-        [
-            {
-                "id": new_id("dlv"),
-                "event_id": event.id,
-                "notebook_id": event.notebook_id,
-                "member_id": p.member_id,
-                "channel": p.channel,
-                "queue": delivery_queue(p.channel, urgent),
-                "status": DeliveryStatus.SKIPPED if p.skip_reason else DeliveryStatus.QUEUED,
-                "error": p.skip_reason,
-                "rules": list(p.rules),
-                "attempts": 0,
-                "round_attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-                "next_attempt_at": now,
-                "link_issued_at": now,
-            }
-            for p in planned
-        ],
-    )
-    if event.routed_at is None:
-        event.routed_at = now
-    session.execute(
-        OutboxEntry.__table__.update()
-        .where(
-            OutboxEntry.topic == ROUTE_TOPIC,
-            OutboxEntry.ref_id == event.id,
-            OutboxEntry.done_at.is_(None),
-        )
-        .values(done_at=now)
-    )
-    session.commit()
-    to_send = session.scalars(
-        select(Delivery.id).where(
-            Delivery.event_id == event.id,
-            Delivery.status == DeliveryStatus.QUEUED,
-            Delivery.enqueued_at.is_(None),
-        )
-    ).all()
-    if to_send:
-        hand_over_deliveries(session, runtime.dispatcher, list(to_send))
-    log.info(
-        "routed event %s (%s): %d planned, %d handed over",
-        event.id,
-        event.type,
-        len(planned),
-        len(to_send),
-    )
-    return len(to_send)
 
 
 def member_link(runtime: Runtime, delivery: Delivery, member: Member) -> MemberLink:
