@@ -43,6 +43,9 @@ disable_created_metrics()  # no `_created` series beside every counter: Promethe
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """The environment variable naming the folder where processes write their values (the client's own)."""
 
+if os.environ.get(MULTIPROC_DIR_VARIABLE):  # a folder named but not made yet: made, never a failed count
+    os.makedirs(os.environ[MULTIPROC_DIR_VARIABLE], mode=0o700, exist_ok=True)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The media type of the text exposition format."""
 
