@@ -12,6 +12,7 @@ from twilio.request_validator import RequestValidator
 from careloop import metrics
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
+from careloop.models import Delivery, Event
 from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
 from careloop.text import for_log
 
@@ -73,10 +74,13 @@ def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
     changed = mapped is not None and apply_provider_status(
         g.db, query.delivery, form.MessageSid, mapped, reason, attempt=attempt
     )
+    delivery = g.db.get(Delivery, query.delivery)
+    event = g.db.get(Event, delivery.event_id) if delivery is not None else None
     log.info(
-        "twilio status %s for delivery %s (%s)",
+        "twilio status %s for delivery %s (%s); the event's request id: %s",
         for_log(status),
         query.delivery,
         "applied" if changed else "ignored",
+        (event.context or {}).get("request_id") if event is not None else None,
     )
     return "", 204

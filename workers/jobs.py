@@ -487,6 +487,7 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
         claim = dl.take_over(session, delivery_id, token)
         if claim is None:
             return "not-claimed"
+        set_request_id(_delivery_request_id(session, delivery_id))  # the caller bounds it (relay)
         if not claim.provider_called:
             return _retry_uncalled(session, runtime, claim)
         try:
