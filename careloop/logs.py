@@ -149,10 +149,15 @@ def log_format(default: str = "text") -> str:
     return chosen
 
 
+def make_formatter(fmt: str) -> logging.Formatter:
+    """The formatter of ``fmt`` (``json`` or ``text``) lines."""
+    return JsonFormatter() if fmt == "json" else TextFormatter(LOG_FORMAT)
+
+
 def make_handler(fmt: str) -> logging.Handler:
     """A stderr handler writing ``fmt`` lines, with the request id on each."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(LOG_FORMAT))
+    handler.setFormatter(make_formatter(fmt))
     handler.addFilter(RequestIdFilter())
     return handler
 

@@ -122,7 +122,7 @@ class Logger(glogging.Logger):
         fmt = logs.log_format(default="json")
         for log, is_access in ((self.error_log, False), (self.access_log, True)):
             for handler in log.handlers:
-                handler.setFormatter(logs.make_handler(fmt).formatter)
+                handler.setFormatter(logs.make_formatter(fmt))
                 if is_access and not any(isinstance(f, _AccessRequestId) for f in handler.filters):
                     handler.addFilter(_AccessRequestId())
 
