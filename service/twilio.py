@@ -10,9 +10,11 @@ from flask import current_app, g, request
 from twilio.request_validator import RequestValidator
 
 from careloop import metrics
+from careloop.audit import ActorType
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
 from careloop.models import Delivery, Event
+from careloop.service.audit_trail import trail
 from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
 from careloop.text import for_log
 
@@ -35,14 +37,18 @@ def _signed_by_twilio(view):
     @wraps(view)
     def checked(*args, **kwargs):
         settings = current_app.extensions["careloop"].settings
+        seen = trail()  # every callback is audited, the refused ones too
         if not settings.twilio_auth_token:
+            seen.reason = "twilio not configured"
             abort(404, "Twilio is not configured")
         validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
         signature = request.headers.get("X-Twilio-Signature", "")
         if not validator.validate(_public_url(), request.form.to_dict(), signature):
+            seen.reason = "bad signature"
             metrics.webhook_verification_failed("twilio")
             log.warning("twilio status callback refused: its signature does not verify")
             abort(403, "invalid Twilio signature")
+        seen.actor_type = ActorType.TWILIO
         return view(*args, **kwargs)
 
     return checked
@@ -74,7 +80,10 @@ def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
     changed = mapped is not None and apply_provider_status(
         g.db, query.delivery, form.MessageSid, mapped, reason, attempt=attempt
     )
+    seen = trail()
+    seen.target_id = query.delivery
     delivery = g.db.get(Delivery, query.delivery)
+    seen.notebook_ids = [delivery.notebook_id] if delivery is not None else []
     event = g.db.get(Event, delivery.event_id) if delivery is not None else None
     log.info(
         "twilio status %s for delivery %s (%s); the event's request id: %s",
