@@ -1,4 +1,5 @@
-"""The ``careloop`` command: demo, worker, relay, db, rules, policy, deliveries, keys."""
+"""The ``careloop`` command: demo, worker, relay, db, rules, policy, deliveries, keys, queues,
+replay, import."""
 
 from __future__ import annotations
 
@@ -13,22 +14,23 @@ from pathlib import Path
 import click
 from pydantic import TypeAdapter, ValidationError
 from rq.cli.cli import main as rq_main
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from careloop import access, audit, serialize
+from careloop import access, audit, logs, metrics, serialize
 from careloop.config.settings import get_settings
 from careloop.db import session_scope, upgrade
 from careloop.deliveries import retry_failed
 from careloop.events import Line200
 from careloop.handover import hand_over_deliveries
-from careloop.models import ApiKey, Delivery
+from careloop.models import ApiKey, Delivery, Event
 from careloop.policy import PolicyError, load_policy
 from careloop.queues import queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
-from careloop.text import LOG_FORMAT, LogFormatter, for_log
-from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind
+from careloop.text import for_log
+from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind, DeliveryStatus
 from careloop.workers import build_runtime
+from careloop.workers.jobs import route_event
 from careloop.workers.relay import relay_once, run_relay
 
 
@@ -46,13 +48,20 @@ def _runtime() -> Runtime:
     return runtime
 
 
+LONG_RUNNING = ("worker", "relay")
+"""Commands that run as services: their log lines are JSON unless CARELOOP_LOG_FORMAT=text."""
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """careloop: keeps a child's whole care team in the loop."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(LogFormatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    default = "json" if ctx.invoked_subcommand in LONG_RUNNING else "text"
+    try:
+        logs.configure(default=default, level=logging.DEBUG if verbose else logging.INFO)
+    except ValueError as exc:  # a bad CARELOOP_LOG_FORMAT
+        _fail(str(exc))
 
 
 @main.command()
@@ -82,8 +91,15 @@ def demo(outbox: Path, database: str, serve: bool, port: int) -> None:
     help="Comma-separated channels whose deliveries this worker sends (default: all). "
     "Every worker also routes events; urgent deliveries of its channels go first.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics there (this machine's PROMETHEUS_MULTIPROC_DIR, else this "
+    "worker's own); no token: bind it where only the scraper reaches.",
+)
 @click.pass_context
-def worker(ctx: click.Context, channels: str | None) -> None:
+def worker(ctx: click.Context, channels: str | None, metrics_listen: str | None) -> None:
     """Run careloop's worker on its queues, with RQ's scheduler and careloop's relay.
 
     --channels sms (say) keeps a hung SMTP server from delaying texts; every other option is
@@ -101,6 +117,8 @@ def worker(ctx: click.Context, channels: str | None) -> None:
     if not settings.redis_url:
         _fail("careloop worker needs REDIS_URL; without it the web process runs jobs itself (embedded mode)")
     _runtime()
+    if metrics_listen:
+        _serve_metrics(metrics_listen)
     rq_args = [
         "worker",
         "--url",
@@ -118,6 +136,16 @@ def worker(ctx: click.Context, channels: str | None) -> None:
         *queue_names(settings.queue_prefix, chosen),
     ]
     rq_main.main(args=rq_args, prog_name="careloop")
+
+
+def _serve_metrics(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"--metrics-listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    try:
+        metrics.serve(host.strip("[]"), int(port))
+    except OSError as exc:
+        _fail(f"--metrics-listen {listen}: {exc.strerror or exc}")
 
 
 @main.command()
@@ -208,12 +236,14 @@ def deliveries_failed(notebook_id: str | None, limit: int, as_json: bool) -> Non
             stmt = stmt.where(Delivery.notebook_id == notebook_id)
         rows = session.scalars(stmt.order_by(Delivery.updated_at.desc()).limit(limit)).all()
         for row in rows:
+            # ids, statuses and reasons only; a provider's reason may quote an address: masked
+            error = logs.without_contacts(row.error or "")
             if as_json:
-                click.echo(json.dumps(serialize.delivery(row)))
+                click.echo(json.dumps({**serialize.delivery(row), "error": error or None}))
             else:
                 click.echo(
                     f"{row.id}  {row.channel:<8} {row.status:<11} attempts={row.attempts}  "
-                    f"event={row.event_id}  member={row.member_id}  {row.error or ''}"
+                    f"event={row.event_id}  member={row.member_id}  {for_log(error)}"
                 )
         if not rows and not as_json:
             click.echo("no failed deliveries")
@@ -348,3 +378,159 @@ def keys_revoke(key_id: str, notebook_id: str | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+WATCHED_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, *RETRYABLE_STATUSES)
+"""Delivery statuses `careloop queues` counts in the database: waiting, in flight, dead letters."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def queues(as_json: bool) -> None:
+    """Queue depths, scheduled and failed jobs per queue, and the workers (RQ's registries)."""
+    from rq import Worker
+    from rq.registry import StartedJobRegistry
+
+    runtime = _runtime()
+    report: dict = {"mode": runtime.dispatcher.mode, "queues": [], "workers": []}
+    with session_scope(runtime.database_url) as session:
+        counts = dict(
+            session.execute(
+                select(Delivery.status, func.count())
+                .where(Delivery.status.in_(WATCHED_STATUSES))
+                .group_by(Delivery.status)
+            ).all()
+        )
+    report["deliveries"] = {str(k): v for k, v in sorted(counts.items())}
+    if runtime.dispatcher.mode == "rq":
+        dispatcher = runtime.dispatcher
+        try:
+            stats = dispatcher.queue_stats()
+            for name, queue in stats.items():
+                started = StartedJobRegistry(name, connection=dispatcher.connection).count
+                report["queues"].append(
+                    {
+                        "name": name,
+                        "waiting": queue.depth,
+                        "oldest_age_seconds": round(queue.oldest_age, 1) if queue.oldest_age else None,
+                        "scheduled": queue.scheduled,
+                        "started": started,
+                        "failed": queue.failed,
+                    }
+                )
+            names = set(stats)
+            for worker in Worker.all(connection=dispatcher.connection):
+                if names & set(worker.queue_names()):
+                    state = worker.get_state()
+                    state, queue_names = str(getattr(state, "value", state)), worker.queue_names()
+                    report["workers"].append({"name": worker.name, "state": state, "queues": queue_names})
+        except Exception as exc:  # Redis down: say so, and what the database knows
+            report["error"] = f"Redis unreachable ({type(exc).__name__})"
+    runtime.close()
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_queues(report)
+    if "error" in report:
+        sys.exit(1)
+
+
+QUEUE_ROW = "{:<28} {:>7} {:>8} {:>9} {:>7} {:>6}"
+"""One line of `careloop queues`: queue, waiting, oldest, scheduled, started, failed."""
+
+
+def _print_queues(report: dict) -> None:
+    if report["mode"] != "rq":
+        click.echo("embedded mode (REDIS_URL is not set): jobs run inside the web process; no RQ queues")
+    elif "error" in report:
+        click.secho(report["error"], fg="red", err=True)
+    else:
+        click.echo(QUEUE_ROW.format("QUEUE", "WAITING", "OLDEST", "SCHEDULED", "STARTED", "FAILED"))
+        for q in report["queues"]:
+            oldest = f"{q['oldest_age_seconds']:.0f}s" if q["oldest_age_seconds"] is not None else "-"
+            counts = (q["waiting"], oldest, q["scheduled"], q["started"], q["failed"])
+            click.echo(QUEUE_ROW.format(q["name"], *counts))
+        click.echo(f"workers: {len(report['workers'])}")
+        for w in report["workers"]:
+            click.echo(f"  {w['name']}  {w['state']}  {','.join(w['queues'])}")
+    deliveries = report["deliveries"]
+    summary = (
+        ", ".join(f"{status} {count}" for status, count in deliveries.items())
+        or "none waiting or failed"
+    )
+    click.echo(f"deliveries in the database: {summary}")
+
+
+@main.command()
+@click.argument("event_id")
+def replay(event_id: str) -> None:
+    """Route EVENT_ID again with today's rules and team: deliveries it already has are left as
+    they are (never sent twice); only new ones are planned and sent."""
+    runtime = _runtime()
+    with session_scope(runtime.database_url) as session:
+        event = session.get(Event, event_id)
+        if event is None:
+            runtime.close()
+            _fail(f"{event_id}: no such event")
+        before = _delivery_count(session, event_id)
+    route_event(event_id, runtime=runtime)
+    drain = getattr(runtime.dispatcher, "drain", None)
+    if drain:
+        drain(timeout=60)
+    with session_scope(runtime.database_url) as session:
+        after = _delivery_count(session, event_id)
+    runtime.close()
+    click.echo(f"{event_id}: {after - before} new deliveries planned; its {before} others left as they are")
+
+
+def _delivery_count(session, event_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Delivery).where(Delivery.event_id == event_id))
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--notebook", "notebook_id", required=True, help="The notebook the history belongs to.")
+@click.option(
+    "--route", is_flag=True, help="Tell the team, as for a new event (default: record as history only)."
+)
+def import_history(path: Path, notebook_id: str, route: bool) -> None:
+    """Import a notebook's history from PATH: CSV (a .csv file; columns type, data as a JSON
+    object or data.<field> columns, occurred_at, author_member_id, idempotency_key) or JSON
+    lines (one event per line, as the API takes it, plus idempotency_key).
+
+    Each row is checked as the API checks an event; importing a file twice records nothing new.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from careloop.importer import ImportFileError, import_rows, read_rows
+
+    try:
+        rows = read_rows(path)
+    except ImportFileError as exc:
+        _fail(str(exc))
+    runtime = _runtime()
+    token = logs.set_request_id(f"import-{logs.new_request_id()}")  # one id for the whole import's logs
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("rows", total=len(rows))
+            summary = import_rows(
+                runtime, notebook_id, rows, route=route, advance=lambda: progress.advance(task)
+            )
+        drain = getattr(runtime.dispatcher, "drain", None)
+        if route and drain:
+            drain(timeout=60)
+    except LookupError:
+        _fail(f"{notebook_id}: no such notebook")
+    finally:
+        logs.reset_request_id(token)
+        runtime.close()
+    click.echo(
+        f"{path}: {len(rows)} rows: {summary.accepted} accepted, {summary.replayed} already imported, "
+        f"{len(summary.rejected)} rejected"
+    )
+    for line, reason in summary.rejected:
+        click.echo(f"  line {line}: {reason}")
+    if summary.rejected:
+        sys.exit(1)

@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from importlib.resources import files
 
 from sqlalchemy import Engine, create_engine, event, exc, make_url, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -174,6 +176,29 @@ def upgrade(url: str, revision: str = "head") -> None:
     create_private_sqlite_file(url)
     with _migration_lock(url):
         command.upgrade(alembic_config(url), revision)
+
+
+@lru_cache(maxsize=1)
+def migration_heads() -> frozenset[str]:
+    """The head revisions of the migrations this code ships (read once per process)."""
+    from alembic.script import ScriptDirectory  # as above
+
+    return frozenset(ScriptDirectory(MIGRATIONS_DIR).get_heads())
+
+
+def at_migration_head(session: Session) -> bool:
+    """Whether the database's schema is at this code's migration head (False for a database
+    alembic never touched)."""
+    try:
+        with session.begin_nested():
+            current = set(session.scalars(text("SELECT version_num FROM alembic_version")))
+    except ProgrammingError:  # PostgreSQL: no such table
+        return False
+    except OperationalError as exc:  # SQLite: no such table; anything else is the database down
+        if "no such table" in str(exc):
+            return False
+        raise
+    return current == migration_heads()
 
 
 MIGRATION_LOCK = 0x636172656C6F6F70

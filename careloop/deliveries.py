@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from careloop import metrics
 from careloop.models import Delivery, utcnow
 from careloop.queues import DeliveryJob, delivery_queue
 from careloop.vocabulary import RETRYABLE_STATUSES, STATUS_RANK, ChannelKind, DeliveryStatus
@@ -236,9 +237,11 @@ def mark_sent(
         update(Delivery)
         .where(_owned(c), Delivery.status.in_((DeliveryStatus.SENDING, DeliveryStatus.FAILED)))
         .values(status=status, provider_id=provider_id, error=None, sent_at=now, updated_at=now)
+        .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 0:
+    moved = result.first()
+    if moved is None:
         # A status callback got here first: keep its status, fill in what it lacked.
         session.execute(
             update(Delivery)
@@ -248,18 +251,23 @@ def mark_sent(
         )
     if commit:
         session.commit()
-    return result.rowcount == 1
+    if moved is not None:
+        metrics.delivery_outcome(moved.channel, status)
+    return moved is not None
 
 
 def mark_failed(session: Session, c: Claim, reason: str) -> None:
     now = utcnow()
-    session.execute(
+    moved = session.execute(
         update(Delivery)
         .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
         .values(status=DeliveryStatus.FAILED, error=reason, updated_at=now)
+        .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
     session.commit()
+    if moved is not None:
+        metrics.delivery_outcome(moved.channel, DeliveryStatus.FAILED)
 
 
 def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
@@ -267,15 +275,18 @@ def requeue(session: Session, c: Claim, reason: str, delay: float) -> datetime:
     to the queue until the caller's hand-over says so (else the relay does it when due)."""
     now = utcnow()
     due = now + timedelta(seconds=delay)
-    session.execute(
+    moved = session.execute(
         update(Delivery)
         .where(_owned(c), Delivery.status == DeliveryStatus.SENDING)
         .values(
             status=DeliveryStatus.QUEUED, error=reason, next_attempt_at=due, enqueued_at=None, updated_at=now
         )
+        .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
     session.commit()
+    if moved is not None:
+        metrics.delivery_retried(moved.channel, "automatic")
     return due
 
 
@@ -315,7 +326,7 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
     Idempotent: a second call finds it no longer failed and changes nothing.
     """
     now = utcnow()
-    result = session.execute(
+    moved = session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status.in_(RETRYABLE_STATUSES))
         .values(
@@ -328,10 +339,13 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
             claim_token=None,
             updated_at=now,
         )
+        .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
     session.commit()
-    return result.rowcount == 1
+    if moved is not None:
+        metrics.delivery_retried(moved.channel, "manual")
+    return moved is not None
 
 
 def apply_provider_status(
@@ -387,7 +401,9 @@ def apply_provider_status(
         delivery.error = None
     if delivery.sent_at is None:
         delivery.sent_at = now
+    channel = delivery.channel
     session.commit()
+    metrics.delivery_outcome(channel, status)
     return True
 
 

@@ -14,18 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
+from careloop.metrics import QueueStats
 from careloop.queues import (
     ROUTE_BATCH_SIZE,
     ROUTE_QUEUE,
     DeliveryJob,
     batches,
     delivery_queue,
+    queue_roles,
     retry_due_time,
     route_batch_job_id,
     route_job_id,
@@ -38,6 +43,9 @@ JOB_RESULT_TTL = 3600
 
 JOB_FAILURE_TTL = 7 * 24 * 3600
 """Seconds RQ keeps a failed job (a bug, not a provider error: those are recorded on the row)."""
+
+STATS_TIMEOUT = 1.0
+"""Seconds a metrics scrape waits for Redis (connecting, and each answer) before reporting it down."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class RQDispatcher:
         self.connection = Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False
         )
+        self.redis_url = redis_url
+        self._stats_connection: Redis | None = None
         self.prefix = prefix
         self.job_timeout = job_timeout
         self.jobs = jobs
@@ -232,8 +242,45 @@ class RQDispatcher:
     def ping(self) -> bool:
         return bool(self.connection.ping())
 
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Each of careloop's queues (by RQ name): jobs waiting, the oldest one's age, jobs
+        scheduled for later and failed jobs, in two round trips that give up after
+        :data:`STATS_TIMEOUT` seconds each (raises when Redis does not answer)."""
+        if self._stats_connection is None:
+            self._stats_connection = Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=STATS_TIMEOUT,
+                socket_timeout=STATS_TIMEOUT,
+                retry_on_timeout=False,
+            )
+        connection = self._stats_connection
+        queues = [self.queue(role) for role in queue_roles()]
+        with connection.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue.key)
+                pipe.lindex(queue.key, 0)  # RQ takes jobs from the head: the oldest waiting one
+                pipe.zcard(queue.scheduled_job_registry.key)
+                pipe.zcard(queue.failed_job_registry.key)
+            answers = pipe.execute()
+        heads = [answers[i + 1] for i in range(0, len(answers), 4)]
+        with connection.pipeline(transaction=False) as pipe:
+            for head in heads:
+                pipe.hget(f"{Job.redis_job_namespace_prefix}{_text(head)}", "enqueued_at")
+            enqueued = pipe.execute() if any(heads) else [None] * len(heads)
+        now = datetime.now(UTC)
+        stats = {}
+        for index, queue in enumerate(queues):
+            depth, head, scheduled, failed = answers[4 * index : 4 * index + 4]
+            age = None
+            if head is not None and enqueued[index]:
+                age = max(0.0, (now - utcparse(_text(enqueued[index])).replace(tzinfo=UTC)).total_seconds())
+            stats[queue.name] = QueueStats(int(depth), oldest_age=age, scheduled=scheduled, failed=failed)
+        return stats
+
     def close(self) -> None:
         self.connection.close()
+        if self._stats_connection is not None:
+            self._stats_connection.close()
 
 
 class InProcessDispatcher:
@@ -303,6 +350,13 @@ class InProcessDispatcher:
     def urgent_waiting(self, channel: str) -> bool:
         return False  # one thread runs every job here, urgent ones included, in order of due time
 
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """The in-process queue as one queue: jobs due now or waiting for their time."""
+        with self._cond:
+            now = time.monotonic()
+            due = sum(1 for entry in self._heap if entry[0] <= now)
+            return {"inprocess": QueueStats(depth=due, scheduled=len(self._heap) - due)}
+
     def lost_data(self) -> bool:
         return False  # nothing here outlives the process; the relay's first sweep hands it over
 
@@ -371,3 +425,7 @@ class InProcessDispatcher:
 
     def close(self) -> None:
         self.stop()
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

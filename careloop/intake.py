@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from careloop.checkins import CheckinError, apply_event
+from careloop.logs import current_request_id
 from careloop.models import Event, Member, Notebook, OutboxEntry, new_id, utcnow
 
 ROUTE_TOPIC = "route_event"
@@ -105,6 +106,7 @@ def _stage(
             raise FieldError(f"data.attendees.{index}", f"{member_id!r} is not a member of this notebook")
 
     context = _checkin_context(session, notebook, event_type, data) if "checkin_id" in data else {}
+    context.update(_traced())
     event = Event(
         notebook_id=notebook.id,
         type=event_type,
@@ -122,6 +124,13 @@ def _stage(
     # dies in between leaves it for the relay, which finds no job for it after the claim timeout.
     session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id, dispatched_at=event.recorded_at or utcnow()))
     return event, True
+
+
+def _traced() -> dict:
+    """What the event keeps of the request that recorded it: its request id, so the routing and
+    delivery jobs log the same id as the web process did (careloop.logs)."""
+    request_id = current_request_id()
+    return {"request_id": request_id} if request_id else {}
 
 
 def _find_idempotent(session: Session, notebook_id: str, key: str, digest: str) -> Event | None:
@@ -177,7 +186,7 @@ def record_events(session: Session, notebook: Notebook, items: list[dict]) -> li
                     "notebook_id": notebook.id,
                     "type": item["event_type"],
                     "data": data,
-                    "context": {},
+                    "context": _traced(),
                     "occurred_at": item.get("occurred_at") or now,
                     "recorded_at": now,
                     "author_member_id": item.get("author_member_id"),

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     queue_prefix: str = Field("careloop", validation_alias=_env("CARELOOP_QUEUE_PREFIX"))
     admin_key: SecretStr | None = Field(None, validation_alias=_env("CARELOOP_ADMIN_KEY"))
+    metrics_token: SecretStr | None = Field(None, validation_alias=_env("CARELOOP_METRICS_TOKEN"))
     public_url: str = Field("http://127.0.0.1:8000", validation_alias=_env("CARELOOP_PUBLIC_URL"))
     rules_file: Path = Field(DEFAULT_RULES_FILE, validation_alias=_env("CARELOOP_RULES"))
     policy_file: Path = Field(DEFAULT_POLICY_FILE, validation_alias=_env("CARELOOP_POLICY"))

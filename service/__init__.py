@@ -27,12 +27,14 @@ from careloop.service import (
     health,
     keys,
     member_pages,
+    metrics,
     notebooks,
     openapi,
     pages,
     redaction,
     signin,
     timeline,
+    tracing,
     twilio,
 )
 from careloop.service.schemas import ERROR_SCHEMA
@@ -86,6 +88,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
         db.upgrade(settings.database_url)
     app.extensions["careloop"] = CareloopExtension(runtime)
+    tracing.init_app(app)  # first: every later hook's log lines carry the request id
 
     @app.before_request
     def _open_session():
@@ -105,7 +108,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, keys, events, deliveries, audit_log, twilio, health, pages, member_pages, signin, timeline,
+        notebooks, keys, events, deliveries, audit_log, twilio, health, metrics, pages, member_pages, signin,
+        timeline,
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from apiflask import APIBlueprint, abort
@@ -9,7 +10,7 @@ from flask import current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 
-from careloop import serialize
+from careloop import metrics, serialize
 from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event, record_events
@@ -31,6 +32,8 @@ from careloop.service.schemas import (
 )
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
+
+log = logging.getLogger("careloop.service")
 
 IDEMPOTENCY_KEY_MAX = 200
 """Characters an Idempotency-Key may have (the database column's size)."""
@@ -113,7 +116,11 @@ def create_event(notebook_id: str, body: EventIn):
         abort(409, "this Idempotency-Key was used with a different request body")
     trail().target_id = event.id
     if created:
+        metrics.event_accepted(event.type, "api")
+        log.info("event %s (%s) recorded in notebook %s", event.id, event.type, notebook.id)
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [event.id])
+    else:
+        log.info("event %s: a repeat of its request (Idempotency-Key); nothing recorded", event.id)
     headers = {"Location": f"/v1/events/{event.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

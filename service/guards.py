@@ -66,24 +66,34 @@ def _first_repeated_key(document: object) -> str | None:
     return None
 
 
+def strict_loads(s: str | bytes, **kwargs):
+    """JSON as careloop reads a request body (see the module docstring; ``careloop import``
+    reads each row so too).
+
+    Raises:
+        BodyError: naming what is wrong (and the key given twice, as ``field``).
+    """
+    if not s.strip():
+        raise BodyError("a JSON request body is required")
+    try:
+        document = json.loads(s, object_pairs_hook=_object, parse_constant=_not_a_number, **kwargs)
+    except RecursionError as exc:
+        raise BodyError("the request body is nested too deeply") from exc
+    except BodyError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        raise BodyError("the request body is not valid JSON") from exc
+    repeated = _first_repeated_key(document)
+    if repeated is not None:
+        raise BodyError("this key is given more than once", field=repeated)
+    return document
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON, reading request bodies strictly (see the module docstring)."""
 
     def loads(self, s: str | bytes, **kwargs):
-        if not s.strip():
-            raise BodyError("a JSON request body is required")
-        try:
-            document = json.loads(s, object_pairs_hook=_object, parse_constant=_not_a_number, **kwargs)
-        except RecursionError as exc:
-            raise BodyError("the request body is nested too deeply") from exc
-        except BodyError:
-            raise
-        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-            raise BodyError("the request body is not valid JSON") from exc
-        repeated = _first_repeated_key(document)
-        if repeated is not None:
-            raise BodyError("this key is given more than once", field=repeated)
-        return document
+        return strict_loads(s, **kwargs)
 
 
 class CareloopRequest(Request):

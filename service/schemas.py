@@ -527,5 +527,15 @@ class HealthOut(_Out):
     queue: Literal["ok", "unreachable"]
 
 
+class ReadyOut(_Out):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unreachable"]
+    queue: Literal["ok", "unreachable", "not_configured"]
+    migrations: Literal["at_head", "behind", "unknown"]
+    failing: list[Literal["database", "queue", "migrations"]] = Field(
+        description="The parts that are not ready (empty when ready)"
+    )
+
+
 ERROR_SCHEMA = ErrorOut.model_json_schema()
 """The body of every 4xx/5xx answer, for apiflask's generated error responses."""

@@ -28,12 +28,12 @@ import socket
 import struct
 import threading
 
+from gunicorn import glogging
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
 
-from careloop import db
+from careloop import db, logs, metrics
 from careloop.config.settings import get_settings
-from careloop.text import LOG_FORMAT, LogFormatter
 
 READ_TIMEOUT_VARIABLE = "WEB_READ_TIMEOUT"
 """The environment variable holding the request-read timeout, in seconds."""
@@ -78,9 +78,7 @@ def on_starting(server) -> None:
     never race to create its tables, on SQLite and PostgreSQL alike; :func:`careloop.db.upgrade`
     also holds a PostgreSQL lock while it migrates, so masters on two machines cannot race.
     """
-    handler = logging.StreamHandler()
-    handler.setFormatter(LogFormatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logs.configure(default="json")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     server.log.info("applying database migrations")
     db.upgrade(get_settings().database_url)
@@ -90,6 +88,43 @@ def on_starting(server) -> None:
 def post_worker_init(worker) -> None:
     """gunicorn's ``post_worker_init`` hook: say that a worker has loaded the app."""
     worker.log.info("worker ready (pid: %s)", worker.pid)
+
+
+def child_exit(server, worker) -> None:
+    """gunicorn's ``child_exit`` hook, in the master: a worker that exited has its live metric
+    values dropped (its counts stay in the sums)."""
+    metrics.mark_process_dead(worker.pid)
+
+
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+"""gunicorn's access line: client, request line (member-link tokens redacted), status, bytes,
+milliseconds, and the request id the answer carried."""
+
+
+class _AccessRequestId(logging.Filter):
+    """Puts the request id of an access line's answer on its record, for the JSON line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            request_id = record.args["{x-request-id}o"]  # gunicorn's atoms: response headers
+        except (TypeError, KeyError, IndexError):
+            request_id = None
+        record.request_id = request_id if request_id and request_id != "-" else None
+        return True
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, writing its error and access lines in careloop's format
+    (``CARELOOP_LOG_FORMAT``; JSON unless it says text), access lines with their request id."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        fmt = logs.log_format(default="json")
+        for log, is_access in ((self.error_log, False), (self.access_log, True)):
+            for handler in log.handlers:
+                handler.setFormatter(logs.make_formatter(fmt))
+                if is_access and not any(isinstance(f, _AccessRequestId) for f in handler.filters):
+                    handler.addFilter(_AccessRequestId())
 
 
 class _Response(wsgi.Response):

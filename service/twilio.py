@@ -7,13 +7,13 @@ from functools import wraps
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
-from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
+from careloop import metrics
 from careloop.audit import ActorType
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
-from careloop.models import Delivery
+from careloop.models import Delivery, Event
 from careloop.service.audit_trail import trail
 from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
 from careloop.text import for_log
@@ -45,6 +45,8 @@ def _signed_by_twilio(view):
         signature = request.headers.get("X-Twilio-Signature", "")
         if not validator.validate(_public_url(), request.form.to_dict(), signature):
             seen.reason = "bad signature"
+            metrics.webhook_verification_failed("twilio")
+            log.warning("twilio status callback refused: its signature does not verify")
             abort(403, "invalid Twilio signature")
         seen.actor_type = ActorType.TWILIO
         return view(*args, **kwargs)
@@ -80,12 +82,14 @@ def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
     )
     seen = trail()
     seen.target_id = query.delivery
-    notebook_id = g.db.scalar(select(Delivery.notebook_id).where(Delivery.id == query.delivery))
-    seen.notebook_ids = [notebook_id] if notebook_id else []
+    delivery = g.db.get(Delivery, query.delivery)
+    seen.notebook_ids = [delivery.notebook_id] if delivery is not None else []
+    event = g.db.get(Event, delivery.event_id) if delivery is not None else None
     log.info(
-        "twilio status %s for delivery %s (%s)",
+        "twilio status %s for delivery %s (%s); the event's request id: %s",
         for_log(status),
         query.delivery,
         "applied" if changed else "ignored",
+        (event.context or {}).get("request_id") if event is not None else None,
     )
     return "", 204

@@ -144,6 +144,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     # Twilio's callback takes no key; without TWILIO_AUTH_TOKEN it is not there.
     ("POST", "/v1/twilio/status"): Row("/v1/twilio/status?delivery={delivery}", everyone(404)),
     ("GET", "/healthz"): Row("/healthz", everyone(200)),
+    ("GET", "/readyz"): Row("/readyz", everyone(200)),
+    # Prometheus' scrape: CARELOOP_METRICS_TOKEN or the admin key; a notebook key is no token for it.
+    ("GET", "/metrics"): Row("/metrics", {caller: 200 if caller == "admin" else 401 for caller in CALLERS}),
     ("GET", "/openapi.json"): Row("/openapi.json", everyone(200)),
     ("GET", "/docs"): Row("/docs", everyone(200)),
     ("GET", "/docs/oauth2-redirect"): Row("/docs/oauth2-redirect", everyone(200)),

@@ -1281,10 +1281,15 @@ def test_openapi_describes_every_response_body(client):
             if status == "204":
                 assert "content" not in response or not response["content"], where
                 continue
+            if path == "/metrics" and status == "200":  # Prometheus' text format, for a scraper
+                assert response["content"] == {"text/plain": {"schema": {"type": "string"}}}, where
+                continue
             schema = resolve(response["content"]["application/json"]["schema"])
             assert schema.get("properties"), where
             if path == "/healthz" and status == "503":  # down: the health report itself
                 assert schema["title"] == "HealthOut", where
+            elif path == "/readyz" and status == "503":  # not ready: the readiness report itself
+                assert schema["title"] == "ReadyOut", where
             elif status.startswith(("4", "5")):
                 assert {"error", "message"} <= set(schema["required"]), where
                 assert "fields" in schema["properties"], where

@@ -508,3 +508,26 @@ def test_without_twilio_configured_the_endpoint_is_404_json(client):
     assert response.is_json
     assert response.get_json()["error"] == "not_found"
     assert "Twilio" in response.get_json()["message"]
+
+
+def test_a_callback_is_counted_and_logged_with_its_events_request_id(sms, db_url, caplog):
+    """A callback is a request of its own; its line names the request id of the event the
+    delivery is about, so one grep of that id shows the text arriving too."""
+    from prometheus_client import REGISTRY
+
+    from careloop.models import Event
+
+    def delivered() -> float:
+        labels = {"channel": "sms", "status": "delivered"}
+        return REGISTRY.get_sample_value("careloop_deliveries_total", labels) or 0.0
+
+    with session_scope(db_url) as session:
+        request_id = session.get(Event, sms.event_id).context["request_id"]
+    before = delivered()
+    with caplog.at_level("INFO", logger="careloop.service"):
+        sms.callback("delivered")
+    assert delivered() - before == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("twilio status")]
+    assert line.endswith(f"the event's request id: {request_id}") and sms.delivery_id in line
+    sms.callback("delivered")  # a repeat changes nothing and counts nothing
+    assert delivered() - before == 1

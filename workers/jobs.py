@@ -21,12 +21,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import metrics
 from careloop.db import session_scope
 from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
 from careloop.intake import ROUTE_TOPIC
 from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
+from careloop.logs import request_id_bound, reset_request_id, set_request_id
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, ProviderReceipt, Recipient, render
 from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.queues import BATCH_SIZE, delivery_queue, is_urgent_queue
@@ -84,8 +86,12 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
         insert(Delivery)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["event_id", "member_id", "channel"])
+        .returning(Delivery.channel, Delivery.status)
     )
-    session.execute(stmt)
+    inserted = session.execute(stmt).all()  # only the rows inserted now: a second routing counts none
+    for row in inserted:
+        if row.status == DeliveryStatus.SKIPPED:
+            metrics.delivery_outcome(row.channel, DeliveryStatus.SKIPPED)
 
 
 def route_event(event_id: str, runtime: Runtime | None = None) -> int:
@@ -94,6 +100,7 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
     Returns how many deliveries were handed over. Running it twice creates nothing new.
     """
     runtime = _runtime(runtime)
+    token = set_request_id(None)  # _route sets the event's; reset when the job ends
     try:
         return _route(runtime, event_id)
     except DATABASE_ERRORS as exc:
@@ -108,6 +115,8 @@ def route_event(event_id: str, runtime: Runtime | None = None) -> int:
         except Exception:
             log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
         return 0
+    finally:
+        reset_request_id(token)
 
 
 def route_many(event_ids: list[str], runtime: Runtime | None = None) -> int:
@@ -120,16 +129,11 @@ def route_many(event_ids: list[str], runtime: Runtime | None = None) -> int:
     runtime = _runtime(runtime)
     later: list[str] = []
     handed = 0
-    for event_id in event_ids:
-        try:
-            handed += _route(runtime, event_id, later)
-        except DATABASE_ERRORS as exc:
-            log.warning("route %s: the database is unavailable (%s); trying again in %ss",
-                        event_id, type(exc).__name__, DATABASE_RETRY_DELAY)  # fmt: skip
-            try:
-                runtime.dispatcher.route_later(event_id, DATABASE_RETRY_DELAY)
-            except Exception:
-                log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
+    token = set_request_id(None)  # _route sets each event's in turn; reset when the job ends
+    try:
+        handed = _route_each(runtime, event_ids, later)
+    finally:
+        reset_request_id(token)
     if later:
         try:
             with session_scope(runtime.database_url) as session:
@@ -143,6 +147,21 @@ def route_many(event_ids: list[str], runtime: Runtime | None = None) -> int:
     return handed + len(later)
 
 
+def _route_each(runtime: Runtime, event_ids: list[str], later: list[str]) -> int:
+    handed = 0
+    for event_id in event_ids:
+        try:
+            handed += _route(runtime, event_id, later)
+        except DATABASE_ERRORS as exc:
+            log.warning("route %s: the database is unavailable (%s); trying again in %ss",
+                        event_id, type(exc).__name__, DATABASE_RETRY_DELAY)  # fmt: skip
+            try:
+                runtime.dispatcher.route_later(event_id, DATABASE_RETRY_DELAY)
+            except Exception:
+                log.warning("route %s: the queue is unavailable too; left for the relay", event_id)
+    return handed
+
+
 def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> int:
     """Route one event. ``later``: append its ordinary deliveries there for the caller to hand
     over (urgent ones are handed over here and now)."""
@@ -153,6 +172,7 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
         if event is None:
             log.warning("route_event: event %s does not exist", event_id)
             return 0
+        set_request_id(_request_id(event))  # the request that recorded it: its lines carry that id
         members = session.scalars(
             select(Member)
             .where(Member.notebook_id == event.notebook_id)
@@ -230,6 +250,11 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             len(to_send),
         )
         return len(to_send)
+
+
+def _request_id(event: Event | None) -> str | None:
+    """The request id the event was recorded under (its log lines carry it)."""
+    return (event.context or {}).get("request_id") if event is not None else None
 
 
 def member_link(runtime: Runtime, delivery: Delivery, member: Member) -> MemberLink:
@@ -339,7 +364,8 @@ def deliver_many(
                     untried.append(claim)
                 else:
                     try:
-                        outcomes[claim.delivery_id] = _send(session, runtime, claim, failing, sent)
+                        with request_id_bound(_delivery_request_id(session, claim.delivery_id)):
+                            outcomes[claim.delivery_id] = _send(session, runtime, claim, failing, sent)
                     except DATABASE_ERRORS:
                         raise
                     except Exception as exc:  # recorded on that delivery; the rest still go
@@ -423,6 +449,11 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
     except DATABASE_ERRORS as exc:
         _resume_later(runtime, [delivery_id], claim_token, exc)
         return "database-unavailable"
+
+
+def _delivery_request_id(session: Session, delivery_id: str) -> str | None:
+    delivery = session.get(Delivery, delivery_id)
+    return _request_id(session.get(Event, delivery.event_id)) if delivery is not None else None
 
 
 def _resume_later(runtime: Runtime, delivery_ids: list[str], token: str, exc: Exception) -> None:
@@ -512,18 +543,22 @@ def _send(
     if not _mark_provider_called(runtime, claim, sent):  # committed before the call: see recover_stale
         log.info("delivery %s: the claim was taken over; not sending", delivery_id)
         return "not-claimed"
+    started = time.perf_counter()
     try:
         receipt = channel.send(message)
     except DeliveryError as exc:
+        metrics.PROVIDER_LATENCY.labels(delivery.channel, "error").observe(time.perf_counter() - started)
         if not exc.permanent:
             failing.add(delivery.channel)
         refusal = exc
         return _patiently(lambda: _after_refusal(session, runtime, claim, message, refusal))
     except Exception:
+        metrics.PROVIDER_LATENCY.labels(delivery.channel, "error").observe(time.perf_counter() - started)
         # A bug, not a provider answer: the provider may or may not have the message.
         reason = dl.OUTCOME_UNKNOWN + " (unexpected error in careloop)"
         _patiently(lambda: dl.mark_failed(session, claim, reason))
         raise
+    metrics.PROVIDER_LATENCY.labels(delivery.channel, "ok").observe(time.perf_counter() - started)
     sent.append((claim, receipt))
     log.info("delivery %s sent by %s (%s)", delivery_id, delivery.channel, receipt.provider_id)
     return receipt.status
@@ -584,6 +619,7 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
         claim = dl.take_over(session, delivery_id, token)
         if claim is None:
             return "not-claimed"
+        set_request_id(_delivery_request_id(session, delivery_id))  # the caller bounds it (relay)
         if not claim.provider_called:
             return _retry_uncalled(session, runtime, claim)
         try:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from careloop import deliveries as dl
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
+from careloop.logs import request_id_bound
 from careloop.models import OutboxEntry, utcnow
 from careloop.runtime import Runtime
 from careloop.workers.jobs import recover_stale
@@ -78,7 +79,8 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["deliveries"] = len(handed)
 
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
-            recover_stale(runtime, delivery_id, token)
+            with request_id_bound(None):  # its lines carry the id of the event it is about
+                recover_stale(runtime, delivery_id, token)
             counts["stale"] += 1
     if any(counts.values()):
         log.info(
