@@ -184,12 +184,13 @@ def create_events(notebook_id: str, body: EventBatchIn):
             positions.append(index)
     created = []
     outcomes = record_events(g.db, notebook, items) if items else []
-    for position, outcome in zip(positions, outcomes, strict=True):
+    for position, item, outcome in zip(positions, items, outcomes, strict=True):
         if outcome.status == 202:
             status = "duplicate" if outcome.replayed else "accepted"
             results[position] = {"index": position, "status": status, "id": outcome.event_id}
             if not outcome.replayed:
                 created.append(outcome.event_id)
+                metrics.event_accepted(item["event_type"], "api")
         else:
             detail = {"json": {outcome.field: [outcome.message]}} if outcome.field else None
             message = "Validation error" if outcome.status == 422 else outcome.message
