@@ -20,10 +20,10 @@ import re
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, insert, or_, select
 from sqlalchemy.orm import Session
 
-from careloop.models import AuditEntry, utcnow
+from careloop.models import AuditEntry, new_id, utcnow
 
 
 class ActorType(StrEnum):
@@ -81,8 +81,24 @@ def client_address(value: str | None) -> str | None:
         return None
 
 
-def record(
-    session: Session,
+def record(session: Session, action: str, **fields) -> AuditEntry:
+    """Add one row to the audit log. The caller commits — in the transaction of what it
+    records, when there is one, so the row and the change stand or fall together.
+    The fields are :func:`entry`'s."""
+    row = entry(action, **fields)
+    session.add(row)
+    return row
+
+
+def write(connection: Connection, rows: list[AuditEntry]) -> None:
+    """Insert rows made by :func:`entry` in one statement, on a connection of the caller's (an
+    autocommit one: the row is all the transaction there is)."""
+    table = AuditEntry.__table__
+    columns = [c.key for c in table.columns]
+    connection.execute(insert(table), [{c: getattr(r, c) for c in columns} for r in rows])
+
+
+def entry(
     action: str,
     *,
     status: int,
@@ -94,8 +110,7 @@ def record(
     reason: str | None = None,
     at: datetime | None = None,
 ) -> AuditEntry:
-    """Add one row to the audit log. The caller commits — in the transaction of what it
-    records, when there is one, so the row and the change stand or fall together.
+    """One audit row, checked (not added anywhere).
 
     Args:
         action: what was done, a short lower-case name (``webhooks.receive``).
@@ -111,7 +126,8 @@ def record(
     """
     if not isinstance(status, int) or not 100 <= status <= 599:
         raise ValueError("audit status must be an HTTP status code")
-    entry = AuditEntry(
+    return AuditEntry(
+        id=new_id("aud"),
         at=at or utcnow(),
         notebook_id=_id(notebook_id, "notebook_id"),
         actor_type=ActorType(actor_type).value,
@@ -122,8 +138,6 @@ def record(
         status=status,
         reason=_name(reason, "reason"),
     )
-    session.add(entry)
-    return entry
 
 
 def page(

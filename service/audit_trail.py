@@ -16,11 +16,12 @@ import logging
 from dataclasses import dataclass, field
 
 from apiflask import APIFlask
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from careloop import audit
 from careloop.audit import ActorType
+from careloop.db import get_engine
 
 log = logging.getLogger("careloop.service.audit")
 
@@ -58,15 +59,12 @@ def init_app(app: APIFlask) -> None:
     @app.after_request
     def _write_audit_row(response: Response) -> Response:
         seen: Trail | None = g.pop("audit_trail", None)
-        session = g.get("db")
-        if seen is None or session is None:
+        if seen is None:
             return response
         action = seen.action or request.endpoint or "request"
         try:
-            session.rollback()  # whatever the route left uncommitted is not part of the record
-            for notebook_id in seen.notebook_ids or [None]:
-                audit.record(
-                    session,
+            rows = [
+                audit.entry(
                     action,
                     status=response.status_code,
                     actor_type=seen.actor_type,
@@ -76,8 +74,14 @@ def init_app(app: APIFlask) -> None:
                     remote_addr=request.remote_addr,
                     reason=seen.reason,
                 )
-            session.commit()
+                for notebook_id in seen.notebook_ids or [None]
+            ]
+            # Its own statement, committed by itself: no BEGIN/COMMIT round trips, and nothing
+            # the route left uncommitted goes with it.
+            with get_engine(
+                current_app.extensions["careloop"].runtime.database_url, autocommit=True
+            ).connect() as conn:
+                audit.write(conn, rows)
         except (SQLAlchemyError, ValueError) as exc:  # the answer stands; the log says a row is missing
-            session.rollback()
             log.warning("audit row not written for %s (%s)", action, type(exc).__name__)
         return response
