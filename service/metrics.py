@@ -21,7 +21,14 @@ UNAUTHORIZED = {
     "message": "a valid Bearer token is required (CARELOOP_METRICS_TOKEN)",
 }
 
-TEXT_FORMAT = {"text/plain": {"schema": {"type": "string"}}}
+TEXT_FORMAT = {
+    "text/plain": {
+        "schema": {"type": "string"},
+        "example": "# HELP careloop_events_accepted_total Notebook events accepted, by type and source\n"
+        "# TYPE careloop_events_accepted_total counter\n"
+        'careloop_events_accepted_total{source="api",type="concern.raised"} 3.0\n',
+    }
+}
 
 
 def _allowed(settings) -> bool:

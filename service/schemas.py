@@ -528,6 +528,13 @@ class HealthOut(_Out):
 
 
 class ReadyOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {"status": "ready", "database": "ok", "queue": "ok", "migrations": "at_head", "failing": []},
+            {"status": "not_ready", "database": "ok", "queue": "unreachable", "migrations": "at_head",
+             "failing": ["queue"]},
+        )
+    )  # fmt: skip
     status: Literal["ready", "not_ready"]
     database: Literal["ok", "unreachable"]
     queue: Literal["ok", "unreachable", "not_configured"]
