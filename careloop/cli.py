@@ -21,11 +21,11 @@ from careloop.deliveries import retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.policy import PolicyError, load_policy
-from careloop.queues import queue_names
+from careloop.queues import DELIVERY_CHANNELS, queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
 from careloop.text import LOG_FORMAT, LogFormatter
-from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind
+from careloop.vocabulary import RETRYABLE_STATUSES
 from careloop.workers import build_runtime
 from careloop.workers.relay import relay_once, run_relay
 
@@ -89,9 +89,9 @@ def worker(ctx: click.Context, channels: str | None) -> None:
     """
     args = list(ctx.args)
     chosen = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
-    unknown = sorted(set(chosen or ()) - set(ChannelKind))
+    unknown = sorted(set(chosen or ()) - set(DELIVERY_CHANNELS))
     if unknown:
-        _fail(f"--channels: unknown channels {unknown} (use {', '.join(ChannelKind)})")
+        _fail(f"--channels: unknown channels {unknown} (use {', '.join(DELIVERY_CHANNELS)})")
     if "--help" in args or "-h" in args:  # help needs no configuration
         rq_main.main(args=["worker", "--help"], prog_name="careloop")
         return

@@ -49,3 +49,16 @@ FROM_DELIVERY = {
     "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/id"),
     "GetEvent": _link("getEvent", "The event it belongs to", event_id="$response.body#/event_id"),
 }
+
+_ENDPOINT = "$response.body#/id"
+
+FROM_ENDPOINT_OUT = {
+    "GetEndpoint": _link("getEndpoint", "The endpoint as it is now", endpoint_id=_ENDPOINT),
+    "ListEndpointMessages": _link("listEndpointMessages", "Its messages, in order", endpoint_id=_ENDPOINT),
+    "ListEndpointAttempts": _link("listEndpointAttempts", "Its attempt log", endpoint_id=_ENDPOINT),
+    "ReplayEndpoint": _link("replayEndpoint", "Send its messages again", endpoint_id=_ENDPOINT),
+}
+FROM_ENDPOINT = {
+    **FROM_ENDPOINT_OUT,
+    "DeleteEndpoint": _link("deleteEndpoint", "Delete it", endpoint_id=_ENDPOINT),
+}

@@ -14,14 +14,18 @@ from careloop.service import api_links
 from careloop.service.auth import auth, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import DeliveriesQuery, DeliveryList, DeliveryOut
-from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
+from careloop.vocabulary import RETRYABLE_STATUSES, WEBHOOK_CHANNEL, DeliveryStatus
 
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
 
 
 def _delivery_or_404(delivery_id: str) -> Delivery:
     delivery = g.db.get(Delivery, delivery_id)
-    if delivery is None or not principal().may_reach(delivery.notebook_id):
+    if (
+        delivery is None
+        or delivery.channel == WEBHOOK_CHANNEL
+        or not principal().may_reach(delivery.notebook_id)
+    ):
         abort(404, "delivery not found")
     return delivery
 
@@ -37,7 +41,7 @@ def _delivery_or_404(delivery_id: str) -> Delivery:
 )
 def list_deliveries(query: DeliveriesQuery):
     who = principal()
-    stmt = select(Delivery)
+    stmt = select(Delivery).where(Delivery.channel != WEBHOOK_CHANNEL)  # webhooks: /v1/endpoints
     if not who.admin:
         if query.notebook_id and query.notebook_id != who.notebook_id:
             abort(404, "notebook not found")

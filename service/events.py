@@ -16,6 +16,7 @@ from careloop.service import api_links
 from careloop.service.auth import auth, notebook_or_404, principal
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQuery, EventWithDeliveries
+from careloop.vocabulary import WEBHOOK_CHANNEL
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
@@ -128,6 +129,8 @@ def get_event(event_id: str):
     if event is None or not principal().may_reach(event.notebook_id):
         abort(404, "event not found")
     deliveries = g.db.scalars(
-        select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.created_at, Delivery.id)
+        select(Delivery)
+        .where(Delivery.event_id == event.id, Delivery.channel != WEBHOOK_CHANNEL)
+        .order_by(Delivery.created_at, Delivery.id)
     ).all()
     return serialize.event(event, list(deliveries))

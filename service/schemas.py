@@ -174,6 +174,63 @@ class TwilioStatusForm(BaseModel):
         return data
 
 
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?][^\s#]*)?$"
+"""An http(s) URL with a host and no user name, password or fragment (the address it resolves to
+is checked when the endpoint is saved and at every send)."""
+
+WEBHOOK_URL_FORMAT = "webhook-url"
+"""The documented format of an endpoint URL (an http(s) URL whose host resolves to public addresses)."""
+
+EventTypeName = Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
+
+
+class EndpointIn(_In):
+    url: Annotated[
+        str,
+        Field(
+            min_length=10,
+            max_length=2000,
+            pattern=WEBHOOK_URL_PATTERN,
+            description="where messages are POSTed: http or https, no redirects followed; a host "
+            "resolving to a private, loopback or link-local address is refused (unless "
+            "CARELOOP_ALLOW_PRIVATE_WEBHOOKS is set)",
+            json_schema_extra={"format": WEBHOOK_URL_FORMAT},
+        ),
+    ]
+    event_types: Annotated[
+        list[EventTypeName],
+        Field(min_length=1, max_length=len(EventType), description="the events it hears about"),
+    ]
+    notebooks: Annotated[
+        list[NotebookId],
+        Field(min_length=1, max_length=100, description="the notebooks whose events it hears about"),
+    ]
+    payload: Literal["full", "thin"] = Field(
+        "full", description="`full`: the event as recorded (never contact details); `thin`: its ids only"
+    )
+
+
+class ReplayIn(_In):
+    """What to send again: one event's message, or the messages about events recorded in a time
+    range (either bound may be left out; nothing given: every message, up to 1000)."""
+
+    event_id: Annotated[NotebookId, Field(description="the event whose message to send again")] | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+
+
+class MessagesQuery(_In):
+    after: int = Field(0, ge=0, le=2**31 - 1, description="the last sequence number the receiver has")
+    limit: int = Field(100, ge=1, le=500)
+
+
+class AttemptsQuery(_In):
+    before: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="`next_before` of the previous page (newest first)"
+    )
+    limit: int = Field(100, ge=1, le=500)
+
+
 # --- Responses ---------------------------------------------------------------------------------
 # Declared so /openapi.json describes every body that comes back; apiflask passes each
 # answer through its model, so an answer that broke the documented shape would fail loudly.
@@ -295,3 +352,63 @@ class HealthOut(_Out):
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()
 """The body of every 4xx/5xx answer, for apiflask's generated error responses."""
+
+
+class EndpointOut(_Out):
+    id: str
+    url: str
+    event_types: list[str]
+    notebooks: list[str]
+    payload: Literal["full", "thin"]
+    enabled: bool
+    disabled_at: DateTimeText | None
+    disabled_reason: str | None
+    failing_since: DateTimeText | None = Field(description="since when its attempts fail with no success")
+    last_sequence: int = Field(description="the sequence number of its newest message (0: none yet)")
+    created_at: DateTimeText
+
+
+class CreatedEndpointOut(EndpointOut):
+    secret: str = Field(description="the signing secret (`whsec_…`): shown this once")
+
+
+class EndpointList(_Out):
+    items: list[EndpointOut]
+
+
+class WebhookMessageOut(_Out):
+    id: str = Field(description="the message id (the `webhook-id` header)")
+    sequence: int
+    event_id: str
+    status: Literal[tuple(s.value for s in DeliveryStatus)]  # type: ignore[valid-type]
+    attempts: int
+    error: str | None
+    created_at: DateTimeText
+    delivered_at: DateTimeText | None = Field(description="when the endpoint answered 2xx")
+    next_attempt_at: DateTimeText | None
+    body: dict[str, Any] = Field(description="exactly what is (or was) POSTed")
+
+
+class WebhookMessageList(_Out):
+    items: list[WebhookMessageOut]
+    next_after: int | None = Field(description="pass as `after` for the next page; null: no more")
+
+
+class WebhookAttemptOut(_Out):
+    id: int
+    message_id: str
+    sequence: int
+    attempted_at: DateTimeText
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+
+
+class WebhookAttemptList(_Out):
+    items: list[WebhookAttemptOut]
+    next_before: int | None
+
+
+class ReplayOut(_Out):
+    resent: list[str] = Field(description="messages sent again (same id and sequence number)")
+    created: list[str] = Field(description="messages made for events it had none about (numbered next)")

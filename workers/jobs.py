@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import webhooks
 from careloop.db import session_scope
 from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
@@ -32,7 +33,8 @@ from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_
 from careloop.queues import BATCH_SIZE, delivery_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
-from careloop.vocabulary import ChannelKind, DeliveryStatus
+from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind, DeliveryStatus
+from careloop.workers import webhook_sends
 
 log = logging.getLogger("careloop.workers")
 
@@ -127,7 +129,14 @@ def _route(runtime: Runtime, event_id: str) -> int:
                 previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
             ),
             [
-                MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
+                MemberView(
+                    id=m.id,
+                    role=m.role,
+                    email=m.email,
+                    phone=m.phone,
+                    active=m.active,
+                    sms_opted_out=m.sms_opted_out,
+                )
                 for m in members
             ],
             runtime.rules,
@@ -156,6 +165,9 @@ def _route(runtime: Runtime, event_id: str) -> int:
                 for p in planned
             ],
         )
+        # Before the outbox entry is done: a crash in between leaves the event to be routed again.
+        with session_scope(runtime.database_url) as tx:
+            webhook_messages = webhooks.plan_messages(tx, tx.get(Event, event.id))
         if event.routed_at is None:
             event.routed_at = now
         session.execute(
@@ -178,10 +190,11 @@ def _route(runtime: Runtime, event_id: str) -> int:
         if to_send:
             hand_over_deliveries(session, runtime.dispatcher, list(to_send))
         log.info(
-            "routed event %s (%s): %d planned, %d handed over",
+            "routed event %s (%s): %d planned, %d webhook messages, %d handed over",
             event.id,
             event.type,
             len(planned),
+            len(webhook_messages),
             len(to_send),
         )
         return len(to_send)
@@ -270,7 +283,7 @@ def deliver_many(
             untried: list[dl.Claim] = []
             bug: Exception | None = None
             for claim in claims:
-                channel = session.get(Delivery, claim.delivery_id).channel
+                channel = webhook_sends.failing_key(session.get(Delivery, claim.delivery_id))
                 if channel in failing or time.monotonic() > budget:
                     untried.append(claim)
                 else:
@@ -308,6 +321,8 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
             claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
                 return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
+            if claim.provider_called and webhook_sends.is_webhook(session, claim):
+                return webhook_sends.resend_interrupted(session, runtime, claim)
             if claim.provider_called:  # this job called the provider before the database went
                 message = build_message(session, runtime, claim)
                 reason = "an attempt interrupted by the database"
@@ -369,6 +384,8 @@ def _not_claimed(session: Session, runtime: Runtime, delivery_id: str) -> str:
 def _send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str]) -> str:
     delivery_id = claim.delivery_id
     delivery = session.get(Delivery, delivery_id)
+    if delivery.channel == WEBHOOK_CHANNEL:
+        return webhook_sends.send(session, runtime, claim, failing)
     try:
         message = build_message(session, runtime, claim)
     except RenderError as exc:
@@ -464,6 +481,8 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
             return "not-claimed"
         if not claim.provider_called:
             return _retry_uncalled(session, runtime, claim)
+        if webhook_sends.is_webhook(session, claim):
+            return webhook_sends.resend_interrupted(session, runtime, claim)
         try:
             message = build_message(session, runtime, claim)
         except RenderError as exc:

@@ -21,6 +21,7 @@ from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
 from careloop.runtime import Runtime
 from careloop.workers.jobs import recover_stale
+from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
 
@@ -80,6 +81,8 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             recover_stale(runtime, delivery_id, token)
             counts["stale"] += 1
+
+        notify_disabled(runtime, session)
     if any(counts.values()):
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries handed over, %(stale)d stale sends checked",
