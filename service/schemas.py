@@ -231,6 +231,22 @@ class AttemptsQuery(_In):
     limit: int = Field(100, ge=1, le=500)
 
 
+class TwilioInboundForm(BaseModel):
+    """The fields of Twilio's incoming-message webhook careloop reads (Twilio sends more)."""
+
+    model_config = ConfigDict(extra="allow")
+    MessageSid: Annotated[str, Field(min_length=1, max_length=64)]
+    From: Annotated[str, Field(min_length=1, max_length=64, description="the sender's number, E.164")]
+    Body: Annotated[str, Field(max_length=2000)] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data):
+        if isinstance(data, dict) and not data.get("MessageSid") and data.get("SmsSid"):
+            data = {**data, "MessageSid": data["SmsSid"]}
+        return data
+
+
 # --- Responses ---------------------------------------------------------------------------------
 # Declared so /openapi.json describes every body that comes back; apiflask passes each
 # answer through its model, so an answer that broke the documented shape would fail loudly.

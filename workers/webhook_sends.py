@@ -86,8 +86,8 @@ def send(session: Session, runtime: Runtime, claim: dl.Claim, failing: set[str])
     now = utcnow()
     webhooks.record_attempt(session, message, result.status_code, result.latency_ms, result.error, now)
     if result.outcome == "ok":
-        dl.mark_sent(session, claim, f"HTTP {result.status_code}", DeliveryStatus.DELIVERED)
         webhooks.note_success(session, endpoint.id)
+        dl.mark_sent(session, claim, f"HTTP {result.status_code}", DeliveryStatus.DELIVERED)
         log.info("webhook message %s delivered (HTTP %s)", message.id, result.status_code)
         return DeliveryStatus.DELIVERED
     if result.outcome == "gone":
@@ -135,8 +135,10 @@ def notify_disabled(runtime: Runtime, session: Session) -> int:
                 runtime.channels[ChannelKind.EMAIL].send(message)
             except DeliveryError as exc:
                 log.warning("could not email the admin about endpoint %s: %s", endpoint.id, exc.reason)
-                continue
-            sent += 1
+                if not exc.permanent:
+                    continue  # the next sweep tries again
+            else:
+                sent += 1
         else:
             log.warning("webhook endpoint %s is disabled; CARELOOP_ADMIN_EMAIL is not set", endpoint.id)
         webhooks.mark_notified(session, endpoint.id, endpoint.disabled_at)
