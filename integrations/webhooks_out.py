@@ -164,8 +164,10 @@ class WebhookSender:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": sign(secret, msg_id, now, body),
         }
+        session = requests.Session()
+        session.trust_env = False  # no proxy or .netrc from the environment: straight to the checked host
         try:
-            with requests.post(
+            with session.post(
                 url,
                 data=body.encode(),
                 headers=headers,
@@ -181,6 +183,8 @@ class WebhookSender:
             return AttemptResult("retry", None, took(), "could not connect")
         except requests.RequestException as exc:
             return AttemptResult("retry", None, took(), f"request failed ({type(exc).__name__})")
+        finally:
+            session.close()
         latency = took()
         if 200 <= status < 300:
             return AttemptResult("ok", status, latency)

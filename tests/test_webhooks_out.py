@@ -133,6 +133,21 @@ def test_a_failure_is_retried_with_the_same_id_until_it_succeeds(hooks, receiver
     assert endpoint["enabled"] and endpoint["failing_since"] is None
 
 
+def test_a_timeout_is_retried(hooks, receiver):
+    _, api, nb = hooks
+    created = make_endpoint(api, receiver, [nb["id"]])
+    receiver.script((200, {}, 3.0))  # slower than CARELOOP_PROVIDER_TIMEOUT (2 s here)
+    api.event(nb["id"], "goal.updated", GOAL)
+    first, second = verified(receiver, 2)
+    assert first.webhook_id == second.webhook_id
+    attempts = wait_until(
+        lambda: len(items := api.get(f"/v1/endpoints/{created['id']}/attempts")["items"]) == 2 and items,
+        message="two attempts logged",
+    )
+    assert attempts[1]["error"] == "timed out" and attempts[1]["status_code"] is None
+    assert attempts[0]["status_code"] == 200
+
+
 def test_retry_after_is_honoured(hooks, receiver):
     _, api, nb = hooks
     make_endpoint(api, receiver, [nb["id"]])

@@ -8,6 +8,7 @@ Fixture ``webhook_receiver`` (a fresh :class:`WebhookReceiver` per test). Script
     receiver.script(500, 200)                 # next answers: 500, then 200 (then 200s)
     receiver.script((429, {"Retry-After": "2"}))
     receiver.script((302, {"Location": "http://127.0.0.1:9/elsewhere"}))
+    receiver.script((200, {}, 3.0))           # answer only after 3 s (a client timing out)
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class WebhookReceiver:
     def script(self, *answers) -> None:
         with self._lock:
             for answer in answers:
-                self._script.append(answer if isinstance(answer, tuple) else (answer, {}))
+                answer = answer if isinstance(answer, tuple) else (answer, {})
+                self._script.append(answer if len(answer) == 3 else (*answer, 0.0))
 
     def _record(self, handler: BaseHTTPRequestHandler, path: str, headers: dict, body: bytes) -> None:
         verified, payload = False, None
@@ -84,8 +86,10 @@ class WebhookReceiver:
             except WebhookVerificationError:
                 pass
         with self._lock:
-            status, extra = self._script.popleft() if self._script else (200, {})
+            status, extra, delay = self._script.popleft() if self._script else (200, {}, 0.0)
             self.received.append(Received(path, headers, body, verified, payload, status, time.time()))
+        if delay:
+            time.sleep(delay)  # a slow server (the client under test gives up first)
         handler.send_response(status)
         for name, value in extra.items():
             handler.send_header(name, value)
