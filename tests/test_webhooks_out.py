@@ -18,7 +18,7 @@ from careloop.models import Delivery, Notebook, WebhookEndpoint, utcnow
 from careloop.vocabulary import WEBHOOK_CHANNEL
 from careloop.workers import build_runtime
 from careloop.workers.jobs import route_event
-from tests.conftest import build_app, drain, make_settings, wait_until
+from tests.conftest import REDIS_URL, build_app, drain, make_settings, run_rq_until_settled, wait_until
 from tests.peers.webhook_receiver import WebhookReceiver
 
 GOAL = {"goal": "Walk to the bus stop", "status": "progress"}
@@ -331,10 +331,10 @@ def test_a_notebook_key_manages_endpoints_of_its_own_notebook_only(hooks, receiv
     assert client.get(f"/v1/endpoints/{mine.get_json()['id']}", headers=headers).status_code == 404
 
 
-def test_sequence_numbers_have_no_gap_and_no_repeat_when_routing_races(pg_only_url, tmp_path):
-    settings = make_settings(pg_only_url, tmp_path, allow_private_webhooks=True)
+def test_sequence_numbers_have_no_gap_and_no_repeat_when_routing_races(db_url, tmp_path):
+    settings = make_settings(db_url, tmp_path, allow_private_webhooks=True)
     runtime = build_runtime(settings)
-    with session_scope(pg_only_url) as session:
+    with session_scope(db_url) as session:
         notebook = Notebook(name="n", child_name="M", timezone="UTC")
         session.add(notebook)
         session.flush()
@@ -379,7 +379,7 @@ def test_sequence_numbers_have_no_gap_and_no_repeat_when_routing_races(pg_only_u
     for t in threads:
         t.join(60)
     assert not errors
-    with session_scope(pg_only_url) as session:
+    with session_scope(db_url) as session:
         rows = session.execute(
             select(Delivery.event_id, Delivery.sequence).where(Delivery.member_id == endpoint_id)
         ).all()
@@ -388,3 +388,19 @@ def test_sequence_numbers_have_no_gap_and_no_repeat_when_routing_races(pg_only_u
     assert sorted(e for e, _ in rows) == sorted(events)
     assert last == 24
     runtime.close()
+
+
+def test_through_rq_workers_a_failed_message_is_retried_by_the_scheduler(
+    db_url, tmp_path, redis_conn, receiver
+):
+    settings = make_settings(db_url, tmp_path, redis_url=REDIS_URL, allow_private_webhooks=True)
+    app, api = build_app(settings)
+    nb = api.notebook()
+    created = make_endpoint(api, receiver, [nb["id"]])
+    receiver.script(503, 200)
+    api.event(nb["id"], "goal.updated", GOAL)
+    run_rq_until_settled(app.extensions["careloop"].runtime)
+    first, second = receiver.requests()
+    assert first.verified and second.verified and first.webhook_id == second.webhook_id
+    [message] = api.get(f"/v1/endpoints/{created['id']}/messages")["items"]
+    assert message["status"] == "delivered" and message["attempts"] == 2
