@@ -157,24 +157,31 @@ def _add_message(session: Session, endpoint_id: str, event: Event, now: datetime
     return message_id
 
 
-def plan_messages(session: Session, event: Event) -> list[str]:
-    """Make the messages of every enabled endpoint that wants ``event`` (its notebook, its
-    type) and has none about it yet; commit. Returns the new messages' ids. Safe to run twice
-    and at the same time as itself: endpoints are locked in id order, so two routings never
-    wait on each other in a circle."""
+def wanted_by(session: Session, event: Event) -> list[str]:
+    """The ids of the enabled endpoints that want ``event`` (its notebook, its type), in order."""
     rows = session.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.event_types)
         .join(WebhookEndpointNotebook, WebhookEndpointNotebook.endpoint_id == WebhookEndpoint.id)
         .where(WebhookEndpointNotebook.notebook_id == event.notebook_id, WebhookEndpoint.enabled.is_(True))
     ).all()
-    wanted = sorted(row.id for row in rows if event.type in (row.event_types or ()))
-    session.rollback()  # nothing read so far may be kept in a snapshot: the lock comes first
-    if not wanted:
+    return sorted(row.id for row in rows if event.type in (row.event_types or ()))
+
+
+def plan_messages(session: Session, event_id: str, endpoint_ids: list[str]) -> list[str]:
+    """Make the messages of these endpoints (:func:`wanted_by`) about the event, where they have
+    none yet; commit. Returns the new messages' ids. Safe to run twice and at the same time as
+    itself: the endpoints are locked in id order before anything is read, so two routings never
+    wait on each other in a circle and the second sees what the first made."""
+    if not endpoint_ids:
         return []
     now = utcnow()
     made = []
     try:
-        for endpoint_id in wanted:
+        event = None
+        for endpoint_id in sorted(endpoint_ids):
+            if _lock(session, endpoint_id) is None:
+                continue
+            event = event or session.get(Event, event_id)
             message_id = _add_message(session, endpoint_id, event, now)
             if message_id:
                 made.append(message_id)

@@ -166,8 +166,11 @@ def _route(runtime: Runtime, event_id: str) -> int:
             ],
         )
         # Before the outbox entry is done: a crash in between leaves the event to be routed again.
-        with session_scope(runtime.database_url) as tx:
-            webhook_messages = webhooks.plan_messages(tx, tx.get(Event, event.id))
+        webhook_messages = []
+        endpoints = webhooks.wanted_by(session, event)
+        if endpoints:  # a transaction of its own: the sequence numbers are taken under a lock
+            with session_scope(runtime.database_url) as tx:
+                webhook_messages = webhooks.plan_messages(tx, event.id, endpoints)
         if event.routed_at is None:
             event.routed_at = now
         session.execute(
