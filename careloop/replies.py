@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from careloop.events import EVENT_KINDS, EventType
-from careloop.intake import record_event
+from careloop.intake import IdempotencyConflict, record_event
 from careloop.models import Delivery, Member, Notebook
 from careloop.vocabulary import ChannelKind, Role
 
@@ -149,13 +149,16 @@ def handle_reply(session: Session, phone: str, body: str, message_id: str) -> Re
         data = EVENT_KINDS[EventType.NOTE_ADDED].data(text=text, voice=_voice(author.role))
     except ValidationError:  # blank (a text of spaces): nothing to note
         return Reply(ReplyKind.HELP, HELP_TEXT)
-    event, created = record_event(
-        session,
-        notebook,
-        event_type=EventType.NOTE_ADDED,
-        data=data.model_dump(mode="json", exclude_none=True),
-        occurred_at=None,
-        author_member_id=author.id,
-        idempotency_key=f"twilio-sms:{message_id}",
-    )
+    try:
+        event, created = record_event(
+            session,
+            notebook,
+            event_type=EventType.NOTE_ADDED,
+            data=data.model_dump(mode="json", exclude_none=True),
+            occurred_at=None,
+            author_member_id=author.id,
+            idempotency_key=f"twilio-sms:{message_id}",
+        )
+    except IdempotencyConflict:  # Twilio sent this text before and careloop noted it then
+        return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT)
     return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT, event.id, created)

@@ -21,7 +21,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from careloop.models import (
@@ -387,15 +387,3 @@ def messages_after(
             .limit(limit)
         )
     ]
-
-
-def failing_messages(session: Session, endpoint_id: str) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Delivery)
-        .where(
-            Delivery.member_id == endpoint_id,
-            Delivery.channel == WEBHOOK_CHANNEL,
-            or_(Delivery.status == DeliveryStatus.FAILED, Delivery.error.is_not(None)),
-        )
-    )

@@ -138,3 +138,8 @@ def test_a_repeated_webhook_adds_its_note_once(sms):
     for _ in range(2):
         assert client.post("/v1/twilio/inbound", data=form, headers=headers).status_code == 200
     assert len(api.get(f"/v1/notebooks/{nb['id']}/events")["items"]) == 1
+    form["Body"] = "Twice, and changed?"  # the same MessageSid with another text: the first stands
+    headers = {"X-Twilio-Signature": RequestValidator(TOKEN).compute_signature(url, form)}
+    assert client.post("/v1/twilio/inbound", data=form, headers=headers).status_code == 200
+    [note] = api.get(f"/v1/notebooks/{nb['id']}/events")["items"]
+    assert note["data"]["text"] == "Twice?"
