@@ -294,6 +294,10 @@ class MemberOut(_Out):
     phone: str | None
     timezone: str | None
     active: bool
+    sms_opted_out: bool = Field(
+        description="the member texted STOP: their texts are skipped (`opted_out`) until they text START; "
+        "only their own text changes it"
+    )
     created_at: DateTimeText
     updated_at: DateTimeText
 

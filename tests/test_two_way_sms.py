@@ -65,6 +65,8 @@ def test_stop_then_an_event_skips_the_text_and_start_sends_again(sms, word):
     event = api.event(nb["id"], "concern.raised", CONCERN)
     [text] = sms_to(api, event["id"], mom["id"])
     assert text["status"] == "skipped" and text["error"] == "opted_out"
+    [member] = [m for m in api.get(f"/v1/notebooks/{nb['id']}/members")["items"] if m["id"] == mom["id"]]
+    assert member["sms_opted_out"] is True
 
     answer = text_in(client, "START")
     assert "texts are back on" in answer.get_data(as_text=True)
