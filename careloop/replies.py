@@ -67,6 +67,8 @@ class Reply:
     answer: str | None = None
     event_id: str | None = None
     created: bool = False
+    notebook_ids: tuple[str, ...] = ()
+    """The notebooks of the members with that number (whose audit log shows the text)."""
 
 
 def keyword(body: str) -> str:
@@ -132,23 +134,24 @@ def handle_reply(session: Session, phone: str, body: str, message_id: str) -> Re
     if not members:
         return Reply(ReplyKind.UNKNOWN_NUMBER)
     word = keyword(body)
+    notebooks = tuple(dict.fromkeys(m.notebook_id for m in members))
     if word in OPT_OUT_KEYWORDS:
         set_sms_opt_out(session, phone, True)
-        return Reply(ReplyKind.OPT_OUT)  # Twilio answers STOP itself; a reply would be refused
+        return Reply(ReplyKind.OPT_OUT, notebook_ids=notebooks)  # Twilio answers STOP itself
     if word in OPT_IN_KEYWORDS:
         set_sms_opt_out(session, phone, False)
-        return Reply(ReplyKind.OPT_IN, OPTED_IN_TEXT)
+        return Reply(ReplyKind.OPT_IN, OPTED_IN_TEXT, notebook_ids=notebooks)
     if word in HELP_KEYWORDS:
-        return Reply(ReplyKind.HELP, HELP_TEXT)
+        return Reply(ReplyKind.HELP, HELP_TEXT, notebook_ids=notebooks)
     author = _author(session, members)
     if word in ACKNOWLEDGE_KEYWORDS and acknowledge_latest_alert(session, author):
-        return Reply(ReplyKind.ACKNOWLEDGED, ACKNOWLEDGED_TEXT)  # pragma: no cover - once escalation exists
+        return Reply(ReplyKind.ACKNOWLEDGED, ACKNOWLEDGED_TEXT, notebook_ids=(author.notebook_id,))
     notebook = session.get(Notebook, author.notebook_id)
     text = _note_text(body)
     try:
         data = EVENT_KINDS[EventType.NOTE_ADDED].data(text=text, voice=_voice(author.role))
     except ValidationError:  # blank (a text of spaces): nothing to note
-        return Reply(ReplyKind.HELP, HELP_TEXT)
+        return Reply(ReplyKind.HELP, HELP_TEXT, notebook_ids=(author.notebook_id,))
     try:
         event, created = record_event(
             session,
@@ -160,5 +163,5 @@ def handle_reply(session: Session, phone: str, body: str, message_id: str) -> Re
             idempotency_key=f"twilio-sms:{message_id}",
         )
     except IdempotencyConflict:  # Twilio sent this text before and careloop noted it then
-        return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT)
-    return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT, event.id, created)
+        return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT, notebook_ids=(author.notebook_id,))
+    return Reply(ReplyKind.NOTE, NOTE_ADDED_TEXT, event.id, created, (author.notebook_id,))

@@ -8,8 +8,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
+from careloop.db import session_scope
+from careloop.models import AuditEntry
 from tests.conftest import build_app, drain, make_settings, wait_until
 from tests.peers.webhook_receiver import WebhookReceiver
 
@@ -118,6 +121,11 @@ def test_an_unknown_number_records_nothing_and_logs_no_number(sms, caplog):
     assert answer.status_code == 200 and "<Message>" not in answer.get_data(as_text=True)
     assert api.get(f"/v1/notebooks/{nb['id']}/events")["items"] == []
     assert "unknown number" in caplog.text and "5550199" not in caplog.text
+    text_in(app.test_client(), "Thanks!")  # from the member: audited on their notebook
+    with session_scope(app.extensions["careloop"].settings.database_url) as session:
+        rows = session.scalars(select(AuditEntry).where(AuditEntry.action == "twilio.inbound")).all()
+        seen = sorted(((r.actor_type, r.status, r.notebook_id, r.reason) for r in rows), key=str)
+    assert seen == sorted([("twilio", 200, None, "unknown number"), ("twilio", 200, nb["id"], None)], key=str)
 
 
 @pytest.mark.parametrize("signature", [None, "bm90IGEgc2lnbmF0dXJl"])

@@ -311,7 +311,7 @@ def test_the_address_is_checked_again_at_send_time(hooks, receiver):
     assert receiver.requests() == []
 
 
-def test_a_notebook_key_manages_endpoints_of_its_own_notebook_only(hooks, receiver):
+def test_a_family_key_manages_endpoints_of_its_own_notebook_only(hooks, receiver):
     app, api, nb = hooks
     other = api.notebook(child_name="Leo")
     key = api.post(f"/v1/notebooks/{nb['id']}/keys", {"name": "clinic"})["key"]
@@ -320,6 +320,9 @@ def test_a_notebook_key_manages_endpoints_of_its_own_notebook_only(hooks, receiv
     body = {"url": receiver.url(), "event_types": ["goal.updated"], "notebooks": [other["id"]]}
     assert client.post("/v1/endpoints", json=body, headers=headers).status_code == 404
     body["notebooks"] = [nb["id"]]
+    clinician = api.post(f"/v1/notebooks/{nb['id']}/keys", {"name": "dr", "role": "clinician"})["key"]
+    refused = client.post("/v1/endpoints", json=body, headers={"Authorization": f"Bearer {clinician}"})
+    assert refused.status_code == 403  # only family keys (and the admin) manage webhooks
     mine = client.post("/v1/endpoints", json=body, headers=headers)
     assert mine.status_code == 201
     theirs = make_endpoint(api, receiver, [other["id"]])
