@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from careloop.db import session_scope
 from careloop.models import AuditEntry
-from tests.conftest import build_app, drain, make_settings, wait_until
+from tests.conftest import build_app, close_app, drain, make_settings, wait_until
 from tests.peers.webhook_receiver import WebhookReceiver
 
 PUBLIC = "https://careloop.test"
@@ -30,7 +30,8 @@ def sms(db_url, tmp_path):
     nb = api.notebook()
     mom = api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone=MOM)
     api.member(nb["id"], "Dr. Shah", "neurology", email="shah@example.org")
-    return app, api, nb, mom
+    yield app, api, nb, mom
+    close_app(app)  # its queue thread stops before the database is cleaned
 
 
 def text_in(client, body: str, sender: str = MOM, signature: str | None = "sign"):

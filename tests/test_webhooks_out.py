@@ -18,7 +18,15 @@ from careloop.models import Delivery, Notebook, WebhookEndpoint, utcnow
 from careloop.vocabulary import WEBHOOK_CHANNEL
 from careloop.workers import build_runtime
 from careloop.workers.jobs import route_event
-from tests.conftest import REDIS_URL, build_app, drain, make_settings, run_rq_until_settled, wait_until
+from tests.conftest import (
+    REDIS_URL,
+    build_app,
+    close_app,
+    drain,
+    make_settings,
+    run_rq_until_settled,
+    wait_until,
+)
 from tests.peers.webhook_receiver import WebhookReceiver
 
 GOAL = {"goal": "Walk to the bus stop", "status": "progress"}
@@ -38,7 +46,8 @@ def hooks(db_url, tmp_path):
     app, api = build_app(settings)
     nb = api.notebook()
     api.member(nb["id"], "Dana Rivera", "parent", email="dana@example.org", phone="+15555550101")
-    return app, api, nb
+    yield app, api, nb
+    close_app(app)  # its queue thread stops before the database is cleaned
 
 
 def make_endpoint(api, receiver, notebooks, payload="full", event_types=("goal.updated",), status=201):
@@ -279,6 +288,7 @@ def test_private_loopback_and_link_local_addresses_are_refused(db_url, tmp_path,
     assert list(answer["fields"]) == ["url"] and "private" in answer["fields"]["url"][0]
     with pytest.raises(DestinationRefused):
         check_destination(url, allow_private=False)
+    close_app(app)
 
 
 @pytest.mark.parametrize(
@@ -407,3 +417,4 @@ def test_through_rq_workers_a_failed_message_is_retried_by_the_scheduler(
     assert first.verified and second.verified and first.webhook_id == second.webhook_id
     [message] = api.get(f"/v1/endpoints/{created['id']}/messages")["items"]
     assert message["status"] == "delivered" and message["attempts"] == 2
+    close_app(app)
