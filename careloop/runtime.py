@@ -58,15 +58,18 @@ class Runtime:
         return load_policy(self.settings.policy_file)
 
     @cached_property
-    def links(self) -> MemberLinks:
-        """Member-link tokens, signed with CARELOOP_SECRET_KEY or the key kept in the database
-        (read or made on first use, so only once the schema is there)."""
+    def secret(self) -> str:
+        """The instance secret: CARELOOP_SECRET_KEY, or the key kept in the database (read or
+        made on first use, so only once the schema is there)."""
         if self.settings.secret_key is not None:
-            secret = self.settings.secret_key.get_secret_value()
-        else:
-            with session_scope(self.database_url) as session:
-                secret = stored_secret(session)
-        return MemberLinks(secret, timedelta(days=self.settings.link_ttl_days))
+            return self.settings.secret_key.get_secret_value()
+        with session_scope(self.database_url) as session:
+            return stored_secret(session)
+
+    @cached_property
+    def links(self) -> MemberLinks:
+        """Member-link tokens, signed with :attr:`secret`."""
+        return MemberLinks(self.secret, timedelta(days=self.settings.link_ttl_days))
 
     @cached_property
     def channels(self) -> dict[str, Channel]:

@@ -32,6 +32,8 @@ from careloop.service import (
     openapi,
     pages,
     redaction,
+    signin,
+    timeline,
     twilio,
 )
 from careloop.service.schemas import ERROR_SCHEMA
@@ -102,8 +104,11 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     audit_trail.init_app(app)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (
-        notebooks, keys, events, deliveries, endpoints, audit_log, twilio, health, pages, member_pages
-    ):  # fmt: skip
+    signin.init_app(app)
+    blueprints = (
+        notebooks, keys, events, deliveries, endpoints, audit_log, twilio, health, pages, member_pages,
+        signin, timeline,
+    )  # fmt: skip
+    for module in blueprints:
         app.register_blueprint(module.bp)
     return app

@@ -19,9 +19,18 @@ from apiflask import HTTPTokenAuth, abort
 from flask import current_app, g
 
 from careloop.access import ADMIN as ADMIN_PRINCIPAL
-from careloop.access import Action, KeyRefused, Principal, authenticate, hash_key, mint_secret
+from careloop.access import (
+    Action,
+    KeyRefused,
+    KeyRole,
+    Principal,
+    authenticate,
+    hash_key,
+    mint_secret,
+    notebooks_of,
+)
 from careloop.audit import ActorType
-from careloop.models import Notebook
+from careloop.models import ApiKey, Notebook
 from careloop.service.audit_trail import trail
 
 __all__ = ["hash_key", "mint_key", "Principal"]
@@ -35,6 +44,31 @@ auth = HTTPTokenAuth(
 
 def mint_key() -> str:
     return mint_secret()
+
+
+def is_admin_key(token: str) -> bool:
+    admin_key = current_app.extensions["careloop"].settings.admin_key
+    return bool(admin_key) and hmac.compare_digest(token.encode(), admin_key.get_secret_value().encode())
+
+
+def key_principal(*, token: str | None = None, key_id: str | None = None) -> Principal | None:
+    """The principal of a key, found by its secret (a Bearer token) or by its id (a signed-in
+    page session, which keeps the id, never the key): the one place a key becomes a principal,
+    for the API and the pages alike. None when there is no such key or it was revoked — so
+    revoking a key ends its page sessions at their next request too."""
+    if token is not None:
+        try:
+            return authenticate(g.db, token)
+        except KeyRefused:
+            return None
+    if not key_id:
+        return None
+    key = g.db.get(ApiKey, key_id)
+    if key is None or key.revoked_at is not None:
+        return None
+    return Principal(
+        admin=False, key_id=key.id, role=KeyRole(key.role), notebook_ids=frozenset(notebooks_of(g.db, key))
+    )
 
 
 @auth.verify_token

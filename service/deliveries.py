@@ -97,9 +97,17 @@ def retry_delivery(delivery_id: str):
         abort(409, f"this delivery was skipped ({delivery.error}); fix the member and record the event again")
     if delivery.status not in RETRYABLE_STATUSES:
         return serialize.delivery(delivery), 200
+    return send_again(delivery), 202
+
+
+def send_again(delivery: Delivery) -> dict:
+    """Put a failed or undelivered delivery back on the queue with a fresh attempt budget —
+    the one retry of the API and of the timeline page. Returns the delivery as the retry left
+    it (serialized before it is handed over, so before a worker can claim it). A delivery that
+    is no longer a dead letter is left as it is."""
     requeued = retry_failed(g.db, delivery.id)
     g.db.refresh(delivery)
-    body = serialize.delivery(delivery)  # as the retry left it, before a worker can claim it
+    body = serialize.delivery(delivery)
     if requeued:
         hand_over_deliveries(g.db, current_app.extensions["careloop"].runtime.dispatcher, [delivery.id])
-    return body, 202
+    return body

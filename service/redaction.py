@@ -1,4 +1,4 @@
-"""Member-link tokens never reach a log line.
+"""Member-link and sign-in-link tokens never reach a log line.
 
 A token in a request line (``GET /m/<token>``) would land in the web server's access log:
 werkzeug's in development, gunicorn's in production (the Procfile logs every request). A
@@ -8,8 +8,18 @@ filter on those loggers replaces the token before any handler formats the line.
 from __future__ import annotations
 
 import logging
+import re
 
-from careloop.links import redact
+from careloop.links import redact as redact_member_links
+from careloop.signin_links import LINK_PATH as SIGNIN_LINK_PATH
+
+_SIGNIN_TOKEN = re.compile(rf"({re.escape(SIGNIN_LINK_PATH)})[^\s?#\"']+")
+
+
+def redact(text: str) -> str:
+    """``text`` with member-link and sign-in-link tokens replaced by ``[token]``."""
+    return _SIGNIN_TOKEN.sub(r"\1[token]", redact_member_links(text))
+
 
 REQUEST_LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error")
 """The loggers that write request lines: werkzeug's server, gunicorn's access and error logs."""

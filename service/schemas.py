@@ -63,7 +63,23 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def examples(*values: dict) -> dict:
+    """``model_config`` entries giving a model its examples for ``/openapi.json`` (``/docs``
+    shows them); tests/test_openapi_docs.py checks each against its model."""
+    return {"json_schema_extra": {"examples": list(values)}}
+
+
+NB, MEM, MEM2, EVT, DLV, KEY = (
+    "nb_4f1c2a9e8b7d6c5a4f3e", "mem_0a1b2c3d4e5f6a7b8c9d", "mem_9d8c7b6a5f4e3d2c1b0a",
+    "evt_6e5d4c3b2a1f0e9d8c7b", "dlv_1a2b3c4d5e6f7a8b9c0d", "key_7c6b5a4f3e2d1c0b9a8f",
+)  # fmt: skip
+WHEN, LATER = "2026-11-29T14:00:00Z", "2026-11-29T14:00:03Z"
+
+
 class NotebookIn(_In):
+    model_config = ConfigDict(
+        **examples({"name": "Maya's notebook", "child_name": "Maya Rivera", "timezone": "America/Chicago"})
+    )
     name: Line200
     child_name: Line200
     timezone: TimeZone
@@ -77,6 +93,8 @@ class NotebookIn(_In):
 class NotebookPatch(_In):
     """Any of a notebook's fields (each may be changed, none removed: no null)."""
 
+    model_config = ConfigDict(**examples({"email_detail": True}))
+
     name: Line200 = None  # type: ignore[assignment]
     child_name: Line200 = None  # type: ignore[assignment]
     timezone: TimeZone = None  # type: ignore[assignment]
@@ -88,6 +106,7 @@ KeyRoleName = Literal[tuple(r.value for r in KeyRole)]  # type: ignore[valid-typ
 
 
 class KeyIn(_In):
+    model_config = ConfigDict(**examples({"name": "clinic EHR"}))
     name: Line200
     role: NotebookKeyRole = Field(
         KeyRole.FAMILY.value,
@@ -97,6 +116,9 @@ class KeyIn(_In):
 
 
 class ClinicKeyIn(_In):
+    model_config = ConfigDict(
+        **examples({"name": "Riverside clinic EHR", "role": "clinic", "notebook_ids": [NB]})
+    )
     name: Line200
     role: Literal["clinic"] = Field("clinic", description="a clinic key: what a clinician may, on each")
     notebook_ids: list[NotebookId] = Field(
@@ -105,6 +127,13 @@ class ClinicKeyIn(_In):
 
 
 class MemberIn(_In):
+    model_config = ConfigDict(
+        **examples(
+            {"name": "Dr. Priya Shah", "role": "neurology", "email": "pshah@neuro.example.org",
+             "timezone": "America/Chicago"},
+            {"name": "Dana Rivera", "role": "parent", "email": "dana@example.org", "phone": "+15555550101"},
+        )
+    )  # fmt: skip
     name: Line200
     role: RoleName
     email: Email | None = None
@@ -115,6 +144,8 @@ class MemberIn(_In):
 class MemberPatch(_In):
     """Any of a member's fields; ``null`` clears email, phone or timezone (the others have to
     stay: they may be changed, not removed)."""
+
+    model_config = ConfigDict(**examples({"phone": None}, {"active": False}))
 
     name: Line200 = None  # type: ignore[assignment]
     role: RoleName = None  # type: ignore[assignment]
@@ -148,6 +179,15 @@ EVENT_REQUESTS: tuple[type[_EventBase], ...] = tuple(_request_model(t) for t in 
 class EventIn(RootModel[Annotated[Union[EVENT_REQUESTS], Field(discriminator="type")]]):  # noqa: UP007
     """A notebook event: `type` selects the shape of `data`."""
 
+    model_config = ConfigDict(
+        **examples(
+            {"type": "medication.changed", "author_member_id": MEM,
+             "data": {"medication": "levetiracetam", "change": "dose_changed", "dose": "250 mg twice daily"}},
+            {"type": "concern.raised",
+             "data": {"summary": "Choking on thin liquids", "severity": "urgent", "area": "swallowing"}},
+        )
+    )  # fmt: skip
+
 
 class EventsQuery(_In):
     model_config = ConfigDict(extra="forbid")
@@ -178,7 +218,14 @@ class TwilioStatusQuery(_In):
 class TwilioStatusForm(BaseModel):
     """The fields of Twilio's status callback careloop reads (Twilio sends more)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        **examples(
+            {"MessageSid": "SM0123456789abcdef0123456789abcdef", "MessageStatus": "delivered"},
+            {"MessageSid": "SM0123456789abcdef0123456789abcdef", "MessageStatus": "undelivered",
+             "ErrorCode": "30003"},
+        ),
+    )  # fmt: skip
     MessageSid: Annotated[str, Field(min_length=1, max_length=64)]
     MessageStatus: Annotated[str, Field(min_length=1, max_length=32)]
     ErrorCode: Annotated[str, Field(max_length=16)] | None = None
@@ -206,6 +253,17 @@ EventTypeName = Literal[tuple(t.value for t in EventType)]  # type: ignore[valid
 
 
 class EndpointIn(_In):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "url": "https://ehr.clinic.example/careloop",
+                "event_types": ["medication.changed", "concern.raised"],
+                "notebooks": [NB],
+                "payload": "full",
+            }
+        )
+    )
+
     url: Annotated[
         str,
         Field(
@@ -232,6 +290,8 @@ class EndpointIn(_In):
 
 
 class ReplayIn(_In):
+    model_config = ConfigDict(**examples({"event_id": EVT}, {"since": WHEN, "until": LATER}))
+
     """What to send again: one event's message, or the messages about events recorded in a time
     range (either bound may be left out; nothing given: every message, up to 1000)."""
 
@@ -253,9 +313,13 @@ class AttemptsQuery(_In):
 
 
 class TwilioInboundForm(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        **examples({"MessageSid": "SM" + "0" * 32, "From": "+15555550101", "Body": "STOP"}),
+    )
+
     """The fields of Twilio's incoming-message webhook careloop reads (Twilio sends more)."""
 
-    model_config = ConfigDict(extra="allow")
     MessageSid: Annotated[str, Field(min_length=1, max_length=64)]
     From: Annotated[str, Field(min_length=1, max_length=64, description="the sender's number, E.164")]
     Body: Annotated[str, Field(max_length=2000)] = ""
@@ -281,12 +345,26 @@ class _Out(BaseModel):
 
 
 class ErrorOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {"error": "validation_error", "message": "Validation error",
+             "fields": {"data.severity": ["Input should be 'low', 'medium', 'high' or 'urgent'"]}},
+            {"error": "not_found", "message": "notebook not found"},
+        )
+    )  # fmt: skip
     error: str = Field(description="a short code: validation_error, not_found, conflict, …")
     message: str
     fields: dict[str, list[str]] | None = Field(None, description="what is wrong with each named field")
 
 
+NOTEBOOK_EXAMPLE = {
+    "id": NB, "name": "Maya's notebook", "child_name": "Maya Rivera", "timezone": "America/Chicago",
+    "email_detail": False, "created_at": WHEN,
+}  # fmt: skip
+
+
 class NotebookOut(_Out):
+    model_config = ConfigDict(**examples(NOTEBOOK_EXAMPLE))
     id: str
     name: str
     child_name: str
@@ -295,7 +373,14 @@ class NotebookOut(_Out):
     created_at: DateTimeText
 
 
+KEY_EXAMPLE = {
+    "id": KEY, "notebook_id": NB, "notebook_ids": [NB], "name": "clinic EHR", "role": "integration",
+    "created_at": WHEN, "last_used_at": None,
+}  # fmt: skip
+
+
 class KeyOut(_Out):
+    model_config = ConfigDict(**examples(KEY_EXAMPLE))
     id: str
     notebook_id: str | None = Field(description="the notebook a notebook key belongs to; null: a clinic key")
     notebook_ids: list[str] = Field(description="the notebooks the key reaches")
@@ -306,14 +391,26 @@ class KeyOut(_Out):
 
 
 class CreatedKeyOut(KeyOut):
+    model_config = ConfigDict(
+        **examples({**KEY_EXAMPLE, "key": "clk_Q2FyZWxvb3AgZXhhbXBsZSBrZXkgLSBub3QgcmVhbCEh"})
+    )  # fmt: skip
     key: str = Field(description="the secret: shown this once, stored only as a hash")
 
 
+MEMBER_EXAMPLE = {
+    "id": MEM, "notebook_id": NB, "name": "Dr. Priya Shah", "role": "neurology",
+    "email": "pshah@neuro.example.org", "phone": None, "timezone": "America/Chicago", "active": True,
+    "sms_opted_out": False, "created_at": WHEN, "updated_at": WHEN,
+}  # fmt: skip
+
+
 class KeyList(_Out):
+    model_config = ConfigDict(**examples({"items": [KEY_EXAMPLE]}))
     items: list[KeyOut]
 
 
 class MemberOut(_Out):
+    model_config = ConfigDict(**examples(MEMBER_EXAMPLE))
     id: str
     notebook_id: str
     name: str
@@ -341,12 +438,14 @@ class MemberSummaryOut(_Out):
 
 
 class MemberList(_Out):
+    model_config = ConfigDict(**examples({"items": [MEMBER_EXAMPLE]}))
     items: list[MemberOut | MemberSummaryOut] = Field(
         description="with contact details, or (for an integration key) without them"
     )
 
 
 class LinksRevokedOut(_Out):
+    model_config = ConfigDict(**examples({"member_id": MEM, "revoked_at": WHEN}))
     member_id: str
     revoked_at: DateTimeText = Field(
         description="every member link this member was sent before this time no longer works"
@@ -354,12 +453,26 @@ class LinksRevokedOut(_Out):
 
 
 class EventAccepted(_Out):
+    model_config = ConfigDict(**examples({"id": EVT, "status": "accepted", "type": "medication.changed"}))
     id: str
     status: Literal["accepted"]
     type: Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
 
 
+DELIVERY_EXAMPLES = (
+    {"id": DLV, "event_id": EVT, "notebook_id": NB, "member_id": MEM2, "channel": "sms",
+     "status": "delivered", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef", "error": None,
+     "rules": ["parents-hear-everything"], "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None,
+     "sent_at": WHEN, "delivered_at": LATER},
+    {"id": "dlv_0d9c8b7a6f5e4d3c2b1a", "event_id": EVT, "notebook_id": NB, "member_id": MEM,
+     "channel": "email", "status": "failed", "attempts": 1, "provider_id": None,
+     "error": "SMTP 550: 5.1.1 mailbox unavailable", "rules": ["neurology-hears-medication"],
+     "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None, "sent_at": None, "delivered_at": None},
+)  # fmt: skip
+
+
 class DeliveryOut(_Out):
+    model_config = ConfigDict(**examples(*DELIVERY_EXAMPLES))
     id: str
     event_id: str
     notebook_id: str
@@ -378,11 +491,20 @@ class DeliveryOut(_Out):
 
 
 class DeliveryList(_Out):
+    model_config = ConfigDict(**examples({"items": list(DELIVERY_EXAMPLES), "next_cursor": None}))
     items: list[DeliveryOut]
     next_cursor: str | None
 
 
+EVENT_EXAMPLE = {
+    "id": EVT, "notebook_id": NB, "type": "medication.changed",
+    "data": {"medication": "levetiracetam", "change": "dose_changed", "dose": "250 mg twice daily"},
+    "occurred_at": WHEN, "recorded_at": WHEN, "author_member_id": MEM2, "status": "routed", "routed_at": WHEN,
+}  # fmt: skip
+
+
 class EventOut(_Out):
+    model_config = ConfigDict(**examples(EVENT_EXAMPLE))
     id: str
     notebook_id: str
     type: Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
@@ -395,10 +517,14 @@ class EventOut(_Out):
 
 
 class EventWithDeliveries(EventOut):
+    model_config = ConfigDict(**examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES)}))
     deliveries: list[DeliveryOut]
 
 
 class EventList(_Out):
+    model_config = ConfigDict(
+        **examples({"items": [EVENT_EXAMPLE], "next_cursor": "1764424800000000.evt_6e5d4c3b2a1f0e9d8c7b"})
+    )
     items: list[EventOut]
     next_cursor: str | None
 
@@ -422,11 +548,23 @@ class AuditEntryOut(_Out):
 
 
 class AuditList(_Out):
+    model_config = ConfigDict(
+        **examples({"items": [{
+            "id": "aud_5b4a3c2d1e0f9a8b7c6d", "at": WHEN, "notebook_id": NB, "actor_type": "key",
+            "actor_id": KEY, "action": "events.create_event", "target_id": EVT, "remote_addr": "203.0.113.7",
+            "status": 202, "reason": None}], "next_cursor": None})
+    )  # fmt: skip
     items: list[AuditEntryOut]
     next_cursor: str | None
 
 
 class HealthOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {"status": "ok", "queue_mode": "rq", "database": "ok", "queue": "ok"},
+            {"status": "degraded", "queue_mode": "rq", "database": "ok", "queue": "unreachable"},
+        )
+    )
     status: Literal["ok", "degraded", "down"]
     queue_mode: Literal["rq", "inprocess"]
     database: Literal["ok", "unreachable"]
@@ -437,7 +575,16 @@ ERROR_SCHEMA = ErrorOut.model_json_schema()
 """The body of every 4xx/5xx answer, for apiflask's generated error responses."""
 
 
+EP = "ep_2b3c4d5e6f7a8b9c0d1e"
+ENDPOINT_EXAMPLE = {
+    "id": EP, "url": "https://ehr.clinic.example/careloop", "event_types": ["medication.changed"],
+    "notebooks": [NB], "payload": "full", "enabled": True, "disabled_at": None, "disabled_reason": None,
+    "failing_since": None, "last_sequence": 42, "created_at": WHEN,
+}  # fmt: skip
+
+
 class EndpointOut(_Out):
+    model_config = ConfigDict(**examples(ENDPOINT_EXAMPLE))
     id: str
     url: str
     event_types: list[str]
@@ -452,10 +599,16 @@ class EndpointOut(_Out):
 
 
 class CreatedEndpointOut(EndpointOut):
+    model_config = ConfigDict(
+        **examples({**ENDPOINT_EXAMPLE, "last_sequence": 0, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La=="})
+    )
+
     secret: str = Field(description="the signing secret (`whsec_…`): shown this once")
 
 
 class EndpointList(_Out):
+    model_config = ConfigDict(**examples({"items": [ENDPOINT_EXAMPLE]}))
+
     items: list[EndpointOut]
 
 
@@ -473,6 +626,26 @@ class WebhookMessageOut(_Out):
 
 
 class WebhookMessageList(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [
+                    {
+                        "id": "msg_3c4d5e6f7a8b9c0d1e2f", "sequence": 42, "event_id": EVT,
+                        "status": "delivered", "attempts": 1, "error": None, "created_at": WHEN,
+                        "delivered_at": LATER, "next_attempt_at": None,
+                        "body": {
+                            "id": "msg_3c4d5e6f7a8b9c0d1e2f", "type": "goal.updated", "timestamp": WHEN,
+                            "endpoint_id": EP, "sequence": 42,
+                            "data": {"id": EVT, "notebook_id": NB, "type": "goal.updated"},
+                        },
+                    }
+                ],
+                "next_after": None,
+            }
+        )
+    )  # fmt: skip
+
     items: list[WebhookMessageOut]
     next_after: int | None = Field(description="pass as `after` for the next page; null: no more")
 
@@ -488,10 +661,26 @@ class WebhookAttemptOut(_Out):
 
 
 class WebhookAttemptList(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [
+                    {
+                        "id": 7, "message_id": "msg_3c4d5e6f7a8b9c0d1e2f", "sequence": 42,
+                        "attempted_at": WHEN, "status_code": 503, "latency_ms": 120, "error": "answered 503",
+                    }
+                ],
+                "next_before": None,
+            }
+        )
+    )  # fmt: skip
+
     items: list[WebhookAttemptOut]
     next_before: int | None
 
 
 class ReplayOut(_Out):
+    model_config = ConfigDict(**examples({"resent": ["msg_3c4d5e6f7a8b9c0d1e2f"], "created": []}))
+
     resent: list[str] = Field(description="messages sent again (same id and sequence number)")
     created: list[str] = Field(description="messages made for events it had none about (numbered next)")

@@ -112,7 +112,13 @@ TWIML = "text/xml"
     responses={
         200: {
             "description": "TwiML: the reply to text back, if any",
-            "content": {TWIML: {"schema": {"type": "string"}}},
+            "content": {
+                TWIML: {
+                    "schema": {"type": "string"},
+                    "example": '<?xml version="1.0" encoding="UTF-8"?><Response><Message>careloop: thanks, '
+                    "your note was added to the care notebook.</Message></Response>",
+                }
+            },
         },
         403: "Bad signature",
         404: "Twilio not configured",

@@ -47,8 +47,9 @@ pid, so two test runs on one machine never share or drop each other's data)."""
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
 DB_TABLES = (
-    "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "members", "notebooks",
-    "instance_secrets", "audit_log", "webhook_attempts", "webhook_endpoint_notebooks", "webhook_endpoints",
+    "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "signin_links", "members",
+    "notebooks", "instance_secrets", "audit_log", "webhook_attempts", "webhook_endpoint_notebooks",
+    "webhook_endpoints",
 )
 
 

@@ -192,6 +192,19 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/m/<token>"): Row("{link}", everyone(200)),
     ("GET", "/m/"): Row("/m/", everyone(404)),
     ("GET", "/m/<path:_rest>"): Row("/m/a/b", everyone(404)),
+    # The timeline's pages take a signed-in session, never a Bearer key: without a session a
+    # page redirects to /signin, and every form post without its CSRF token is a 400.
+    ("GET", "/signin"): Row("/signin", everyone(200)),
+    ("POST", "/signin"): Row("/signin", everyone(400)),
+    ("POST", "/signin/email"): Row("/signin/email", everyone(400)),
+    ("GET", "/signin/link/<token>"): Row("/signin/link/not-a-link", everyone(404)),
+    ("POST", "/signin/link"): Row("/signin/link", everyone(400)),
+    ("POST", "/signout"): Row("/signout", everyone(400)),
+    ("GET", "/timeline"): Row("/timeline", everyone(303)),
+    ("GET", "/timeline/admin"): Row("/timeline/admin", everyone(303)),
+    ("POST", "/timeline/deliveries/<id:delivery_id>/retry"): Row(
+        "/timeline/deliveries/{delivery}/retry", everyone(400)
+    ),
 }
 
 MISSING = {

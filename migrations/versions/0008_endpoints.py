@@ -2,7 +2,7 @@
 webhook_attempts, deliveries.sequence, members.sms_opted_out
 
 Revision ID: 0008_endpoints
-Revises: 0004_keys_roles_audit
+Revises: 0006_signin
 Create Date: 2026-11-29 11:45:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_endpoints"
-down_revision = "0004_keys_roles_audit"
+down_revision = "0006_signin"
 branch_labels = None
 depends_on = None
 
