@@ -6,7 +6,8 @@ enough, no slow KDF is needed). Each key has a role:
 
 ==============  ===================================================================================
 ``family``      everything on its notebook: the notebook, members (with contact details), events,
-                deliveries (and retrying them), member links, keys, the audit log
+                deliveries (and retrying them), member links, keys, the audit log, webhook
+                endpoints
 ``clinician``   read the notebook; read and record events; read members with their contact
                 details; read deliveries and retry dead letters
 ``integration`` read the notebook; record and read events; read delivery status; read members'
@@ -82,6 +83,8 @@ class Action(StrEnum):
     RETRY_DELIVERIES = "deliveries.retry"
     MANAGE_KEYS = "keys.manage"
     """Mint, list and revoke the notebook's keys."""
+    MANAGE_WEBHOOKS = "webhooks.manage"
+    """Add, read, replay and delete webhook endpoints told about the notebook's events."""
     READ_AUDIT = "audit.read"
 
 

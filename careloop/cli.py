@@ -24,11 +24,11 @@ from careloop.events import Line200
 from careloop.handover import hand_over_deliveries
 from careloop.models import ApiKey, Delivery, Event
 from careloop.policy import PolicyError, load_policy
-from careloop.queues import queue_names
+from careloop.queues import DELIVERY_CHANNELS, queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
 from careloop.text import for_log
-from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind, DeliveryStatus
+from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
 from careloop.workers import build_runtime
 from careloop.workers.jobs import route_event
 from careloop.workers.relay import relay_once, run_relay
@@ -107,9 +107,9 @@ def worker(ctx: click.Context, channels: str | None, metrics_listen: str | None)
     """
     args = list(ctx.args)
     chosen = [c.strip() for c in channels.split(",") if c.strip()] if channels else None
-    unknown = sorted(set(chosen or ()) - set(ChannelKind))
+    unknown = sorted(set(chosen or ()) - set(DELIVERY_CHANNELS))
     if unknown:
-        _fail(f"--channels: unknown channels {unknown} (use {', '.join(ChannelKind)})")
+        _fail(f"--channels: unknown channels {unknown} (use {', '.join(DELIVERY_CHANNELS)})")
     if "--help" in args or "-h" in args:  # help needs no configuration
         rq_main.main(args=["worker", "--help"], prog_name="careloop")
         return

@@ -82,6 +82,8 @@ class Member(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Raised to revoke every member link made before (careloop.links); signed into each token.
     link_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The member texted STOP (or another opt-out keyword): no SMS until they text START.
+    sms_opted_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -209,6 +211,8 @@ class Delivery(Base):
         Index("ix_deliveries_queue_due", "queue", "status", "next_attempt_at"),
         Index("ix_deliveries_notebook_status", "notebook_id", "status"),
         Index("ix_deliveries_provider_id", "provider_id"),
+        # A webhook message's number among its endpoint's (``member_id`` is the endpoint's id).
+        Index("uq_deliveries_endpoint_sequence", "member_id", "sequence", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dlv"))
@@ -242,6 +246,8 @@ class Delivery(Base):
     # every attempt of a round carries the same link (careloop.links) and a retried dead
     # letter gets a link with its whole lifetime ahead. None on rows older than the column.
     link_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Webhook messages only: the message's number among its endpoint's, from 1 without gaps.
+    sequence: Mapped[int | None] = mapped_column(Integer)
 
 
 class InstanceSecret(Base):
@@ -253,6 +259,62 @@ class InstanceSecret(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A clinic system that is told about events (Standard Webhooks). Its messages are rows of
+    ``deliveries`` with channel ``webhook`` and the endpoint's id as ``member_id``."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ep"))
+    url: Mapped[str] = mapped_column(String(2000))
+    # The signing secret (``whsec_`` + base64): kept as is, the signature needs it.
+    secret: Mapped[str] = mapped_column(String(100))
+    event_types: Mapped[list] = mapped_column(JSON, default=list)
+    payload: Mapped[str] = mapped_column(String(8), default="full")
+    # The key that made it (None: the admin key).
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    # The sequence number of its newest message (0: none yet).
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # When its attempts started failing without a success since (None: not failing).
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the admin was emailed that it was disabled (None: not yet, or not disabled).
+    admin_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEndpointNotebook(Base):
+    """The notebooks whose events an endpoint is told about."""
+
+    __tablename__ = "webhook_endpoint_notebooks"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    notebook_id: Mapped[str] = mapped_column(
+        ForeignKey("notebooks.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt at a webhook message: when, the answer's status, how long it took, what
+    went wrong. Never the body (either way)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_endpoint_time", "endpoint_id", "attempted_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(40))
+    sequence: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class SigninLink(Base):

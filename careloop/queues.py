@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from careloop.vocabulary import ChannelKind
+from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind
 
 ROUTE_QUEUE = "route"
 """Routing jobs: fast, database only; every worker takes them before ordinary deliveries."""
@@ -28,6 +28,9 @@ class DeliveryJob(NamedTuple):
     queue: str
     job_id: str | None = None
 
+
+DELIVERY_CHANNELS: tuple[str, ...] = (*ChannelKind, WEBHOOK_CHANNEL)
+"""Every channel deliveries go out on: the members' channels and clinics' webhooks."""
 
 BATCH_SIZE = 50
 """Deliveries one job sends, claimed together: fewer Redis and database round trips each."""
@@ -70,7 +73,7 @@ def is_urgent_queue(queue: str) -> bool:
 def queue_roles(channels: Iterable[str] | None = None) -> list[str]:
     """The queues a worker taking ``channels`` (all by default) listens to, highest priority
     first: urgent deliveries, then routing, then ordinary deliveries (RQ takes queues in order)."""
-    channels = [str(c) for c in (channels or ChannelKind)]
+    channels = [str(c) for c in (channels or DELIVERY_CHANNELS)]
     roles = [delivery_queue(c, urgent=True) for c in channels] + [ROUTE_QUEUE]
     roles += [delivery_queue(c, urgent=False) for c in channels]
     if ChannelKind.SMS in channels:

@@ -34,6 +34,7 @@ class MemberView:
     email: str | None = None
     phone: str | None = None
     active: bool = True
+    sms_opted_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from careloop.db import session_scope
 from careloop.dispatch import InProcessDispatcher, Jobs, RQDispatcher
 from careloop.integrations import build_channels
 from careloop.integrations.base import Channel
+from careloop.integrations.webhooks_out import WebhookSender
 from careloop.links import MemberLinks, stored_secret
 from careloop.policy import Policy, load_policy
 from careloop.rules import Rules, load_rules
@@ -73,6 +74,11 @@ class Runtime:
     @cached_property
     def channels(self) -> dict[str, Channel]:
         return build_channels(self.settings)
+
+    @cached_property
+    def webhook_sender(self) -> WebhookSender:
+        settings = self.settings
+        return WebhookSender(timeout=settings.provider_timeout, allow_private=settings.allow_private_webhooks)
 
     def check(self) -> None:
         """Load what can be wrong at start (the rules and policy files); raises RulesError or

@@ -33,6 +33,7 @@ def member(m: Member) -> dict:
         "phone": m.phone,
         "timezone": m.timezone,
         "active": m.active,
+        "sms_opted_out": bool(m.sms_opted_out),
         "created_at": iso(m.created_at),
         "updated_at": iso(m.updated_at),
     }

@@ -91,7 +91,8 @@ DONE_STATUSES: tuple[DeliveryStatus, ...] = (DeliveryStatus.SENT, DeliveryStatus
 
 
 class Reachable(Protocol):
-    """A member as a channel sees them: their contact details."""
+    """A member as a channel sees them: their contact details (and whether they opted out of
+    texts, which a member view may leave out: not opted out)."""
 
     phone: str | None
     email: str | None
@@ -102,6 +103,13 @@ SKIP_NO_PHONE = "member has no phone number"
 
 SKIP_NO_EMAIL = "member has no email address"
 """Why email and calendar invites skip a member."""
+
+SKIP_OPTED_OUT = "opted_out"
+"""Why SMS skips a member who texted STOP (or another opt-out keyword) until they text START."""
+
+WEBHOOK_CHANNEL = "webhook"
+"""The channel of a webhook message: a delivery row addressed to a clinic's endpoint (its id in
+``member_id``) instead of a member, claimed, sent and retried by the same machinery."""
 
 
 class ChannelKind(StrEnum):
@@ -121,9 +129,11 @@ class ChannelKind(StrEnum):
 
     def unreachable_reason(self, member: Reachable) -> str | None:
         """Why this channel cannot reach ``member`` (the ``skipped`` reason), or None."""
-        if self.address(member):
-            return None
-        return SKIP_NO_PHONE if self is ChannelKind.SMS else SKIP_NO_EMAIL
+        if not self.address(member):
+            return SKIP_NO_PHONE if self is ChannelKind.SMS else SKIP_NO_EMAIL
+        if self is ChannelKind.SMS and getattr(member, "sms_opted_out", False):
+            return SKIP_OPTED_OUT
+        return None
 
 
 class Role(StrEnum):

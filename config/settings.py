@@ -30,6 +30,9 @@ DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between attempts (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — Svix's schedule): eight
 attempts over about 27 hours, so an outage of minutes or hours dead-letters nothing."""
 
+DEFAULT_WEBHOOK_DISABLE_AFTER = 5 * 86400.0
+"""Seconds an outbound webhook endpoint may fail without one success before it is disabled."""
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -81,6 +84,20 @@ class Settings(BaseSettings):
     )
     claim_timeout: float = Field(90.0, gt=0, validation_alias=_env("CARELOOP_CLAIM_TIMEOUT"))
     relay_interval: float = Field(5.0, gt=0, validation_alias=_env("CARELOOP_RELAY_INTERVAL"))
+
+    admin_email: str | None = Field(None, validation_alias=_env("CARELOOP_ADMIN_EMAIL"))
+    allow_private_webhooks: bool = Field(False, validation_alias=_env("CARELOOP_ALLOW_PRIVATE_WEBHOOKS"))
+    webhook_disable_after: Annotated[float, NoDecode] = Field(
+        DEFAULT_WEBHOOK_DISABLE_AFTER, validation_alias=_env("CARELOOP_WEBHOOK_DISABLE_AFTER")
+    )
+
+    @field_validator("webhook_disable_after", mode="before")
+    @classmethod
+    def _parse_disable_after(cls, value):
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+        if seconds <= 0:
+            raise ValueError("CARELOOP_WEBHOOK_DISABLE_AFTER must be a positive duration such as 5d")
+        return seconds
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

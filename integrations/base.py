@@ -13,6 +13,9 @@ never the other way round.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 from careloop.messages import OutgoingMessage, ProviderReceipt
 from careloop.vocabulary import ChannelKind, Reachable
 
@@ -86,3 +89,21 @@ class Channel:
 
 class OutcomeUnknown(Exception):
     """The provider cannot tell whether an interrupted attempt went through."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (it may be a number or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)

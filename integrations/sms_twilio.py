@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import UTC, timedelta
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ from twilio.rest import Client
 from careloop.config.settings import Settings
 from careloop.contacts import UNTEXTABLE, deliverable_phone
 from careloop.gsm import to_gsm7
-from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError
+from careloop.integrations.base import DEFAULT_TIMEOUT, Channel, DeliveryError, parse_retry_after
 from careloop.messages import OutgoingMessage, ProviderReceipt
 from careloop.vocabulary import ChannelKind, DeliveryStatus
 
@@ -87,24 +86,6 @@ def _check_url(value: str, setting: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{setting} must be an http(s) URL, not {value!r}")
     return value.rstrip("/")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (it may be a number or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 class CareloopTwilioHttpClient(TwilioHttpClient):

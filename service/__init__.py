@@ -20,6 +20,7 @@ from careloop.service import (
     audit_trail,
     deliveries,
     docs,
+    endpoints,
     errors,
     events,
     guards,
@@ -108,8 +109,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, keys, events, deliveries, audit_log, twilio, health, metrics, pages, member_pages, signin,
-        timeline,
+        notebooks, keys, events, deliveries, endpoints, audit_log, twilio, health, metrics, pages,
+        member_pages, signin, timeline,
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)

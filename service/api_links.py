@@ -67,3 +67,16 @@ FROM_CLINIC_KEY = {
     "RevokeAnyKey": _link("revokeAnyKey", "Revoke the key just made", key_id="$response.body#/id"),
     "ListKeys": _link("listKeys", "The first notebook's keys", notebook_id="$response.body#/notebook_ids/0"),
 }
+
+_ENDPOINT = "$response.body#/id"
+
+FROM_ENDPOINT_OUT = {
+    "GetEndpoint": _link("getEndpoint", "The endpoint as it is now", endpoint_id=_ENDPOINT),
+    "ListEndpointMessages": _link("listEndpointMessages", "Its messages, in order", endpoint_id=_ENDPOINT),
+    "ListEndpointAttempts": _link("listEndpointAttempts", "Its attempt log", endpoint_id=_ENDPOINT),
+    "ReplayEndpoint": _link("replayEndpoint", "Send its messages again", endpoint_id=_ENDPOINT),
+}
+FROM_ENDPOINT = {
+    **FROM_ENDPOINT_OUT,
+    "DeleteEndpoint": _link("deleteEndpoint", "Delete it", endpoint_id=_ENDPOINT),
+}

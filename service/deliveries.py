@@ -13,15 +13,18 @@ from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
-from careloop.service.auth import auth, notebook_or_404, principal, reach_or_404
+from careloop.service.auth import auth, notebook_or_404, principal, reach_or_404, refuse
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import DeliveriesQuery, DeliveryList, DeliveryOut
-from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
+from careloop.vocabulary import RETRYABLE_STATUSES, WEBHOOK_CHANNEL, DeliveryStatus
 
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
 
 
 def _delivery_or_404(delivery_id: str, action: Action = Action.READ_DELIVERIES) -> Delivery:
+    delivery = g.db.get(Delivery, delivery_id)
+    if delivery is not None and delivery.channel == WEBHOOK_CHANNEL:  # an endpoint's: /v1/endpoints
+        refuse("delivery", None, "missing")
     return reach_or_404(Delivery, delivery_id, action, "delivery")
 
 
@@ -35,7 +38,7 @@ def _delivery_or_404(delivery_id: str, action: Action = Action.READ_DELIVERIES) 
     responses={404: "A notebook key asked for another notebook's deliveries"},
 )
 def list_deliveries(query: DeliveriesQuery):
-    stmt = select(Delivery)
+    stmt = select(Delivery).where(Delivery.channel != WEBHOOK_CHANNEL)  # webhooks: /v1/endpoints
     reachable = principal().notebooks_for(Action.READ_DELIVERIES)  # None: every notebook (admin)
     if query.notebook_id:
         notebook_or_404(query.notebook_id, Action.READ_DELIVERIES)

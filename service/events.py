@@ -30,6 +30,7 @@ from careloop.service.schemas import (
     EventsQuery,
     EventWithDeliveries,
 )
+from careloop.vocabulary import WEBHOOK_CHANNEL
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
@@ -234,6 +235,8 @@ def list_events(notebook_id: str, query: EventsQuery):
 def get_event(event_id: str):
     event = reach_or_404(Event, event_id, Action.READ_EVENTS, "event")
     deliveries = g.db.scalars(
-        select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.created_at, Delivery.id)
+        select(Delivery)
+        .where(Delivery.event_id == event.id, Delivery.channel != WEBHOOK_CHANNEL)
+        .order_by(Delivery.created_at, Delivery.id)
     ).all()
     return serialize.event(event, list(deliveries))

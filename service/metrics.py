@@ -24,7 +24,7 @@ UNAUTHORIZED = {
 TEXT_FORMAT = {
     "text/plain": {
         "schema": {"type": "string"},
-        "example": "# HELP careloop_events_accepted_total Notebook events recorded, by event type and source\n"
+        "example": "# HELP careloop_events_accepted_total Notebook events recorded, by type and source\n"
         "# TYPE careloop_events_accepted_total counter\n"
         'careloop_events_accepted_total{source="api",type="concern.raised"} 3.0\n',
     }

@@ -268,6 +268,96 @@ class TwilioStatusForm(BaseModel):
         return data
 
 
+WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?][^\s#]*)?$"
+"""An http(s) URL with a host and no user name, password or fragment (the address it resolves to
+is checked when the endpoint is saved and at every send)."""
+
+WEBHOOK_URL_FORMAT = "webhook-url"
+"""The documented format of an endpoint URL (an http(s) URL whose host resolves to public addresses)."""
+
+EventTypeName = Literal[tuple(t.value for t in EventType)]  # type: ignore[valid-type]
+
+
+class EndpointIn(_In):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "url": "https://ehr.clinic.example/careloop",
+                "event_types": ["medication.changed", "concern.raised"],
+                "notebooks": [NB],
+                "payload": "full",
+            }
+        )
+    )
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=10,
+            max_length=2000,
+            pattern=WEBHOOK_URL_PATTERN,
+            description="where messages are POSTed: http or https, no redirects followed; a host "
+            "resolving to a private, loopback or link-local address is refused (unless "
+            "CARELOOP_ALLOW_PRIVATE_WEBHOOKS is set)",
+            json_schema_extra={"format": WEBHOOK_URL_FORMAT},
+        ),
+    ]
+    event_types: Annotated[
+        list[EventTypeName],
+        Field(min_length=1, max_length=len(EventType), description="the events it hears about"),
+    ]
+    notebooks: Annotated[
+        list[NotebookId],
+        Field(min_length=1, max_length=100, description="the notebooks whose events it hears about"),
+    ]
+    payload: Literal["full", "thin"] = Field(
+        "full", description="`full`: the event as recorded (never contact details); `thin`: its ids only"
+    )
+
+
+class ReplayIn(_In):
+    model_config = ConfigDict(**examples({"event_id": EVT}, {"since": WHEN, "until": LATER}))
+
+    """What to send again: one event's message, or the messages about events recorded in a time
+    range (either bound may be left out; nothing given: every message, up to 1000)."""
+
+    event_id: Annotated[NotebookId, Field(description="the event whose message to send again")] | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+
+
+class MessagesQuery(_In):
+    after: int = Field(0, ge=0, le=2**31 - 1, description="the last sequence number the receiver has")
+    limit: int = Field(100, ge=1, le=500)
+
+
+class AttemptsQuery(_In):
+    before: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="`next_before` of the previous page (newest first)"
+    )
+    limit: int = Field(100, ge=1, le=500)
+
+
+class TwilioInboundForm(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        **examples({"MessageSid": "SM" + "0" * 32, "From": "+15555550101", "Body": "STOP"}),
+    )
+
+    """The fields of Twilio's incoming-message webhook careloop reads (Twilio sends more)."""
+
+    MessageSid: Annotated[str, Field(min_length=1, max_length=64)]
+    From: Annotated[str, Field(min_length=1, max_length=64, description="the sender's number, E.164")]
+    Body: Annotated[str, Field(max_length=2000)] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data):
+        if isinstance(data, dict) and not data.get("MessageSid") and data.get("SmsSid"):
+            data = {**data, "MessageSid": data["SmsSid"]}
+        return data
+
+
 # --- Responses ---------------------------------------------------------------------------------
 # Declared so /openapi.json describes every body that comes back; apiflask passes each
 # answer through its model, so an answer that broke the documented shape would fail loudly.
@@ -336,7 +426,7 @@ class CreatedKeyOut(KeyOut):
 MEMBER_EXAMPLE = {
     "id": MEM, "notebook_id": NB, "name": "Dr. Priya Shah", "role": "neurology",
     "email": "pshah@neuro.example.org", "phone": None, "timezone": "America/Chicago", "active": True,
-    "created_at": WHEN, "updated_at": WHEN,
+    "sms_opted_out": False, "created_at": WHEN, "updated_at": WHEN,
 }  # fmt: skip
 
 
@@ -355,6 +445,10 @@ class MemberOut(_Out):
     phone: str | None
     timezone: str | None
     active: bool
+    sms_opted_out: bool = Field(
+        description="the member texted STOP: their texts are skipped (`opted_out`) until they text START; "
+        "only their own text changes it"
+    )
     created_at: DateTimeText
     updated_at: DateTimeText
 
@@ -546,3 +640,114 @@ class ReadyOut(_Out):
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()
 """The body of every 4xx/5xx answer, for apiflask's generated error responses."""
+
+
+EP = "ep_2b3c4d5e6f7a8b9c0d1e"
+ENDPOINT_EXAMPLE = {
+    "id": EP, "url": "https://ehr.clinic.example/careloop", "event_types": ["medication.changed"],
+    "notebooks": [NB], "payload": "full", "enabled": True, "disabled_at": None, "disabled_reason": None,
+    "failing_since": None, "last_sequence": 42, "created_at": WHEN,
+}  # fmt: skip
+
+
+class EndpointOut(_Out):
+    model_config = ConfigDict(**examples(ENDPOINT_EXAMPLE))
+    id: str
+    url: str
+    event_types: list[str]
+    notebooks: list[str]
+    payload: Literal["full", "thin"]
+    enabled: bool
+    disabled_at: DateTimeText | None
+    disabled_reason: str | None
+    failing_since: DateTimeText | None = Field(description="since when its attempts fail with no success")
+    last_sequence: int = Field(description="the sequence number of its newest message (0: none yet)")
+    created_at: DateTimeText
+
+
+class CreatedEndpointOut(EndpointOut):
+    model_config = ConfigDict(
+        **examples({**ENDPOINT_EXAMPLE, "last_sequence": 0, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La=="})
+    )
+
+    secret: str = Field(description="the signing secret (`whsec_…`): shown this once")
+
+
+class EndpointList(_Out):
+    model_config = ConfigDict(**examples({"items": [ENDPOINT_EXAMPLE]}))
+
+    items: list[EndpointOut]
+
+
+class WebhookMessageOut(_Out):
+    id: str = Field(description="the message id (the `webhook-id` header)")
+    sequence: int
+    event_id: str
+    status: Literal[tuple(s.value for s in DeliveryStatus)]  # type: ignore[valid-type]
+    attempts: int
+    error: str | None
+    created_at: DateTimeText
+    delivered_at: DateTimeText | None = Field(description="when the endpoint answered 2xx")
+    next_attempt_at: DateTimeText | None
+    body: dict[str, Any] = Field(description="exactly what is (or was) POSTed")
+
+
+class WebhookMessageList(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [
+                    {
+                        "id": "msg_3c4d5e6f7a8b9c0d1e2f", "sequence": 42, "event_id": EVT,
+                        "status": "delivered", "attempts": 1, "error": None, "created_at": WHEN,
+                        "delivered_at": LATER, "next_attempt_at": None,
+                        "body": {
+                            "id": "msg_3c4d5e6f7a8b9c0d1e2f", "type": "goal.updated", "timestamp": WHEN,
+                            "endpoint_id": EP, "sequence": 42,
+                            "data": {"id": EVT, "notebook_id": NB, "type": "goal.updated"},
+                        },
+                    }
+                ],
+                "next_after": None,
+            }
+        )
+    )  # fmt: skip
+
+    items: list[WebhookMessageOut]
+    next_after: int | None = Field(description="pass as `after` for the next page; null: no more")
+
+
+class WebhookAttemptOut(_Out):
+    id: int
+    message_id: str
+    sequence: int
+    attempted_at: DateTimeText
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+
+
+class WebhookAttemptList(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [
+                    {
+                        "id": 7, "message_id": "msg_3c4d5e6f7a8b9c0d1e2f", "sequence": 42,
+                        "attempted_at": WHEN, "status_code": 503, "latency_ms": 120, "error": "answered 503",
+                    }
+                ],
+                "next_before": None,
+            }
+        )
+    )  # fmt: skip
+
+    items: list[WebhookAttemptOut]
+    next_before: int | None
+
+
+class ReplayOut(_Out):
+    model_config = ConfigDict(**examples({"resent": ["msg_3c4d5e6f7a8b9c0d1e2f"], "created": []}))
+
+    resent: list[str] = Field(description="messages sent again (same id and sequence number)")
+    created: list[str] = Field(description="messages made for events it had none about (numbered next)")

@@ -1,4 +1,5 @@
-"""Twilio's status callbacks: signature checked, status moved forward only."""
+"""Twilio's webhooks: status callbacks (status moved forward only) and incoming texts (two-way
+SMS: careloop.replies), each refused unless Twilio signed it."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import logging
 from functools import wraps
 
 from apiflask import APIBlueprint, abort
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
 
-from careloop import metrics
+from careloop import metrics, replies
 from careloop.audit import ActorType
+from careloop.contacts import normalize_phone
 from careloop.deliveries import apply_provider_status
+from careloop.handover import hand_over_events
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
 from careloop.models import Delivery, Event
 from careloop.service.audit_trail import trail
-from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
+from careloop.service.schemas import TwilioInboundForm, TwilioStatusForm, TwilioStatusQuery
 from careloop.text import for_log
 
 log = logging.getLogger("careloop.service")
@@ -93,3 +97,54 @@ def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
         (event.context or {}).get("request_id") if event is not None else None,
     )
     return "", 204
+
+
+TWIML = "text/xml"
+
+
+@bp.post("/inbound")
+@bp.doc(
+    operation_id="twilioInbound",
+    summary="Twilio incoming-message webhook (two-way SMS)",
+    description="Point the Twilio number's \"A message comes in\" webhook here (HTTP POST). Needs a valid "
+    "X-Twilio-Signature. STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (and OPTOUT, REVOKE) stop texts to "
+    "the member; START, YES, UNSTOP resume them; HELP answers a help text; any other text from a "
+    "member becomes a `note.added` on their notebook, authored by them. A number careloop does not "
+    "know records nothing. Answers TwiML.",
+    security=[],
+    responses={
+        200: {
+            "description": "TwiML: the reply to text back, if any",
+            "content": {
+                TWIML: {
+                    "schema": {"type": "string"},
+                    "example": '<?xml version="1.0" encoding="UTF-8"?><Response><Message>careloop: thanks, '
+                    "your note was added to the care notebook.</Message></Response>",
+                }
+            },
+        },
+        403: "Bad signature",
+        404: "Twilio not configured",
+    },
+)
+@_signed_by_twilio
+@bp.input(TwilioInboundForm, location="form", arg_name="form")
+def inbound(form: TwilioInboundForm):
+    twiml = MessagingResponse()
+    try:
+        phone = normalize_phone(form.From)
+    except ValueError:
+        phone = None
+    reply = replies.handle_reply(g.db, phone, form.Body, form.MessageSid) if phone else None
+    seen = trail()
+    if reply is None or reply.kind == replies.ReplyKind.UNKNOWN_NUMBER:
+        seen.reason = "unknown number"  # the audit entry, with no number in it
+        log.info("inbound SMS %s from an unknown number: nothing recorded", for_log(form.MessageSid))
+    else:
+        seen.notebook_ids, seen.target_id = list(reply.notebook_ids), reply.event_id
+        log.info("inbound SMS %s: %s", for_log(form.MessageSid), reply.kind)
+        if reply.created:
+            hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [reply.event_id])
+        if reply.answer:
+            twiml.message(reply.answer)
+    return Response(str(twiml), status=200, mimetype=TWIML)

@@ -48,7 +48,8 @@ ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
 DB_TABLES = (
     "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "signin_links", "members",
-    "notebooks", "instance_secrets", "audit_log",
+    "notebooks", "instance_secrets", "audit_log", "webhook_attempts", "webhook_endpoint_notebooks",
+    "webhook_endpoints",
 )
 
 

@@ -6,6 +6,9 @@ is one careloop accepts and the checks that valid data is accepted stay meaningf
   no regular expression can say: every region's example number from libphonenumber's metadata,
   with other last digits.
 - ``iana-time-zone``: one of IANA's names (too many for an enum in the document).
+- ``webhook-url``: an http(s) URL whose host resolves to public addresses; here always one on
+  127.0.0.1 with nothing listening (port 9), so no name is looked up and nothing leaves the
+  machine (the server under test refuses it as private: a 422 naming ``url``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import schemathesis
 from hypothesis import strategies as st
 
 from careloop.contacts import PHONE_FORMAT
+from careloop.service.schemas import WEBHOOK_URL_FORMAT
 from careloop.timezones import TIME_ZONE_FORMAT, TIME_ZONES
 
 EXAMPLES = sorted(
@@ -28,3 +32,7 @@ schemathesis.openapi.format(
     st.tuples(st.sampled_from(EXAMPLES), st.integers(0, 99)).map(lambda pair: f"{pair[0][:-2]}{pair[1]:02d}"),
 )
 schemathesis.openapi.format(TIME_ZONE_FORMAT, st.sampled_from(TIME_ZONES))
+schemathesis.openapi.format(
+    WEBHOOK_URL_FORMAT,
+    st.from_regex(r"\A/[a-z0-9]{0,20}\Z").map(lambda path: f"http://127.0.0.1:9{path}"),
+)

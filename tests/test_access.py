@@ -67,6 +67,22 @@ class World:
     keys: dict[str, str] = field(default_factory=dict)
     link: str = ""
 
+    def endpoint(self) -> str:
+        """A webhook endpoint of the notebook (for nothing that happens here), made directly."""
+        from careloop.models import WebhookEndpoint, WebhookEndpointNotebook
+
+        url = self.app.extensions["careloop"].settings.database_url
+        with session_scope(url) as session:
+            made = WebhookEndpoint(
+                url="https://93.184.216.34/careloop", secret="whsec_" + "A" * 43,
+                event_types=["medication.changed"], payload="thin", last_sequence=0, enabled=True,
+            )  # fmt: skip
+            session.add(made)
+            session.flush()
+            session.add(WebhookEndpointNotebook(endpoint_id=made.id, notebook_id=self.ids["nb"]))
+            session.commit()
+            return made.id
+
     def mint(self, role: KeyRole, notebook_id: str | None = None, notebook_ids=()) -> tuple[str, str]:
         url = self.app.extensions["careloop"].settings.database_url
         with session_scope(url) as session:
@@ -141,8 +157,33 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/notebooks/<id:notebook_id>/audit"): Row(
         "/v1/notebooks/{nb}/audit", notebook_route(200, FAMILY)
     ),
-    # Twilio's callback takes no key; without TWILIO_AUTH_TOKEN it is not there.
+    # Webhook endpoints: the admin and family keys. The URL is a public address (no name to look
+    # up) and nothing in this world is a medication change, so nothing is ever sent to it.
+    ("POST", "/v1/endpoints"): Row(
+        "/v1/endpoints",
+        {
+            **notebook_route(201, FAMILY),
+            **dict.fromkeys(("clinician", "integration", "clinic", "clinic without it"), 403),
+        },
+        {"url": "https://93.184.216.34/hooks", "event_types": ["medication.changed"], "notebooks": ["{nb}"]},
+    ),
+    ("GET", "/v1/endpoints"): Row("/v1/endpoints", {caller: KEYLESS.get(caller, 200) for caller in CALLERS}),
+    ("GET", "/v1/endpoints/<id:endpoint_id>"): Row("/v1/endpoints/{endpoint}", notebook_route(200, FAMILY)),
+    ("DELETE", "/v1/endpoints/<id:endpoint_id>"): Row(
+        "/v1/endpoints/{fresh_endpoint}", notebook_route(204, FAMILY)
+    ),
+    ("GET", "/v1/endpoints/<id:endpoint_id>/messages"): Row(
+        "/v1/endpoints/{endpoint}/messages", notebook_route(200, FAMILY)
+    ),
+    ("GET", "/v1/endpoints/<id:endpoint_id>/attempts"): Row(
+        "/v1/endpoints/{endpoint}/attempts", notebook_route(200, FAMILY)
+    ),
+    ("POST", "/v1/endpoints/<id:endpoint_id>/replay"): Row(
+        "/v1/endpoints/{endpoint}/replay", notebook_route(202, FAMILY), {}
+    ),
+    # Twilio's callbacks take no key; without TWILIO_AUTH_TOKEN they are not there.
     ("POST", "/v1/twilio/status"): Row("/v1/twilio/status?delivery={delivery}", everyone(404)),
+    ("POST", "/v1/twilio/inbound"): Row("/v1/twilio/inbound", everyone(404)),
     ("GET", "/healthz"): Row("/healthz", everyone(200)),
     ("GET", "/readyz"): Row("/readyz", everyone(200)),
     # Prometheus' scrape: CARELOOP_METRICS_TOKEN or the admin key; a notebook key is no token for it.
@@ -178,6 +219,8 @@ MISSING = {
     "event": "evt_00000000000000000000",
     "delivery": "dlv_00000000000000000000",
     "key": "key_00000000000000000000",
+    "endpoint": "ep_00000000000000000000",
+    "fresh_endpoint": "ep_00000000000000000000",
 }
 """Ids of nothing: a 404 for something out of reach must look exactly like one of these."""
 
@@ -234,6 +277,7 @@ def world(app, client, api):
     w.keys["clinic without it"] = w.mint(KeyRole.CLINIC, notebook_ids=[other["id"]])[1]
     revoked_id, w.keys["revoked"] = w.mint(KeyRole.FAMILY, nb["id"])
     w.keys["admin"] = ADMIN_KEY
+    w.ids["endpoint"] = w.endpoint()
     response = client.delete(f"/v1/notebooks/{nb['id']}/keys/{revoked_id}", headers=bearer(w.keys["family"]))
     assert response.status_code == 204
     return w
@@ -246,6 +290,8 @@ def bearer(key: str) -> dict[str, str]:
 def call(w: World, caller: str, method: str, row: Row, ids: dict[str, str]):
     if "{key}" in row.url and "key" not in ids:
         ids = {**ids, "key": w.mint(KeyRole.INTEGRATION, w.ids["nb"])[0]}
+    if "{fresh_endpoint}" in row.url and "fresh_endpoint" not in ids:
+        ids = {**ids, "fresh_endpoint": w.endpoint()}
     ids = {**ids, "link": w.link}
     headers = bearer(w.keys[caller]) if caller in w.keys else {}
     body = _fill(row.body, ids)
@@ -579,8 +625,11 @@ def test_a_key_out_of_reach_is_refused_before_its_body_or_query_is_read(world):
     """Key, then reach and role, then input: a 404 whatever the body, never a 400 or a 422."""
     checked = 0
     for (method, rule), row in MATRIX.items():
-        if not rule.startswith("/v1/") or method not in ("POST", "PATCH", "GET") or rule == "/v1/deliveries":
-            continue  # (/v1/deliveries names its notebook in the query: that is read first)
+        if not rule.startswith("/v1/") or method not in ("POST", "PATCH", "GET") or rule in (
+            "/v1/deliveries",
+            "/v1/endpoints",
+        ):
+            continue  # (/v1/deliveries names its notebook in the query, /v1/endpoints in the body)
         for caller in ("clinician", "integration", "other notebook", "clinic without it"):
             if row.expected[caller] != 404:
                 continue

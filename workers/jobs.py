@@ -21,7 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
-from careloop import metrics
+from careloop import metrics, webhooks
 from careloop.db import session_scope
 from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
@@ -34,7 +34,8 @@ from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_
 from careloop.queues import BATCH_SIZE, delivery_queue, is_urgent_queue
 from careloop.routing import EventView, MemberView, plan_deliveries
 from careloop.runtime import Runtime
-from careloop.vocabulary import ChannelKind, DeliveryStatus
+from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind, DeliveryStatus
+from careloop.workers import webhook_sends
 
 log = logging.getLogger("careloop.workers")
 
@@ -190,7 +191,14 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
                 invite_holders=tuple((event.context or {}).get("invite_holders", ())),
             ),
             [
-                MemberView(id=m.id, role=m.role, email=m.email, phone=m.phone, active=m.active)
+                MemberView(
+                    id=m.id,
+                    role=m.role,
+                    email=m.email,
+                    phone=m.phone,
+                    active=m.active,
+                    sms_opted_out=m.sms_opted_out,
+                )
                 for m in members
             ],
             runtime.rules,
@@ -219,6 +227,11 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
                 for p in planned
             ],
         )
+        # Before the outbox entry is done: a crash in between leaves the event to be routed again.
+        webhook_messages = []
+        endpoints = webhooks.wanted_by(session, event)
+        if endpoints:  # commits the deliveries with the messages; sequence numbers taken under a lock
+            webhook_messages = webhooks.plan_messages(session, event.id, endpoints)
         if event.routed_at is None:
             event.routed_at = now
         session.execute(
@@ -243,10 +256,11 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
         elif to_send:
             hand_over_deliveries(session, runtime.dispatcher, list(to_send))
         log.info(
-            "routed event %s (%s): %d planned, %d to hand over",
+            "routed event %s (%s): %d planned, %d webhook messages, %d handed over",
             event.id,
             event.type,
             len(planned),
+            len(webhook_messages),
             len(to_send),
         )
         return len(to_send)
@@ -352,15 +366,16 @@ def deliver_many(
             look = time.monotonic() + URGENT_LOOK_INTERVAL if queue and not is_urgent_queue(queue) else None
             bug: Exception | None = None
             for claim in claims:
-                channel = session.get(Delivery, claim.delivery_id).channel
+                delivery = session.get(Delivery, claim.delivery_id)
+                key = webhook_sends.failing_key(delivery)
                 if look is not None and time.monotonic() >= look:
                     look = time.monotonic() + URGENT_LOOK_INTERVAL
-                    if runtime.dispatcher.urgent_waiting(channel):
+                    if runtime.dispatcher.urgent_waiting(delivery.channel):
                         look = None
                         log.info("an urgent alert is waiting: the rest of this batch goes back to its queue")
                 if look is None and queue and not is_urgent_queue(queue):
                     yielded.append(claim)
-                elif channel in failing or time.monotonic() > budget:
+                elif key in failing or time.monotonic() > budget:
                     untried.append(claim)
                 else:
                     try:
@@ -438,6 +453,8 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
             claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
                 return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
+            if claim.provider_called and webhook_sends.is_webhook(session, claim):
+                return webhook_sends.resend_interrupted(session, runtime, claim)
             if claim.provider_called:  # this job called the provider before the database went
                 message = build_message(session, runtime, claim)
                 reason = "an attempt interrupted by the database"
@@ -522,6 +539,8 @@ def _send(
     next delivery's "provider called" (or by :func:`_record_sent` at the end of the batch)."""
     delivery_id = claim.delivery_id
     delivery = session.get(Delivery, delivery_id)
+    if delivery.channel == WEBHOOK_CHANNEL:
+        return webhook_sends.send(session, runtime, claim, failing)
     try:
         message = build_message(session, runtime, claim)
     except RenderError as exc:
@@ -622,6 +641,8 @@ def recover_stale(runtime: Runtime, delivery_id: str, token: str) -> str:
         set_request_id(_delivery_request_id(session, delivery_id))  # the caller bounds it (relay)
         if not claim.provider_called:
             return _retry_uncalled(session, runtime, claim)
+        if webhook_sends.is_webhook(session, claim):
+            return webhook_sends.resend_interrupted(session, runtime, claim)
         try:
             message = build_message(session, runtime, claim)
         except RenderError as exc:

@@ -22,6 +22,7 @@ from careloop.logs import request_id_bound
 from careloop.models import OutboxEntry, utcnow
 from careloop.runtime import Runtime
 from careloop.workers.jobs import recover_stale
+from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
 
@@ -82,6 +83,8 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             with request_id_bound(None):  # its lines carry the id of the event it is about
                 recover_stale(runtime, delivery_id, token)
             counts["stale"] += 1
+
+        notify_disabled(runtime, session)
     if any(counts.values()):
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries handed over, %(stale)d stale sends checked",
