@@ -23,11 +23,13 @@ from careloop.service import (
     guards,
     headers,
     health,
+    limits,
     member_pages,
     notebooks,
     openapi,
     pages,
     redaction,
+    sources,
     twilio,
 )
 from careloop.service.schemas import ERROR_SCHEMA
@@ -95,8 +97,9 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     errors.init_app(app)
     guards.init_app(app)
     headers.init_app(app)
+    limits.init_app(app, settings)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
+    for module in (notebooks, events, deliveries, sources, twilio, health, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

@@ -49,3 +49,15 @@ FROM_DELIVERY = {
     "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/id"),
     "GetEvent": _link("getEvent", "The event it belongs to", event_id="$response.body#/event_id"),
 }
+
+_SOURCE = "$response.body#/id"
+FROM_SOURCE = {
+    "GetSource": _link("getSource", "The source just registered", source_id=_SOURCE),
+    "RotateSourceSecret": _link("rotateSourceSecret", "Give it a new secret", source_id=_SOURCE),
+    "ListInbound": _link("listInbound", "What it posted", source_id=_SOURCE),
+    "ReceiveWebhook": _link("receiveWebhook", "Where it posts", source_id=_SOURCE),
+}
+FROM_SOURCES = {
+    "GetSource": _link("getSource", "The first source", source_id="$response.body#/items/0/id"),
+    "ListInbound": _link("listInbound", "What it posted", source_id="$response.body#/items/0/id"),
+}
