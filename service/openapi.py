@@ -44,6 +44,9 @@ def complete(spec: dict) -> dict:
             if operation.get("operationId") == "receiveWebhook":  # read raw, verified before parsing
                 operation.setdefault("parameters", []).extend(WEBHOOK_HEADERS)
                 operation["requestBody"] = WEBHOOK_BODY
+                replayed = operation["responses"]["200"]
+                replayed["content"] = operation["responses"]["202"]["content"]
+                replayed["headers"] = {"Idempotent-Replayed": CREATE_EVENT_HEADERS["Idempotent-Replayed"]}
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"].endswith("_id"):
                     parameter["schema"] = {"type": "string", "pattern": ID_PATTERN, "maxLength": 40}
