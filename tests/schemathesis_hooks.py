@@ -6,6 +6,8 @@ is one careloop accepts and the checks that valid data is accepted stay meaningf
   no regular expression can say: every region's example number from libphonenumber's metadata,
   with other last digits.
 - ``iana-time-zone``: one of IANA's names (too many for an enum in the document).
+- ``email``: an address careloop's one rule accepts (``careloop.contacts``): email-validator
+  refuses special-use domains such as ``.test``, which a generic generator may pick.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import phonenumbers
 import schemathesis
 from hypothesis import strategies as st
 
-from careloop.contacts import PHONE_FORMAT
+from careloop.contacts import PHONE_FORMAT, normalize_email
 from careloop.timezones import TIME_ZONE_FORMAT, TIME_ZONES
 
 EXAMPLES = sorted(
@@ -28,3 +30,14 @@ schemathesis.openapi.format(
     st.tuples(st.sampled_from(EXAMPLES), st.integers(0, 99)).map(lambda pair: f"{pair[0][:-2]}{pair[1]:02d}"),
 )
 schemathesis.openapi.format(TIME_ZONE_FORMAT, st.sampled_from(TIME_ZONES))
+
+
+def _accepted(address: str) -> bool:
+    try:
+        normalize_email(address)
+    except ValueError:
+        return False
+    return len(address) <= 254
+
+
+schemathesis.openapi.format("email", st.emails().filter(_accepted))

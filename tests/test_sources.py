@@ -341,3 +341,11 @@ def test_rotating_twice_drops_the_oldest_secret_at_once(client, api, source):
     body = body_for(nb["id"])
     assert post(client, src["id"], body, signed(src["secret"], body)).status_code == 401
     assert post(client, src["id"], body, signed(newest["secret"], body)).status_code == 202
+
+
+def test_a_body_over_the_limit_is_413_before_anything_reads_it(app, client, api, source):
+    src, nb, _ = source
+    body = body_for(nb["id"], data={"summary": "x" * 300_000, "severity": "low"})
+    response = post(client, src["id"], body, signed(src["secret"], body))
+    assert response.status_code == 413 and response.get_json()["error"] == "too_large"
+    assert event_count(app, nb["id"]) == 0
