@@ -177,7 +177,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{name} is set but empty; unset it or {MAKE_A_SECRET}")
         if len(text) < least or text != text.strip() or not text.isprintable():
             raise ValueError(
-                f"{name} must be at least {least} printable characters without surrounding "
+                f"{name} must be at least {least} characters, printable, without surrounding "
                 f"spaces ({MAKE_A_SECRET})"
             )
         return value

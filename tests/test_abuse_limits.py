@@ -143,5 +143,5 @@ def test_a_malformed_secret_or_setting_stops_start_up_naming_it(values, named):
 
 def test_the_environment_is_checked_too(monkeypatch):
     monkeypatch.setenv("CARELOOP_ADMIN_KEY", "short")
-    with pytest.raises(ValidationError, match="CARELOOP_ADMIN_KEY must be at least 32"):
+    with pytest.raises(ValidationError, match="CARELOOP_ADMIN_KEY must be at least 32 characters"):
         Settings()
