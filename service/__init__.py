@@ -16,6 +16,8 @@ from careloop import db
 from careloop.config.settings import Settings, get_settings
 from careloop.runtime import Runtime
 from careloop.service import (
+    audit_log,
+    audit_trail,
     deliveries,
     docs,
     errors,
@@ -23,6 +25,7 @@ from careloop.service import (
     guards,
     headers,
     health,
+    keys,
     limits,
     member_pages,
     notebooks,
@@ -97,9 +100,11 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     errors.init_app(app)
     guards.init_app(app)
     headers.init_app(app)
+    audit_trail.init_app(app)
     limits.init_app(app, settings)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, events, deliveries, sources, twilio, health, pages, member_pages):
+    api = (notebooks, keys, events, deliveries, audit_log, sources, twilio, health)
+    for module in (*api, pages, member_pages):
         app.register_blueprint(module.bp)
     return app

@@ -18,9 +18,11 @@ from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
 from careloop import inbound, serialize, sources
+from careloop.audit import ActorType
 from careloop.handover import hand_over_events
 from careloop.models import InboundRecord, Source
 from careloop.service import api_links
+from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import (
@@ -65,12 +67,22 @@ WEBHOOK_BODY = {
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
 
 
-def audit_webhook(source: Source, record: InboundRecord) -> None:
-    """Record a webhook's outcome in the audit log. WIRE-IN (issue #10, audit log): call
-    ``careloop.audit.record(...)`` here with who (the source), what (the inbound record and
-    its events), from where (the client address) and the outcome (accepted, rejected with its
-    reason, duplicate); the one call site for every webhook received. Never pass the body."""
+SIGNATURE_CHALLENGE = {"WWW-Authenticate": 'Signature realm="careloop", standard="standard-webhooks"'}
+"""What a 401 asks for: a Standard Webhooks signature, not a Bearer key."""
+
+
+def audit_webhook(source: Source, record: InboundRecord, reason: str | None = None) -> None:
+    """Record a webhook's outcome in the audit log: who (the source), what (its inbound
+    record), whose (the source's notebook), from where and how it ended (the answer's status,
+    written after it by ``careloop.service.audit_trail``), with a short reason code for a
+    refusal; the one call site for every webhook received. Never the body or its headers."""
     log.info("webhook %s: source=%s record=%s", record.status, source.id, record.id)
+    seen = trail()
+    seen.action = "webhooks.receive"
+    seen.actor_type, seen.actor_id = ActorType.SOURCE, source.id
+    seen.notebook_ids = [source.notebook_id] if source.notebook_id else []
+    seen.target_id = record.id
+    seen.reason = reason
 
 
 def _source_or_404(source_id: str) -> Source:
@@ -210,10 +222,13 @@ def receive_webhook(source_id: str):
         verified = sources.verify(source, body, request.headers)
     except sources.SignatureRefused as refused:
         record = inbound.refuse(g.db, source, sources.claimed_webhook_id(request.headers), refused.reason)
-        audit_webhook(source, record)
-        abort(401, f"the webhook signature does not verify: {refused.reason}")
+        audit_webhook(source, record, "signature refused")
+        abort(401, f"the webhook signature does not verify: {refused.reason}", headers=SIGNATURE_CHALLENGE)
     receipt = inbound.receive(g.db, source, verified, body, request.headers.get("Content-Type"))
-    audit_webhook(source, receipt.record)
+    if receipt.replayed:
+        audit_webhook(source, receipt.record, "duplicate webhook-id")
+    else:
+        audit_webhook(source, receipt.record, None if receipt.problem is None else "not mappable")
     if receipt.created:
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, receipt.created)
     if receipt.problem is not None:

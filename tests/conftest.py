@@ -50,8 +50,8 @@ UNLIMITED = "1000000/minute"
 """A rate limit no test reaches by accident."""
 
 DB_TABLES = (
-    "deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks", "instance_secrets",
-    "inbound_records", "sources",
+    "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "members", "notebooks",
+    "instance_secrets", "audit_log", "inbound_records", "sources",
 )
 
 

@@ -20,7 +20,7 @@ from tests.conftest import PG_ADMIN_URL, close_app
 
 TABLES = {
     "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets",
-    "sources", "inbound_records",
+    "api_key_notebooks", "audit_log", "sources", "inbound_records",
 }
 
 

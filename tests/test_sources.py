@@ -349,3 +349,22 @@ def test_a_body_over_the_limit_is_413_before_anything_reads_it(app, client, api,
     response = post(client, src["id"], body, signed(src["secret"], body))
     assert response.status_code == 413 and response.get_json()["error"] == "too_large"
     assert event_count(app, nb["id"]) == 0
+
+
+def test_every_webhook_is_audited_with_its_source_record_and_outcome(app, client, api, source):
+    src, nb, _ = source
+    body = body_for(nb["id"])
+    headers = signed(src["secret"], body)
+    accepted = post(client, src["id"], body, headers).get_json()
+    post(client, src["id"], body, headers)  # a repeat
+    post(client, src["id"], body, {**headers, "webhook-signature": "v1,AAAA"})  # forged
+    rows = [
+        r for r in api.get(f"/v1/notebooks/{nb['id']}/audit")["items"] if r["action"] == "webhooks.receive"
+    ]
+    assert all(r["actor_type"] == "source" and r["actor_id"] == src["id"] for r in rows)
+    assert sorted((r["status"], r["reason"]) for r in rows) == [
+        (200, "duplicate webhook-id"),
+        (202, None),
+        (401, "signature refused"),
+    ]
+    assert accepted["id"] in {r["target_id"] for r in rows}

@@ -1,7 +1,7 @@
 """sources and their inbound records: signed webhooks in
 
 Revision ID: 0005_sources_inbound
-Revises: 0003
+Revises: 0004_keys_roles_audit
 Create Date: 2026-11-29 12:00:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_sources_inbound"
-down_revision = "0003"
+down_revision = "0004_keys_roles_audit"
 branch_labels = None
 depends_on = None
 
