@@ -24,7 +24,7 @@ from careloop.models import Event, OutboxEntry, utcnow
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/careloop_bench"
 REDIS_URL = "redis://127.0.0.1:6379/14"
-ADMIN = "bench-admin-key"
+ADMIN = "bench-admin-key-0123456789abcdef0123456789"
 DATA = {"medication": "levetiracetam", "change": "dose_changed", "dose": "250 mg"}
 
 

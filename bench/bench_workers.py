@@ -38,7 +38,7 @@ from careloop.service import create_app
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/careloop_bench_workers"
 REDIS_URL = "redis://127.0.0.1:6379/14"
-ADMIN = "bench-admin-key"
+ADMIN = "bench-admin-key-0123456789abcdef0123456789"
 PREFIX = "careloop-bench"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "0123456789abcdef0123456789abcdef"

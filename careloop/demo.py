@@ -101,7 +101,7 @@ def run_demo(
         path = Path(database_url[len("sqlite:///") :])
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
-    admin = secrets.token_urlsafe(16)
+    admin = secrets.token_urlsafe(32)
     # Only what is set here: no Redis, no Twilio, no SMTP, whatever the environment says.
     settings = Settings.from_values(
         database_url=database_url,

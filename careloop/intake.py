@@ -63,6 +63,14 @@ def record_event(session: Session, notebook: Notebook, **event) -> tuple[Event, 
         return _record(session, notebook, **event)
 
 
+def stage_event(session: Session, notebook: Notebook, **event) -> Event:
+    """Add an event and its outbox entry to the session, flushed but not committed, for a
+    caller that writes more in the same transaction (an inbound webhook's record). Takes
+    :func:`record_event`'s keyword arguments but no idempotency key; raises FieldError."""
+    event_row, _ = _stage(session, notebook, idempotency_key=None, **event)
+    return event_row
+
+
 def _record(session: Session, notebook: Notebook, **event) -> tuple[Event, bool]:
     try:
         recorded = _stage(session, notebook, **event)

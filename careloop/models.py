@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -328,3 +329,54 @@ class SigninLink(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Source(Base):
+    """A system that posts events to careloop, signed per Standard Webhooks.
+
+    The secret is kept as given out (``whsec_…``): Standard Webhooks signatures are HMACs, so
+    verifying needs the secret itself, not a hash. After a rotation the previous secret still
+    verifies until ``previous_secret_expires_at``.
+    """
+
+    __tablename__ = "sources"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("src"))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    notebook_id: Mapped[str | None] = mapped_column(
+        ForeignKey("notebooks.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class InboundRecord(Base):
+    """One request posted to a source's webhook URL, whatever became of it.
+
+    ``first_key`` is the webhook-id of a verified request that was decided (accepted or
+    rejected after verification); unique per source, it makes a repeat — even a concurrent
+    one — a ``duplicate`` that creates nothing. Requests that did not verify hold no
+    ``first_key`` (anyone can send any webhook-id) and keep no body.
+    """
+
+    __tablename__ = "inbound_records"
+    __table_args__ = (
+        UniqueConstraint("source_id", "first_key", name="uq_inbound_records_first"),
+        Index("ix_inbound_records_source_received", "source_id", "received_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("inb"))
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str | None] = mapped_column(String(200))
+    first_key: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_ids: Mapped[list] = mapped_column(JSON, default=list)
+    duplicate_of: Mapped[str | None] = mapped_column(String(40))
+    content_type: Mapped[str | None] = mapped_column(String(200))
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)

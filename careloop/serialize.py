@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from careloop.models import ApiKey, AuditEntry, Delivery, Event, Member, Notebook
+from careloop.models import ApiKey, AuditEntry, Delivery, Event, InboundRecord, Member, Notebook, Source
 from careloop.vocabulary import DeliveryStatus
 
 
@@ -107,3 +107,30 @@ def event(e: Event, deliveries: list[Delivery] | None = None) -> dict:
     if deliveries is not None:
         body["deliveries"] = [delivery(d) for d in deliveries]
     return body
+
+
+def source(s: Source, public_url: str) -> dict:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "kind": s.kind,
+        "notebook_id": s.notebook_id,
+        "webhook_url": f"{public_url}/v1/webhooks/{s.id}",
+        "created_at": iso(s.created_at),
+        "secret_rotated_at": iso(s.secret_rotated_at),
+        "previous_secret_expires_at": iso(s.previous_secret_expires_at),
+    }
+
+
+def inbound_record(r: InboundRecord) -> dict:
+    """An inbound record without its body (the body is health data, kept only to run again)."""
+    return {
+        "id": r.id,
+        "source_id": r.source_id,
+        "webhook_id": r.webhook_id,
+        "received_at": iso(r.received_at),
+        "status": r.status,
+        "reason": r.reason,
+        "event_ids": list(r.event_ids or []),
+        "duplicate_of": r.duplicate_of,
+    }

@@ -156,3 +156,15 @@ ROLES: tuple[str, ...] = tuple(Role)
 
 THERAPY_ROLES: tuple[Role, ...] = (Role.PHYSICAL_THERAPY, Role.OCCUPATIONAL_THERAPY, Role.SPEECH_THERAPY)
 """The therapy disciplines (also the values of ``therapy.logged``'s ``discipline``)."""
+
+
+class InboundStatus(StrEnum):
+    """What became of one request posted to a source's webhook URL."""
+
+    ACCEPTED = "accepted"
+    """Verified and turned into events."""
+    REJECTED = "rejected"
+    """Refused: a signature that does not verify, or a verified body careloop cannot map (the
+    reason says which; a verified body is kept so it can be run again after a fix)."""
+    DUPLICATE = "duplicate"
+    """Verified, with a webhook-id seen before: answered with the first result, nothing made."""

@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` so they never show up when settings are printed or log
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +26,28 @@ DEFAULT_POLICY_FILE = Path(str(files("careloop.config") / "policy.yaml"))
 
 MIN_SECRET_KEY_LENGTH = 32
 """Characters a CARELOOP_SECRET_KEY needs at least (e.g. ``secrets.token_urlsafe(32)`` gives 43)."""
+
+MIN_ADMIN_KEY_LENGTH = 32
+"""Characters a CARELOOP_ADMIN_KEY needs at least: it reaches every notebook."""
+
+MAKE_A_SECRET = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+TWILIO_SID_PATTERN = r"AC[0-9a-f]{32}"
+"""A Twilio Account SID: ``AC`` and 32 lower-case hex digits."""
+
+TWILIO_TOKEN_PATTERN = r"[0-9a-f]{32}"
+"""A Twilio auth token: 32 lower-case hex digits."""
+
+DEFAULT_WEBHOOK_SECRET_GRACE = 24 * 3600.0
+"""Seconds a source's old webhook secret still verifies after a rotation (24 hours)."""
+
+DEFAULT_RATE_LIMITS = {
+    "reads": "600/minute;20/second",
+    "writes": "120/minute;10/second",
+    "member_links": "60/minute",
+    "webhooks": "600/minute",
+}
+"""Requests allowed per key (reads, writes) or per client address (member links, webhooks)."""
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between attempts (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — Svix's schedule): eight
@@ -52,7 +75,8 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # A refused value is never echoed: it may be a secret.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
 
     database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
@@ -98,6 +122,43 @@ class Settings(BaseSettings):
         if seconds <= 0:
             raise ValueError("CARELOOP_WEBHOOK_DISABLE_AFTER must be a positive duration such as 5d")
         return seconds
+    webhook_secret_grace: Annotated[float, NoDecode] = Field(
+        DEFAULT_WEBHOOK_SECRET_GRACE, ge=0, validation_alias=_env("CARELOOP_WEBHOOK_SECRET_GRACE")
+    )
+    rate_limit_reads: str = Field(
+        DEFAULT_RATE_LIMITS["reads"], validation_alias=_env("CARELOOP_RATE_LIMIT_READS")
+    )
+    rate_limit_writes: str = Field(
+        DEFAULT_RATE_LIMITS["writes"], validation_alias=_env("CARELOOP_RATE_LIMIT_WRITES")
+    )
+    rate_limit_member_links: str = Field(
+        DEFAULT_RATE_LIMITS["member_links"], validation_alias=_env("CARELOOP_RATE_LIMIT_MEMBER_LINKS")
+    )
+    rate_limit_webhooks: str = Field(
+        DEFAULT_RATE_LIMITS["webhooks"], validation_alias=_env("CARELOOP_RATE_LIMIT_WEBHOOKS")
+    )
+
+    @field_validator("webhook_secret_grace", mode="before")
+    @classmethod
+    def _parse_grace(cls, value):
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator(
+        "rate_limit_reads", "rate_limit_writes", "rate_limit_member_links", "rate_limit_webhooks"
+    )
+    @classmethod
+    def _rate_limit(cls, value: str, info) -> str:
+        from limits import parse_many  # the rate-limit syntax Flask-Limiter reads
+
+        name = "CARELOOP_" + info.field_name.upper()
+        try:
+            if not parse_many(value):
+                raise ValueError(value)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be limits such as 600/minute or 120/minute;10/second, not {value!r}"
+            ) from None
+        return value
 
     @field_validator("retry_schedule", mode="before")
     @classmethod
@@ -119,14 +180,38 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("secret_key")
+    @field_validator("secret_key", "admin_key", mode="before")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+    def _long_enough(cls, value, info):
+        name, least = {
+            "secret_key": ("CARELOOP_SECRET_KEY", MIN_SECRET_KEY_LENGTH),
+            "admin_key": ("CARELOOP_ADMIN_KEY", MIN_ADMIN_KEY_LENGTH),
+        }[info.field_name]
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None:
+            return None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} is set but empty; unset it or {MAKE_A_SECRET}")
+        if len(text) < least or text != text.strip() or not text.isprintable():
             raise ValueError(
-                f"CARELOOP_SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters "
-                "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                f"{name} must be at least {least} characters, printable, without surrounding "
+                f"spaces ({MAKE_A_SECRET})"
             )
+        return value
+
+    @field_validator("twilio_account_sid", "twilio_auth_token", mode="before")
+    @classmethod
+    def _twilio_shape(cls, value, info):
+        # Only the shape of what is set: a channel without all three writes to the outbox.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text in (None, ""):
+            return None
+        name, pattern, shape = {
+            "twilio_account_sid": ("TWILIO_ACCOUNT_SID", TWILIO_SID_PATTERN, "AC and 32 hex digits"),
+            "twilio_auth_token": ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN_PATTERN, "32 hex digits"),
+        }[info.field_name]
+        if not isinstance(text, str) or not re.fullmatch(pattern, text):
+            raise ValueError(f"{name} must be {shape}, as Twilio's console shows it")
         return value
 
     @field_validator("database_url")

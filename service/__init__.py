@@ -27,6 +27,7 @@ from careloop.service import (
     headers,
     health,
     keys,
+    limits,
     member_pages,
     metrics,
     notebooks,
@@ -34,6 +35,7 @@ from careloop.service import (
     pages,
     redaction,
     signin,
+    sources,
     timeline,
     tracing,
     twilio,
@@ -105,11 +107,12 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     guards.init_app(app)
     headers.init_app(app)
     audit_trail.init_app(app)
+    limits.init_app(app, settings)
     docs.init_app(app)
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, keys, events, deliveries, endpoints, audit_log, twilio, health, metrics, pages,
+        notebooks, keys, events, deliveries, endpoints, audit_log, sources, twilio, health, metrics, pages,
         member_pages, signin, timeline,
     )  # fmt: skip
     for module in blueprints:

@@ -80,3 +80,14 @@ FROM_ENDPOINT = {
     **FROM_ENDPOINT_OUT,
     "DeleteEndpoint": _link("deleteEndpoint", "Delete it", endpoint_id=_ENDPOINT),
 }
+_SOURCE = "$response.body#/id"
+FROM_SOURCE = {
+    "GetSource": _link("getSource", "The source just registered", source_id=_SOURCE),
+    "RotateSourceSecret": _link("rotateSourceSecret", "Give it a new secret", source_id=_SOURCE),
+    "ListInbound": _link("listInbound", "What it posted", source_id=_SOURCE),
+    "ReceiveWebhook": _link("receiveWebhook", "Where it posts", source_id=_SOURCE),
+}
+FROM_SOURCES = {
+    "GetSource": _link("getSource", "The first source", source_id="$response.body#/items/0/id"),
+    "ListInbound": _link("listInbound", "What it posted", source_id="$response.body#/items/0/id"),
+}

@@ -96,6 +96,10 @@ class StrictJSONProvider(DefaultJSONProvider):
         return strict_loads(s, **kwargs)
 
 
+JSON_MEDIA_TYPE = "application/json"
+"""What a JSON body's Content-Type must say (Flask also reads ``application/…+json``)."""
+
+
 class CareloopRequest(Request):
     """Flask's request, answering a body it cannot read with careloop's JSON 400, and a
     streamed body over the size limit with 413 (werkzeug would cut it at the limit and hand
@@ -111,6 +115,9 @@ class CareloopRequest(Request):
         return data
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
+        if not self.is_json and not silent:
+            # apiflask reads bodies with force=True; a body careloop reads must say it is JSON.
+            self.on_json_loading_failed(None)
         document = super().get_json(force=force, silent=silent, cache=cache)
         if document is None and not silent:
             # Every careloop body is an object; apiflask would read a bare `null` as `{}`.
@@ -118,6 +125,8 @@ class CareloopRequest(Request):
         return document
 
     def on_json_loading_failed(self, e: ValueError | None):
+        if e is None:  # Flask's way of saying the Content-Type is not JSON
+            abort(415, f"the request body must be {JSON_MEDIA_TYPE}, not {self.mimetype or 'untyped'}")
         if isinstance(e, BodyError) and e.field:
             abort(400, "the request body gives a key twice", detail={"json": {e.field: [e.message]}})
         abort(400, e.message if isinstance(e, BodyError) else "the request body is not valid JSON")

@@ -14,7 +14,6 @@ module logs ids only, and the pages send no Referer and are never stored (``page
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,14 +45,7 @@ CHANNEL_WORDS = {ChannelKind.SMS: "text", ChannelKind.EMAIL: "email", ChannelKin
 """How a page names the channels a member was told by."""
 
 
-# --- The two places the other half of issue #10 plugs in ----------------------------------------
-
-
-def per_ip_limit(view: Callable) -> Callable:
-    """The per-IP rate limit on member links. WIRE-IN (issue #10, abuse limits): return the
-    Flask-Limiter decorator's result here, e.g. ``return limiter.limit(member_link_limit,
-    key_func=get_remote_address)(view)``; every member-link route is decorated with this."""
-    return view
+# --- The place the audit log plugs in (the per-IP rate limit is service.limits') ---------------
 
 
 def record_view(
@@ -96,7 +88,6 @@ def _gone():
 
 @bp.get("/")
 @bp.get("/<path:_rest>")
-@per_ip_limit
 def not_a_link(_rest: str = ""):
     """Anything under /m/ that is not one token: the same page as a dead link."""
     record_view("refused: not a link")
@@ -104,7 +95,6 @@ def not_a_link(_rest: str = ""):
 
 
 @bp.get("/<token>")
-@per_ip_limit
 def open_link(token: str):
     runtime = current_app.extensions["careloop"].runtime
     try:

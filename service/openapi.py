@@ -14,6 +14,7 @@ from apiflask import APIFlask
 
 from careloop.service.events import IDEMPOTENCY_KEY
 from careloop.service.guards import ID_PATTERN
+from careloop.service.sources import WEBHOOK_BODY, WEBHOOK_HEADERS
 
 ERROR = {"$ref": "#/components/schemas/HTTPError"}
 
@@ -21,6 +22,7 @@ BODY_ERRORS = {
     "400": "The body is not JSON careloop reads: missing, not JSON, a key given twice, NaN or "
     "Infinity, or nested too deeply",
     "413": "The body is larger than careloop takes",
+    "415": "The body is not `application/json`",
 }
 
 CREATE_EVENT_HEADERS = {
@@ -39,6 +41,12 @@ def _error(description: str) -> dict:
 def complete(spec: dict) -> dict:
     for operations in spec["paths"].values():
         for operation in operations.values():
+            if operation.get("operationId") == "receiveWebhook":  # read raw, verified before parsing
+                operation.setdefault("parameters", []).extend(WEBHOOK_HEADERS)
+                operation["requestBody"] = WEBHOOK_BODY
+                replayed = operation["responses"]["200"]
+                replayed["content"] = operation["responses"]["202"]["content"]
+                replayed["headers"] = {"Idempotent-Replayed": CREATE_EVENT_HEADERS["Idempotent-Replayed"]}
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"].endswith("_id"):
                     parameter["schema"] = {"type": "string", "pattern": ID_PATTERN, "maxLength": 40}
@@ -47,7 +55,7 @@ def complete(spec: dict) -> dict:
                 body["required"] = True
                 kinds = body.get("content", {})
                 for status, description in BODY_ERRORS.items():
-                    if status == "400" and "application/json" not in kinds:
+                    if status in ("400", "415") and "application/json" not in kinds:
                         continue
                     operation["responses"].setdefault(status, _error(description))
             if operation.get("operationId") == "createEvent":

@@ -19,10 +19,11 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.inbound import KIND_HANDLERS
 from careloop.service.pagination import Cursor
 from careloop.text import identifier, text_type
 from careloop.timezones import TIME_ZONE_FORMAT, check_time_zone
-from careloop.vocabulary import ChannelKind, DeliveryStatus, Role
+from careloop.vocabulary import ChannelKind, DeliveryStatus, InboundStatus, Role
 
 TimeZone = Annotated[
     str,
@@ -636,6 +637,67 @@ class ReadyOut(_Out):
     failing: list[Literal["database", "queue", "migrations"]] = Field(
         description="The parts that are not ready (empty when ready)"
     )
+
+
+# --- Sources: signed webhooks in -------------------------------------------------------------
+
+SourceKindName = Literal[tuple(KIND_HANDLERS)]  # type: ignore[valid-type]
+"""A kind careloop reads (``careloop.inbound.KIND_HANDLERS``)."""
+
+InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: ignore[valid-type]
+
+
+class SourceIn(_In):
+    name: Line200
+    kind: SourceKindName = Field(
+        description="how its bodies are read: `careloop` is careloop's own event JSON"
+    )
+    notebook_id: NotebookId = Field(description="the notebook its events go to")
+
+
+class SourceOut(_Out):
+    id: str
+    name: str
+    kind: SourceKindName
+    notebook_id: str | None
+    webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
+    created_at: DateTimeText
+    secret_rotated_at: DateTimeText | None
+    previous_secret_expires_at: DateTimeText | None = Field(
+        description="until when the secret before the last rotation still verifies"
+    )
+
+
+class SourceWithSecretOut(SourceOut):
+    secret: str = Field(description="the signing secret (`whsec_…`): shown this once")
+
+
+class SourceList(_Out):
+    items: list[SourceOut]
+
+
+class InboundQuery(_In):
+    status: InboundStatusName | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: Cursor | None = None
+
+
+class InboundOut(_Out):
+    id: str
+    source_id: str
+    webhook_id: str | None = Field(
+        description="as the request claimed it (verified unless it was rejected for its signature)"
+    )
+    received_at: DateTimeText
+    status: InboundStatusName
+    reason: str | None = Field(description="why it was rejected, or which record it repeats")
+    event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
+    duplicate_of: str | None
+
+
+class InboundList(_Out):
+    items: list[InboundOut]
+    next_cursor: str | None
 
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()

@@ -46,10 +46,13 @@ pid, so two test runs on one machine never share or drop each other's data)."""
 
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
+UNLIMITED = "1000000/minute"
+"""A rate limit no test reaches by accident."""
+
 DB_TABLES = (
     "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "signin_links", "members",
     "notebooks", "instance_secrets", "audit_log", "webhook_attempts", "webhook_endpoint_notebooks",
-    "webhook_endpoints",
+    "webhook_endpoints", "inbound_records", "sources",
 )
 
 
@@ -171,6 +174,11 @@ def make_settings(db_url: str, tmp_path: Path, **overrides):
         retry_schedule=(0.05, 0.1, 0.2, 0.4),  # five attempts in well under a second
         relay_interval=0.5,
         queue_prefix="careloop-test",
+        # Tests post far faster than any person: limits only where a test asks for them.
+        rate_limit_reads=UNLIMITED,
+        rate_limit_writes=UNLIMITED,
+        rate_limit_member_links=UNLIMITED,
+        rate_limit_webhooks=UNLIMITED,
     )
     values.update(overrides)
     return Settings(**values)
@@ -389,6 +397,10 @@ def settings_env(settings) -> dict[str, str]:
         "CARELOOP_RELAY_INTERVAL": str(settings.relay_interval),
         "CARELOOP_OUTBOX_DIR": str(settings.outbox_dir),
         "MAIL_FROM": settings.mail_from,
+        "CARELOOP_RATE_LIMIT_READS": settings.rate_limit_reads,
+        "CARELOOP_RATE_LIMIT_WRITES": settings.rate_limit_writes,
+        "CARELOOP_RATE_LIMIT_MEMBER_LINKS": settings.rate_limit_member_links,
+        "CARELOOP_RATE_LIMIT_WEBHOOKS": settings.rate_limit_webhooks,
     }
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url

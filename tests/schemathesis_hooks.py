@@ -9,6 +9,8 @@ is one careloop accepts and the checks that valid data is accepted stay meaningf
 - ``webhook-url``: an http(s) URL whose host resolves to public addresses; here always one on
   127.0.0.1 with nothing listening (port 9), so no name is looked up and nothing leaves the
   machine (the server under test refuses it as private: a 422 naming ``url``).
+- ``email``: an address careloop's one rule accepts (``careloop.contacts``): email-validator
+  refuses special-use domains such as ``.test``, which a generic generator may pick.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import phonenumbers
 import schemathesis
 from hypothesis import strategies as st
 
-from careloop.contacts import PHONE_FORMAT
+from careloop.contacts import PHONE_FORMAT, normalize_email
 from careloop.service.schemas import WEBHOOK_URL_FORMAT
 from careloop.timezones import TIME_ZONE_FORMAT, TIME_ZONES
 
@@ -36,3 +38,17 @@ schemathesis.openapi.format(
     WEBHOOK_URL_FORMAT,
     st.from_regex(r"\A/[a-z0-9]{0,20}\Z").map(lambda path: f"http://127.0.0.1:9{path}"),
 )
+
+
+def _accepted(address: str) -> bool:
+    try:
+        normalize_email(address)
+    except ValueError:
+        return False
+    return len(address) <= 254
+
+
+EMAIL_DOMAINS = ("example.org", "clinic.example.com", "xn--bcher-kva.example", "school.example.net")
+"""Domains email-validator accepts (none special-use), an internationalised one among them."""
+
+schemathesis.openapi.format("email", st.emails(domains=st.sampled_from(EMAIL_DOMAINS)).filter(_accepted))

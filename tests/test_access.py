@@ -154,6 +154,17 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/deliveries/<id:delivery_id>/retry"): Row(
         "/v1/deliveries/{delivery}/retry", notebook_route(200, CLINICAL)
     ),
+    # Sources are the admin's; their webhook URL takes no key but a Standard Webhooks signature.
+    ("POST", "/v1/sources"): Row(
+        "/v1/sources", admin_route(201), {"name": "EHR", "kind": "careloop", "notebook_id": "{nb}"}
+    ),
+    ("GET", "/v1/sources"): Row("/v1/sources", admin_route(200)),
+    ("GET", "/v1/sources/<id:source_id>"): Row("/v1/sources/{source}", admin_route(200)),
+    ("POST", "/v1/sources/<id:source_id>/secret/rotate"): Row(
+        "/v1/sources/{source}/secret/rotate", admin_route(200)
+    ),
+    ("GET", "/v1/sources/<id:source_id>/inbound"): Row("/v1/sources/{source}/inbound", admin_route(200)),
+    ("POST", "/v1/webhooks/<id:source_id>"): Row("/v1/webhooks/{source}", everyone(401)),
     ("GET", "/v1/notebooks/<id:notebook_id>/audit"): Row(
         "/v1/notebooks/{nb}/audit", notebook_route(200, FAMILY)
     ),
@@ -221,6 +232,7 @@ MISSING = {
     "key": "key_00000000000000000000",
     "endpoint": "ep_00000000000000000000",
     "fresh_endpoint": "ep_00000000000000000000",
+    "source": "src_00000000000000000000",
 }
 """Ids of nothing: a 404 for something out of reach must look exactly like one of these."""
 
@@ -267,6 +279,9 @@ def world(app, client, api):
             "member": members["school"]["id"],
             "event": event["id"],
             "delivery": delivery_id,
+            "source": api.post("/v1/sources", {"name": "EHR", "kind": "careloop", "notebook_id": nb["id"]})[
+                "id"
+            ],
         },
         link="/m/" + link,
     )
@@ -328,7 +343,8 @@ def test_authorization_matrix(world):
                         (method, rule, caller, "as missing", missing.get_json(), response.get_json())
                     )
             if expected == 401:
-                assert response.headers["WWW-Authenticate"].startswith("Bearer"), (method, rule, caller)
+                scheme = "Signature" if rule.startswith("/v1/webhooks/") else "Bearer"
+                assert response.headers["WWW-Authenticate"].startswith(scheme), (method, rule, caller)
     assert not wrong, "\n".join(map(repr, wrong))
 
 

@@ -708,12 +708,10 @@ def test_scheduling_the_same_checkin_twice_is_422_until_cancelled(client, admin,
     [
         (b'{"type": "note.added", "data": {', "application/json"),
         (b"{'type': 'note.added'}", "application/json"),
-        (b"type=note.added&data=x", "application/x-www-form-urlencoded"),
         (b'{"type": "note.added", "data": {"text": "\xe9", "voice": "child"}}', "application/json"),
-        (b"\xff\xfe\x00", "application/octet-stream"),
         (b"[" * 50_000 + b"]" * 50_000, "application/json"),
     ],
-    ids=["truncated", "single quotes", "form encoded", "latin-1 bytes", "binary", "nested too deep"],
+    ids=["truncated", "single quotes", "latin-1 bytes", "nested too deep"],
 )
 def test_malformed_body_is_400_json(client, admin, team, raw, content_type):
     nb, _ = team
@@ -721,6 +719,25 @@ def test_malformed_body_is_400_json(client, admin, team, raw, content_type):
         f"/v1/notebooks/{nb['id']}/events", data=raw, headers={**admin, "Content-Type": content_type}
     )
     assert_json_error(response, 400, "bad_request")
+    assert event_ids(client, admin, nb["id"]) == []
+
+
+@pytest.mark.parametrize(
+    "raw, content_type",
+    [
+        (b"type=note.added&data=x", "application/x-www-form-urlencoded"),
+        (b"\xff\xfe\x00", "application/octet-stream"),
+        (b'{"type": "note.added", "data": {"text": "t", "voice": "child"}}', "text/plain"),
+        (b'{"type": "note.added", "data": {"text": "t", "voice": "child"}}', None),
+    ],
+    ids=["form encoded", "binary", "JSON sent as text", "no content type"],
+)
+def test_a_body_not_sent_as_json_is_415_naming_the_type_expected(client, admin, team, raw, content_type):
+    nb, _ = team
+    headers = {**admin, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post(f"/v1/notebooks/{nb['id']}/events", data=raw, headers=headers)
+    assert_json_error(response, 415, "unsupported_media_type")
+    assert "application/json" in response.get_json()["message"]
     assert event_ids(client, admin, nb["id"]) == []
 
 

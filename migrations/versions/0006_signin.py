@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_signin"
-down_revision = "0004_keys_roles_audit"
+down_revision = "0005_sources_inbound"
 branch_labels = None
 depends_on = None
 
