@@ -647,7 +647,19 @@ SourceKindName = Literal[tuple(KIND_HANDLERS)]  # type: ignore[valid-type]
 InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: ignore[valid-type]
 
 
+SOURCE_EXAMPLE = {
+    "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
+    "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
+    "secret_rotated_at": None, "previous_secret_expires_at": None,
+}  # fmt: skip
+INBOUND_EXAMPLE = {
+    "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
+    "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
+}  # fmt: skip
+
+
 class SourceIn(_In):
+    model_config = ConfigDict(**examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}))
     name: Line200
     kind: SourceKindName = Field(
         description="how its bodies are read: `careloop` is careloop's own event JSON"
@@ -656,6 +668,7 @@ class SourceIn(_In):
 
 
 class SourceOut(_Out):
+    model_config = ConfigDict(**examples(SOURCE_EXAMPLE))
     id: str
     name: str
     kind: SourceKindName
@@ -669,10 +682,14 @@ class SourceOut(_Out):
 
 
 class SourceWithSecretOut(SourceOut):
+    model_config = ConfigDict(
+        **examples({**SOURCE_EXAMPLE, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+    )
     secret: str = Field(description="the signing secret (`whsec_…`): shown this once")
 
 
 class SourceList(_Out):
+    model_config = ConfigDict(**examples({"items": [SOURCE_EXAMPLE]}))
     items: list[SourceOut]
 
 
@@ -683,6 +700,7 @@ class InboundQuery(_In):
 
 
 class InboundOut(_Out):
+    model_config = ConfigDict(**examples(INBOUND_EXAMPLE))
     id: str
     source_id: str
     webhook_id: str | None = Field(
@@ -696,6 +714,7 @@ class InboundOut(_Out):
 
 
 class InboundList(_Out):
+    model_config = ConfigDict(**examples({"items": [INBOUND_EXAMPLE], "next_cursor": None}))
     items: list[InboundOut]
     next_cursor: str | None
 

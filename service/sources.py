@@ -62,8 +62,14 @@ WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
     "plus `notebook_id` (the source's notebook). The signature is checked over these exact bytes.",
-    "content": {"application/json": {"schema": {"type": "object"}}},
-}
+    "content": {
+        "application/json": {
+            "schema": {"type": "object"},
+            "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
+                        "data": {"goal": "Walk 10 m", "status": "met"}},
+        }
+    },
+}  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
 
 
