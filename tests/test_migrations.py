@@ -19,7 +19,8 @@ from careloop.models import Base
 from tests.conftest import PG_ADMIN_URL, close_app
 
 TABLES = {
-    "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets"
+    "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets",
+    "digests",
 }
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 from careloop.config.settings import Settings, get_settings
 from careloop.dispatch import Jobs
 from careloop.runtime import Runtime
+from careloop.workers.digests import send_digest
 from careloop.workers.jobs import deliver, deliver_many, route_event
 from careloop.workers.relay import relay_once
 
-JOBS = Jobs(route=route_event, deliver=deliver, deliver_many=deliver_many, sweep=relay_once)
+JOBS = Jobs(
+    route=route_event, deliver=deliver, deliver_many=deliver_many, sweep=relay_once, digest=send_digest
+)
 """careloop's jobs, as the dispatcher hands them out."""
 
 

@@ -16,10 +16,13 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import digests as dg
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.models import OutboxEntry, utcnow
+from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
+from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
 
 log = logging.getLogger("careloop.relay")
@@ -29,7 +32,8 @@ BATCH = 500
 
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
-    """One sweep: pending events to route, due deliveries to send, stale sends to check.
+    """One sweep: pending events to route, due deliveries and digests to send, stale sends to
+    check. Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
     only when Redis no longer has its job (a job merely waiting in a long queue is left
@@ -39,6 +43,7 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
     settings = runtime.settings
     dispatcher = runtime.dispatcher
     counts = {"events": 0, "deliveries": 0, "stale": 0}
+    digests = 0
     with session_scope(runtime.database_url) as session:
         if dispatcher.lost_data():
             forget_hand_overs(session)
@@ -77,13 +82,25 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             dl.mark_enqueued(session, handed + waiting)  # waiting ones: checked again later
             counts["deliveries"] = len(handed)
 
+        due_digests = dg.due_for_enqueue(session, settings.claim_timeout, BATCH)
+        if due_digests:
+            due_jobs = [DigestJob(i, delivery_queue(c, urgent=False), due) for i, c, due in due_digests]
+            lost = dispatcher.missing_digests(due_jobs)
+            dispatcher.digests(lost)
+            dg.mark_enqueued(session, [job.digest_id for job in due_jobs])
+            digests = len(lost)
+
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             recover_stale(runtime, delivery_id, token)
             counts["stale"] += 1
-    if any(counts.values()):
+        for digest_id, token, called in dg.stale_claims(session, settings.claim_timeout):
+            recover_stale_digest(runtime, digest_id, token, called)
+            counts["stale"] += 1
+    if any(counts.values()) or digests:
         log.info(
-            "relay: %(events)d events, %(deliveries)d deliveries handed over, %(stale)d stale sends checked",
-            counts,
+            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
+            "%(stale)d stale sends checked",
+            {**counts, "digests": digests},
         )
     return counts
 
