@@ -50,7 +50,7 @@ class QuietHours(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:
-        if self.start == self.end:
+        if self.start == self.end:  # beyond JSON Schema: see tests/schemathesis.toml
             raise ValueError("start and end must differ")
         return self
 
@@ -68,7 +68,10 @@ class Preferences(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channels: dict[Category, Annotated[list[Channel], Field(max_length=len(ChannelKind))]] = Field(
+    channels: dict[
+        Category,
+        Annotated[list[Channel], Field(max_length=len(ChannelKind), json_schema_extra={"uniqueItems": True})],
+    ] = Field(
         default_factory=_all_channels,
         description="per event category, the channels the member may be told by; a channel left "
         "out is never used for that category (its delivery is `skipped`, reason `preference_off`)",
@@ -83,7 +86,9 @@ class Preferences(BaseModel):
     digest_hour: Annotated[StrictInt, Field(ge=0, le=23)] = Field(
         DIGEST_HOUR_DEFAULT, description="the local hour (0-23) the daily digest goes out at"
     )
-    digest_categories: Annotated[list[Category], Field(max_length=len(CATEGORIES))] = Field(
+    digest_categories: Annotated[
+        list[Category], Field(max_length=len(CATEGORIES), json_schema_extra={"uniqueItems": True})
+    ] = Field(
         default_factory=lambda: list(DIGEST_CATEGORIES_DEFAULT),
         description="the categories a member on digest gets in the digest (the rest at once)",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from careloop import preferences as prefs
 from careloop.models import ApiKey, Delivery, Event, Member, Notebook
 from careloop.vocabulary import DeliveryStatus
 
@@ -38,6 +39,14 @@ def member(m: Member) -> dict:
     }
 
 
+def preferences(m: Member, notebook_timezone: str) -> dict:
+    return {
+        "member_id": m.id,
+        "timezone": m.timezone or notebook_timezone,
+        **prefs.from_stored(m.preferences).model_dump(mode="json"),
+    }
+
+
 def api_key(k: ApiKey) -> dict:
     return {"id": k.id, "notebook_id": k.notebook_id, "name": k.name, "created_at": iso(k.created_at)}
 
@@ -57,6 +66,8 @@ def delivery(d: Delivery) -> dict:
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
         "next_attempt_at": iso(d.next_attempt_at) if d.status == DeliveryStatus.QUEUED else None,
+        "held_for": d.hold if d.status == DeliveryStatus.QUEUED else None,
+        "digest_id": d.digest_id,
         "sent_at": iso(d.sent_at),
         "delivered_at": iso(d.delivered_at),
     }

@@ -27,6 +27,7 @@ from careloop.service import (
     notebooks,
     openapi,
     pages,
+    preferences,
     redaction,
     twilio,
 )
@@ -97,6 +98,6 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     headers.init_app(app)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, events, deliveries, twilio, health, pages, member_pages):
+    for module in (notebooks, preferences, events, deliveries, twilio, health, pages, member_pages):
         app.register_blueprint(module.bp)
     return app
