@@ -492,3 +492,127 @@ def test_one_digest_with_two_workers_and_100_concurrent_low_priority_events(
     assert all(d.attempts == 1 for d in mine)
     with session_scope(pg_only_url) as session:
         assert session.get(Digest, digest.id).attempts == 1
+
+
+def _goal(api, nb, author, goal="Walks the length of the hall"):
+    return api.event(
+        nb["id"], "goal.updated", {"goal": goal, "status": "progress"}, author_member_id=author["id"]
+    )
+
+
+def _digest_mails(smtp):
+    return [m for m in smtp.messages if str(m["Message-ID"]).startswith("<dig_")]
+
+
+def test_a_daily_digest_goes_out_at_the_members_hour_and_a_later_event_waits_for_the_next_day(
+    loop, pg_only_url, smtp
+):
+    runtime, api = loop
+    morning = _utc(2027, 6, 1, 9, 0)  # 10:00 in London (BST)
+    six_pm = _utc(2027, 6, 1, 17, 0)
+    with time_machine.travel(morning, tick=True):
+        nb, mom, dad = _family(api, "Europe/London")
+        url = f"/v1/members/{mom['id']}/preferences"
+        assert api.client.put(url, json={"mode": "digest"}, headers=api.headers).status_code == 200
+        first, second = _goal(api, nb, dad), _goal(api, nb, dad, "Names five colours")
+        _run_worker(runtime)
+        rows = _deliveries(pg_only_url, member_id=mom["id"])
+        assert {(d.status, d.hold, d.next_attempt_at) for d in rows} == {("queued", "digest", six_pm)}
+        assert {d.event_id for d in rows} == {first["id"], second["id"]}
+        shown = api.get(f"/v1/events/{first['id']}")["deliveries"][0]
+        assert shown["held_for"] == "digest" and shown["digest_id"] == rows[0].digest_id
+    with time_machine.travel(six_pm - timedelta(seconds=30), tick=True):
+        _run_worker(runtime)
+        assert smtp.messages == []
+    with time_machine.travel(six_pm + timedelta(seconds=2), tick=True):
+        _run_worker(runtime)
+        (mail,) = smtp.messages
+        assert "2 updates" in mail["Subject"] and "Tue 1 Jun" in mail["Subject"]
+        text = mail.get_body(("plain",)).get_content()
+        assert text.count("A goal update") == 2 and "hall" not in text and "colours" not in text
+        # an event after her hour waits for tomorrow's digest
+        late = _goal(api, nb, dad, "Climbs three stairs")
+        _run_worker(runtime)
+        (d,) = _deliveries(pg_only_url, event_id=late["id"])
+        assert (d.status, d.next_attempt_at) == ("queued", six_pm + timedelta(days=1))
+        assert len(smtp.messages) == 1
+    with time_machine.travel(six_pm + timedelta(days=1, seconds=2), tick=True):
+        _run_worker(runtime)
+        assert len(smtp.messages) == 2 and "1 update" in smtp.messages[1]["Subject"]
+    sent = _deliveries(pg_only_url, member_id=mom["id"])
+    assert {d.status for d in sent} == {"sent"} and len({d.digest_id for d in sent}) == 2
+    with session_scope(pg_only_url) as session:
+        assert [(g.window, g.status) for g in session.scalars(select(Digest).order_by(Digest.window))] == [
+            ("2027-06-01", "sent"),
+            ("2027-06-02", "sent"),
+        ]
+
+
+def test_an_event_for_a_digest_already_going_out_joins_the_next_one(loop, pg_only_url):
+    runtime, api = loop
+    with time_machine.travel(_utc(2027, 6, 1, 9, 0), tick=True):
+        nb, mom, dad = _family(api, "Europe/London")
+        api.client.put(f"/v1/members/{mom['id']}/preferences", json={"mode": "digest"}, headers=api.headers)
+        _goal(api, nb, dad)
+        _run_worker(runtime)
+        with session_scope(pg_only_url) as session:  # its worker has taken it, as if its hour came
+            session.execute(update(Digest).values(status="sending", claim_token="elsewhere"))
+        later = _goal(api, nb, dad, "Another")
+        _run_worker(runtime)
+        (d,) = _deliveries(pg_only_url, event_id=later["id"])
+        with session_scope(pg_only_url) as session:
+            assert session.get(Digest, d.digest_id).window == "2027-06-02"
+        assert d.next_attempt_at == _utc(2027, 6, 2, 17, 0)
+
+
+def _due_digest(runtime, api, pg_only_url, events=2):
+    """A digest of ``events`` goal updates for mom, made due now and handed to RQ."""
+    from careloop.queues import DigestJob
+
+    nb, mom, dad = _family(api, "UTC")
+    api.client.put(f"/v1/members/{mom['id']}/preferences", json={"mode": "digest"}, headers=api.headers)
+    for i in range(events):
+        _goal(api, nb, dad, f"goal {i}")
+    _run_worker(runtime)
+    with session_scope(pg_only_url) as session:
+        session.execute(update(Digest).values(due_at=utcnow()))
+        (digest,) = session.scalars(select(Digest)).all()
+    runtime.dispatcher.digests([DigestJob(digest.id, "email", digest.due_at)])
+    return digest.id, mom
+
+
+def test_a_digest_refused_for_now_is_retried_and_sent_once(loop, pg_only_url, smtp):
+    runtime, api = loop
+    smtp.script("451 4.3.0 Try again later")
+    digest_id, mom = _due_digest(runtime, api, pg_only_url)
+
+    def sent():
+        _run_worker(runtime)
+        with session_scope(pg_only_url) as session:
+            return session.get(Digest, digest_id).status == "sent"
+
+    wait_until(sent, timeout=30, message="the digest sent on a retry")
+    assert len(smtp.messages) == 1 and len(smtp.refused) == 1
+    with session_scope(pg_only_url) as session:
+        assert session.get(Digest, digest_id).attempts == 2
+    rows = _deliveries(pg_only_url, member_id=mom["id"])
+    assert {(d.status, d.provider_id) for d in rows} == {("sent", str(smtp.messages[0]["Message-ID"]))}
+
+
+def test_a_digest_refused_for_good_fails_its_deliveries_and_each_can_be_sent_alone(loop, pg_only_url, smtp):
+    runtime, api = loop
+    smtp.script("550 5.1.1 No such mailbox")
+    digest_id, mom = _due_digest(runtime, api, pg_only_url)
+    _run_worker(runtime)
+    with session_scope(pg_only_url) as session:
+        assert session.get(Digest, digest_id).status == "failed"
+    rows = _deliveries(pg_only_url, member_id=mom["id"])
+    assert {d.status for d in rows} == {"failed"} and all("550" in d.error for d in rows)
+    response = api.client.post(f"/v1/deliveries/{rows[0].id}/retry", headers=api.headers)
+    assert response.status_code == 202, response.get_json()
+    _run_worker(runtime)
+    (alone,) = _deliveries(pg_only_url, id=rows[0].id)
+    assert (alone.status, alone.digest_id) == ("sent", None)
+    (mail,) = smtp.messages
+    assert str(mail["Message-ID"]).startswith(f"<{alone.id}.")  # its own message, not a digest
+    assert _deliveries(pg_only_url, id=rows[1].id)[0].status == "failed"

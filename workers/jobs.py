@@ -166,7 +166,7 @@ def _route(runtime: Runtime, event_id: str) -> int:
                     "round_attempts": 0,
                     "created_at": now,
                     "updated_at": now,
-                    "next_attempt_at": p.not_before or now,
+                    "next_attempt_at": _due(p, digest_of) or now,
                     "link_issued_at": now,
                     "hold": p.hold,
                     "digest_id": digest_of[(p.member_id, p.channel)][0] if p.digest_window else None,
@@ -246,6 +246,14 @@ def _open_digests(
                 later[(member_id, channel)] = prefs.slot_after(slot, zone, preferences[member_id])
         wanted = later
     return found
+
+
+def _due(p: PlannedDelivery, digest_of: dict[tuple[str, str], tuple[str, datetime]]) -> datetime | None:
+    """When a planned delivery may go: its digest's time (which may be the member's next one),
+    the end of quiet hours, or None (now)."""
+    if p.digest_window:
+        return digest_of[(p.member_id, p.channel)][1]
+    return p.not_before
 
 
 def _close_race(
