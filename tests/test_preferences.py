@@ -616,3 +616,13 @@ def test_a_digest_refused_for_good_fails_its_deliveries_and_each_can_be_sent_alo
     (mail,) = smtp.messages
     assert str(mail["Message-ID"]).startswith(f"<{alone.id}.")  # its own message, not a digest
     assert _deliveries(pg_only_url, id=rows[1].id)[0].status == "failed"
+
+
+def test_bypass_quiet_hours_in_a_rules_file_must_be_true_or_false():
+    from careloop.rules import RulesError
+
+    rule = {"name": "r", "when": {"type": "goal.updated"}, "notify": ["parent"], "channels": ["sms"]}
+    assert parse_rules({"rules": [rule]}).rules[0].bypass_quiet_hours is False
+    assert parse_rules({"rules": [{**rule, "bypass_quiet_hours": True}]}).rules[0].bypass_quiet_hours is True
+    with pytest.raises(RulesError, match="rule 'r': bypass_quiet_hours must be true or false"):
+        parse_rules({"rules": [{**rule, "bypass_quiet_hours": "yes"}]})
