@@ -121,6 +121,8 @@ def _route(runtime: Runtime, event_id: str) -> int:
             .order_by(Member.created_at, Member.id)
         ).all()
         notebook_zone = session.scalar(select(Notebook.timezone).where(Notebook.id == event.notebook_id))
+        zones = {m.id: m.timezone or notebook_zone for m in members}
+        preferences = {m.id: prefs.from_stored(m.preferences) for m in members}
         now = utcnow()
         urgent = is_urgent(event.type, event.data)
         planned = plan_deliveries(
@@ -138,16 +140,14 @@ def _route(runtime: Runtime, event_id: str) -> int:
                     email=m.email,
                     phone=m.phone,
                     active=m.active,
-                    timezone=m.timezone or notebook_zone,
-                    preferences=prefs.from_stored(m.preferences),
+                    timezone=zones[m.id],
+                    preferences=preferences[m.id],
                 )
                 for m in members
             ],
             runtime.rules,
             now,
         )
-        zones = {m.id: m.timezone or notebook_zone for m in members}
-        preferences = {m.id: prefs.from_stored(m.preferences) for m in members}
         digest_of = _open_digests(session, event.notebook_id, planned, zones, preferences)
         _insert_ignoring_duplicates(
             session,
@@ -230,7 +230,7 @@ def _open_digests(
         if p.digest_window and p.not_before
     }
     found: dict[tuple[str, str], tuple[str, datetime]] = {}
-    for _ in range(3):
+    for _ in range(7):  # once, or twice when its hour came as this event was routed
         if not wanted:
             break
         slots = [dg.Slot(notebook_id, m, c, s.window, s.due_at) for (m, c), s in wanted.items()]
@@ -245,6 +245,8 @@ def _open_digests(
                 zone = ZoneInfo(zones[member_id] or "UTC")
                 later[(member_id, channel)] = prefs.slot_after(slot, zone, preferences[member_id])
         wanted = later
+    if wanted:
+        raise RuntimeError(f"no open digest within a week for {sorted(wanted)}")
     return found
 
 
