@@ -260,6 +260,16 @@ def requeue(session: Session, digest_id: str, token: str, reason: str, delay: fl
     return due
 
 
+def forget_enqueued(session: Session) -> None:
+    """Every pending digest counts as never handed to the queue (the queue lost its data)."""
+    session.execute(
+        update(Digest)
+        .where(Digest.status == DigestStatus.PENDING)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def mark_enqueued(session: Session, digest_ids: list[str]) -> None:
     if digest_ids:
         session.execute(

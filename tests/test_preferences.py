@@ -626,3 +626,36 @@ def test_bypass_quiet_hours_in_a_rules_file_must_be_true_or_false():
     assert parse_rules({"rules": [{**rule, "bypass_quiet_hours": True}]}).rules[0].bypass_quiet_hours is True
     with pytest.raises(RulesError, match="rule 'r': bypass_quiet_hours must be true or false"):
         parse_rules({"rules": [{**rule, "bypass_quiet_hours": "yes"}]})
+
+
+def test_a_due_digest_whose_job_redis_lost_is_handed_over_by_the_relay_and_sent_once(
+    loop, pg_only_url, smtp, redis_conn
+):
+    runtime, api = loop
+    digest_id, mom = _due_digest(runtime, api, pg_only_url)
+    redis_conn.flushdb()  # Redis restarted empty: the digest's job is gone
+    _run_worker(runtime)  # the relay notices and hands it over; the worker sends it
+    _run_worker(runtime)
+    with session_scope(pg_only_url) as session:
+        assert session.get(Digest, digest_id).status == "sent"
+    assert len(_digest_mails(smtp)) == 1
+
+
+def test_a_digest_whose_worker_vanished_before_calling_the_provider_is_sent_once(loop, pg_only_url, smtp):
+    from careloop import digests as dg
+
+    runtime, api = loop
+    digest_id, mom = _due_digest(runtime, api, pg_only_url)
+    with session_scope(pg_only_url) as session:  # a worker claimed it, then died
+        assert dg.claim(session, digest_id, "dead-worker") == 1
+        assert len(dg.claim_deliveries(session, digest_id, "dead-worker")) == 2
+        long_ago = utcnow() - timedelta(seconds=runtime.settings.claim_timeout + 1)
+        session.execute(update(Digest).values(claimed_at=long_ago))
+        session.commit()
+    _run_worker(runtime)  # the job finds it taken; the relay finds the claim stale and frees it
+    _run_worker(runtime)
+    with session_scope(pg_only_url) as session:
+        digest = session.get(Digest, digest_id)
+        assert (digest.status, digest.attempts) == ("sent", 1)
+    assert len(_digest_mails(smtp)) == 1
+    assert {d.status for d in _deliveries(pg_only_url, member_id=mom["id"])} == {"sent"}

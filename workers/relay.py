@@ -106,11 +106,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
 
 
 def forget_hand_overs(session: Session) -> None:
-    """Redis lost its data: every pending event and queued delivery counts as never handed over,
-    so this sweep (and, for retries not yet due, the sweep when they are) hands it over."""
+    """Redis lost its data: every pending event, queued delivery and pending digest counts as never
+    handed over, so this sweep (and, for work not yet due, the sweep when it is) hands it over."""
     log.warning("the queue lost its data (Redis restarted empty, or flushed): handing all pending work over")
     session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
     dl.forget_enqueued(session)
+    dg.forget_enqueued(session)
     session.commit()
 
 
