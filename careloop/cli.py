@@ -1,4 +1,4 @@
-"""The ``careloop`` command: demo, worker, relay, db, rules, policy, deliveries."""
+"""The ``careloop`` command: demo, worker, relay, db, rules, policy, deliveries, keys."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ import threading
 from pathlib import Path
 
 import click
+from pydantic import TypeAdapter, ValidationError
 from rq.cli.cli import main as rq_main
 from sqlalchemy import select
 
-from careloop import serialize
+from careloop import access, audit, serialize
 from careloop.config.settings import get_settings
 from careloop.db import session_scope, upgrade
 from careloop.deliveries import retry_failed
+from careloop.events import Line200
 from careloop.handover import hand_over_deliveries
-from careloop.models import Delivery
+from careloop.models import ApiKey, Delivery
 from careloop.policy import PolicyError, load_policy
 from careloop.queues import queue_names
 from careloop.rules import RulesError, load_rules
 from careloop.runtime import ConfigurationError, Runtime
-from careloop.text import LOG_FORMAT, LogFormatter
+from careloop.text import LOG_FORMAT, LogFormatter, for_log
 from careloop.vocabulary import RETRYABLE_STATUSES, ChannelKind
 from careloop.workers import build_runtime
 from careloop.workers.relay import relay_once, run_relay
@@ -247,6 +249,101 @@ def deliveries_retry(delivery_ids: tuple[str, ...], all_failed: bool) -> None:
     runtime.close()
     if unknown:
         sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """API keys: mint (shown once), list (never the secret), revoke (at once)."""
+
+
+def _operator_did(session, action: str, status: int, key_id: str | None, notebook_ids: list[str]) -> None:
+    """The audit row of something done from the shell (one per notebook it touched)."""
+    for notebook_id in notebook_ids or [None]:
+        actor = audit.ActorType.OPERATOR
+        audit.record(
+            session, action, status=status, actor_type=actor, notebook_id=notebook_id, target_id=key_id
+        )
+
+
+@keys.command("create")
+@click.option(
+    "--notebook",
+    "notebook_ids",
+    multiple=True,
+    required=True,
+    help="The notebook it reaches; a clinic key: repeat for each notebook.",
+)
+@click.option("--name", required=True, help="What it is for: Dana's phone, clinic EHR.")
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in access.KeyRole]),
+    default=access.KeyRole.FAMILY.value,
+    show_default=True,
+    help="family, clinician or integration (one notebook); clinic (several).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The key as the API shows it, with its secret.")
+def keys_create(notebook_ids: tuple[str, ...], name: str, role: str, as_json: bool) -> None:
+    """Mint a key. Its secret is printed this once and stored only as a hash."""
+    role = access.KeyRole(role)
+    if role in access.NOTEBOOK_KEY_ROLES and len(notebook_ids) != 1:
+        _fail(f"a {role} key reaches one notebook: give --notebook once (or use --role clinic)")
+    try:
+        name = TypeAdapter(Line200).validate_python(name)  # the API's rule for names
+    except ValidationError as exc:
+        _fail(f"--name: {exc.errors()[0]['msg']}")
+    with session_scope(get_settings().database_url) as session:
+        try:
+            if role in access.NOTEBOOK_KEY_ROLES:
+                key, secret = access.create_key(session, name=name, role=role, notebook_id=notebook_ids[0])
+            else:
+                key, secret = access.create_key(session, name=name, role=role, notebook_ids=notebook_ids)
+        except access.UnknownNotebooks as unknown:
+            _fail(f"no such notebook: {', '.join(notebook_ids[i] for i in unknown.positions)}")
+        reached = access.notebooks_of(session, key)
+        _operator_did(session, "cli.keys_create", 201, key.id, reached)
+        shown = {**serialize.api_key(key, reached), "key": secret}
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    click.echo(f"{shown['id']}  {role}  {', '.join(reached)}")
+    click.echo(f"key (shown this once, keep it safe): {secret}")
+
+
+@keys.command("list")
+@click.option("--notebook", "notebook_id", help="Only the keys reaching this notebook.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def keys_list(notebook_id: str | None, as_json: bool) -> None:
+    """List working keys, oldest first (never their secrets)."""
+    with session_scope(get_settings().database_url) as session:
+        rows = access.keys_reaching(session, notebook_id) if notebook_id else access.all_keys(session)
+        shown = [serialize.api_key(k, access.notebooks_of(session, k)) for k in rows]
+        _operator_did(session, "cli.keys_list", 200, None, [notebook_id] if notebook_id else [])
+    for key in shown:
+        if as_json:
+            click.echo(json.dumps(key))
+        else:
+            used = key["last_used_at"] or "never used"
+            reach = ",".join(key["notebook_ids"])
+            click.echo(
+                f"{key['id']}  {key['role']:<11} {for_log(key['name'])}  notebooks={reach}"
+                f"  created={key['created_at']}  last used={used}"
+            )
+    if not shown and not as_json:
+        click.echo("no keys")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--notebook", "notebook_id", help="Only for this notebook (a clinic key keeps its others).")
+def keys_revoke(key_id: str, notebook_id: str | None) -> None:
+    """Revoke a key: its next request is refused (401; a clinic key taken off one notebook: 404 there)."""
+    with session_scope(get_settings().database_url) as session:
+        key = session.get(ApiKey, key_id)
+        reached = access.notebooks_of(session, key) if key is not None else []
+        if not access.revoke(session, key_id, notebook_id=notebook_id):
+            _fail(f"{key_id}: no such working key" + (f" on {notebook_id}" if notebook_id else ""))
+        _operator_did(session, "cli.keys_revoke", 200, key_id, [notebook_id] if notebook_id else reached)
+    click.echo(f"{key_id}: revoked" + (f" on {notebook_id}" if notebook_id else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,16 +89,60 @@ class Member(Base):
 
 
 class ApiKey(Base):
-    """A notebook-scoped API key. Only a SHA-256 of the secret is stored."""
+    """An API key with a role (careloop.access). Only a SHA-256 of the secret is stored.
+
+    A notebook key (family, clinician, integration) names its notebook in ``notebook_id``; a
+    clinic key has none there and reaches the notebooks listed in ``api_key_notebooks``.
+    """
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
-    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"), index=True)
+    notebook_id: Mapped[str | None] = mapped_column(
+        ForeignKey("notebooks.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16), default="family", server_default="family")
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Written at most once a minute per key (careloop.access.LAST_USED_RESOLUTION).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKeyNotebook(Base):
+    """A notebook a clinic key reaches (one row per notebook)."""
+
+    __tablename__ = "api_key_notebooks"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    notebook_id: Mapped[str] = mapped_column(
+        ForeignKey("notebooks.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """One line of the audit log: who did what to which notebook's data, from where, and how
+    it ended. Append-only: no code updates or deletes a row, and on both databases a trigger
+    refuses UPDATE and DELETE (migration 0004). Ids and action names only, never PHI.
+
+    ``notebook_id`` is deliberately no foreign key: the log outlives what it describes.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_notebook_at", "notebook_id", "at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("aud"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    notebook_id: Mapped[str | None] = mapped_column(String(40))
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str | None] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(64))
+    target_id: Mapped[str | None] = mapped_column(String(40))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(64))
 
 
 class Event(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from careloop import preferences as prefs
-from careloop.models import ApiKey, Delivery, Event, Member, Notebook
+from careloop.models import ApiKey, AuditEntry, Delivery, Event, Member, Notebook
 from careloop.vocabulary import DeliveryStatus
 
 
@@ -47,8 +47,37 @@ def preferences(m: Member, notebook_timezone: str) -> dict:
     }
 
 
-def api_key(k: ApiKey) -> dict:
-    return {"id": k.id, "notebook_id": k.notebook_id, "name": k.name, "created_at": iso(k.created_at)}
+def member_summary(m: Member) -> dict:
+    """A member without contact details (what an integration key sees)."""
+    return {"id": m.id, "notebook_id": m.notebook_id, "name": m.name, "role": m.role, "active": m.active}
+
+
+def api_key(k: ApiKey, notebook_ids: list[str]) -> dict:
+    """A key without its secret (only its hash is stored); ``notebook_ids``: what it reaches."""
+    return {
+        "id": k.id,
+        "notebook_id": k.notebook_id,
+        "notebook_ids": notebook_ids,
+        "name": k.name,
+        "role": k.role,
+        "created_at": iso(k.created_at),
+        "last_used_at": iso(k.last_used_at),
+    }
+
+
+def audit_entry(a: AuditEntry) -> dict:
+    return {
+        "id": a.id,
+        "at": iso(a.at),
+        "notebook_id": a.notebook_id,
+        "actor_type": a.actor_type,
+        "actor_id": a.actor_id,
+        "action": a.action,
+        "target_id": a.target_id,
+        "remote_addr": a.remote_addr,
+        "status": a.status,
+        "reason": a.reason,
+    }
 
 
 def delivery(d: Delivery) -> dict:

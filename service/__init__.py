@@ -16,6 +16,8 @@ from careloop import db
 from careloop.config.settings import Settings, get_settings
 from careloop.runtime import Runtime
 from careloop.service import (
+    audit_log,
+    audit_trail,
     deliveries,
     docs,
     errors,
@@ -23,6 +25,7 @@ from careloop.service import (
     guards,
     headers,
     health,
+    keys,
     member_pages,
     notebooks,
     openapi,
@@ -96,8 +99,11 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     errors.init_app(app)
     guards.init_app(app)
     headers.init_app(app)
+    audit_trail.init_app(app)
     docs.init_app(app)
     openapi.init_app(app)
-    for module in (notebooks, preferences, events, deliveries, twilio, health, pages, member_pages):
+    for module in (
+        notebooks, preferences, keys, events, deliveries, audit_log, twilio, health, pages, member_pages
+    ):
         app.register_blueprint(module.bp)
     return app

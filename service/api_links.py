@@ -15,6 +15,8 @@ FROM_NOTEBOOK = {
     "GetNotebook": _link("getNotebook", "The notebook just created", notebook_id=_NOTEBOOK),
     "UpdateNotebook": _link("updateNotebook", "Change it", notebook_id=_NOTEBOOK),
     "CreateKey": _link("createKey", "A key for it", notebook_id=_NOTEBOOK),
+    "ListKeys": _link("listKeys", "The keys that reach it", notebook_id=_NOTEBOOK),
+    "ListAudit": _link("listAudit", "Its audit log", notebook_id=_NOTEBOOK),
     "CreateMember": _link("createMember", "A member of its team", notebook_id=_NOTEBOOK),
     "ListMembers": _link("listMembers", "Its team", notebook_id=_NOTEBOOK),
     "CreateEvent": _link("createEvent", "An event in it", notebook_id=_NOTEBOOK),
@@ -65,4 +67,17 @@ FROM_DELIVERY = {
     "GetDelivery": _link("getDelivery", "The delivery as it is now", delivery_id="$response.body#/id"),
     "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/id"),
     "GetEvent": _link("getEvent", "The event it belongs to", event_id="$response.body#/event_id"),
+}
+FROM_CREATED_KEY = {
+    "RevokeKey": _link(
+        "revokeKey",
+        "Revoke the key just made",
+        notebook_id="$response.body#/notebook_id",
+        key_id="$response.body#/id",
+    ),
+    "ListKeys": _link("listKeys", "The notebook's keys", notebook_id="$response.body#/notebook_id"),
+}
+FROM_CLINIC_KEY = {
+    "RevokeAnyKey": _link("revokeAnyKey", "Revoke the key just made", key_id="$response.body#/id"),
+    "ListKeys": _link("listKeys", "The first notebook's keys", notebook_id="$response.body#/notebook_ids/0"),
 }

@@ -7,11 +7,13 @@ from flask import current_app, g
 from sqlalchemy import and_, or_, select
 
 from careloop import serialize
+from careloop.access import Action
 from careloop.deliveries import retry_failed
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.service import api_links
-from careloop.service.auth import auth, principal
+from careloop.service.audit_trail import trail
+from careloop.service.auth import auth, notebook_or_404, principal, reach_or_404
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import DeliveriesQuery, DeliveryList, DeliveryOut
 from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
@@ -19,11 +21,8 @@ from careloop.vocabulary import RETRYABLE_STATUSES, DeliveryStatus
 bp = APIBlueprint("deliveries", __name__, url_prefix="/v1", tag="Deliveries")
 
 
-def _delivery_or_404(delivery_id: str) -> Delivery:
-    delivery = g.db.get(Delivery, delivery_id)
-    if delivery is None or not principal().may_reach(delivery.notebook_id):
-        abort(404, "delivery not found")
-    return delivery
+def _delivery_or_404(delivery_id: str, action: Action = Action.READ_DELIVERIES) -> Delivery:
+    return reach_or_404(Delivery, delivery_id, action, "delivery")
 
 
 @bp.get("/deliveries")
@@ -36,14 +35,14 @@ def _delivery_or_404(delivery_id: str) -> Delivery:
     responses={404: "A notebook key asked for another notebook's deliveries"},
 )
 def list_deliveries(query: DeliveriesQuery):
-    who = principal()
     stmt = select(Delivery)
-    if not who.admin:
-        if query.notebook_id and query.notebook_id != who.notebook_id:
-            abort(404, "notebook not found")
-        stmt = stmt.where(Delivery.notebook_id == who.notebook_id)
-    elif query.notebook_id:
+    reachable = principal().notebooks_for(Action.READ_DELIVERIES)  # None: every notebook (admin)
+    if query.notebook_id:
+        notebook_or_404(query.notebook_id, Action.READ_DELIVERIES)
         stmt = stmt.where(Delivery.notebook_id == query.notebook_id)
+    elif reachable is not None:
+        stmt = stmt.where(Delivery.notebook_id.in_(sorted(reachable)))
+        trail().notebook_ids = sorted(reachable)
     if query.status:
         stmt = stmt.where(Delivery.status == query.status)
     if query.cursor:
@@ -90,7 +89,7 @@ def get_delivery(delivery_id: str):
     },
 )
 def retry_delivery(delivery_id: str):
-    delivery = _delivery_or_404(delivery_id)
+    delivery = _delivery_or_404(delivery_id, Action.RETRY_DELIVERIES)
     if delivery.status == DeliveryStatus.SKIPPED:
         abort(409, f"this delivery was skipped ({delivery.error}); fix the member and record the event again")
     if delivery.status not in RETRYABLE_STATUSES:

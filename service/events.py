@@ -9,11 +9,13 @@ from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
 from careloop import serialize
+from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event
 from careloop.models import Delivery, Event
 from careloop.service import api_links
-from careloop.service.auth import auth, notebook_or_404, principal
+from careloop.service.audit_trail import trail
+from careloop.service.auth import auth, before_the_body, notebook_or_404, reach_or_404
 from careloop.service.pagination import decode_cursor, encode_cursor
 from careloop.service.schemas import EventAccepted, EventIn, EventList, EventsQuery, EventWithDeliveries
 
@@ -53,6 +55,7 @@ def _idempotency_key() -> str | None:
 
 @bp.post("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
+@before_the_body(Action.RECORD_EVENTS)
 @bp.input(EventIn, arg_name="body")
 @bp.output(EventAccepted, status_code=202, links=api_links.FROM_ACCEPTED_EVENT)
 @bp.doc(
@@ -70,7 +73,7 @@ def _idempotency_key() -> str | None:
     },
 )
 def create_event(notebook_id: str, body: EventIn):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.RECORD_EVENTS)
     key = _idempotency_key()
     item = body.root
     try:
@@ -87,6 +90,7 @@ def create_event(notebook_id: str, body: EventIn):
         abort(422, "Validation error", detail={"json": {exc.field: [exc.message]}})
     except IdempotencyConflict:
         abort(409, "this Idempotency-Key was used with a different request body")
+    trail().target_id = event.id
     if created:
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, [event.id])
     headers = {"Location": f"/v1/events/{event.id}"}
@@ -97,11 +101,12 @@ def create_event(notebook_id: str, body: EventIn):
 
 @bp.get("/notebooks/<id:notebook_id>/events")
 @bp.auth_required(auth)
+@before_the_body(Action.READ_EVENTS)
 @bp.input(EventsQuery, location="query", arg_name="query")
 @bp.output(EventList, links=api_links.FROM_EVENTS)
 @bp.doc(operation_id="listEvents", summary="List events, newest first (by occurred_at)", responses=[404])
 def list_events(notebook_id: str, query: EventsQuery):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.READ_EVENTS)
     stmt = select(Event).where(Event.notebook_id == notebook.id)
     if query.type:
         stmt = stmt.where(Event.type == query.type)
@@ -124,9 +129,7 @@ def list_events(notebook_id: str, query: EventsQuery):
 @bp.output(EventWithDeliveries, links=api_links.FROM_EVENT)
 @bp.doc(operation_id="getEvent", summary="Get an event with its deliveries", responses=[404])
 def get_event(event_id: str):
-    event = g.db.get(Event, event_id)
-    if event is None or not principal().may_reach(event.notebook_id):
-        abort(404, "event not found")
+    event = reach_or_404(Event, event_id, Action.READ_EVENTS, "event")
     deliveries = g.db.scalars(
         select(Delivery).where(Delivery.event_id == event.id).order_by(Delivery.created_at, Delivery.id)
     ).all()

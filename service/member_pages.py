@@ -21,6 +21,7 @@ from datetime import datetime
 from flask import Blueprint, current_app, g, render_template
 from werkzeug.exceptions import HTTPException
 
+from careloop.audit import ActorType
 from careloop.events import CHECKIN_TYPES, EventType
 from careloop.links import LinkRefused
 from careloop.messages import (
@@ -33,6 +34,7 @@ from careloop.messages import (
     local_time,
 )
 from careloop.models import Delivery, Event, Member, Notebook
+from careloop.service.audit_trail import trail
 from careloop.service.pages import private_page
 from careloop.vocabulary import ChannelKind, DeliveryStatus
 
@@ -54,12 +56,25 @@ def per_ip_limit(view: Callable) -> Callable:
     return view
 
 
-def record_view(outcome: str, *, member_id: str | None = None, event_id: str | None = None) -> None:
-    """Record a member-link view in the audit log. WIRE-IN (issue #10, audit log): call
-    ``careloop.audit.record(...)`` here with who (the member, when known), what (the event),
-    from where (the client address) and the outcome; the one call site for every view and
-    every refusal. Never pass the token."""
+def record_view(
+    outcome: str,
+    *,
+    member_id: str | None = None,
+    event_id: str | None = None,
+    notebook_id: str | None = None,
+) -> None:
+    """Record a member-link view in the audit log: who (the member, when known), what (the
+    event), whose (the notebook), from where and how it ended (the page's status, written
+    after the page by ``careloop.service.audit_trail``); the one call site for every view and
+    every refusal. Never the token."""
     log.info("member link %s: member=%s event=%s", outcome, member_id or "-", event_id or "-")
+    seen = trail()
+    seen.action = "member_link.view"
+    if member_id:
+        seen.actor_type, seen.actor_id = ActorType.MEMBER, member_id
+    seen.target_id = event_id
+    seen.notebook_ids = [notebook_id] if notebook_id else []
+    seen.reason = None if outcome == "viewed" else outcome.removeprefix("refused: ")
 
 
 # --- Pages ----------------------------------------------------------------------------------------
@@ -102,15 +117,16 @@ def open_link(token: str):
     if delivery is None or member is None:
         record_view("refused: no such delivery or member")
         return _gone()
+    nb_id = member.notebook_id
     if not member.active or member.link_generation != claim.generation:
-        record_view("refused: revoked", member_id=member.id, event_id=delivery.event_id)
+        record_view("refused: revoked", member_id=member.id, event_id=delivery.event_id, notebook_id=nb_id)
         return _gone()
     event = g.db.get(Event, delivery.event_id)
     notebook = g.db.get(Notebook, delivery.notebook_id)
     if event is None or notebook is None:
-        record_view("refused: no such event", member_id=member.id)
+        record_view("refused: no such event", member_id=member.id, notebook_id=member.notebook_id)
         return _gone()
-    record_view("viewed", member_id=member.id, event_id=event.id)
+    record_view("viewed", member_id=member.id, event_id=event.id, notebook_id=notebook.id)
     page = _event_page(runtime, event, notebook, member)
     page["expires"] = local_date(runtime.links.expires_at(claim.issued_at), page["zone"])
     return private_page(current_app.make_response(render_template("member/event.html", **page)))

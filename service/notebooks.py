@@ -1,18 +1,18 @@
-"""Notebooks, their API keys, and the team directory (members)."""
+"""Notebooks and the team directory (members). Keys: ``careloop.service.keys``."""
 
 from __future__ import annotations
 
-from apiflask import APIBlueprint, abort
+from apiflask import APIBlueprint
 from flask import g
 from sqlalchemy import select
 
 from careloop import links, serialize
-from careloop.models import ApiKey, Member, Notebook, utcnow
+from careloop.access import Action
+from careloop.models import Member, Notebook, utcnow
 from careloop.service import api_links
-from careloop.service.auth import ADMIN, auth, hash_key, mint_key, notebook_or_404, principal
+from careloop.service.audit_trail import trail
+from careloop.service.auth import ADMIN, auth, before_the_body, notebook_or_404, principal, reach_or_404
 from careloop.service.schemas import (
-    CreatedKeyOut,
-    KeyIn,
     LinksRevokedOut,
     MemberIn,
     MemberList,
@@ -39,6 +39,7 @@ def create_notebook(body: NotebookIn):
     notebook = Notebook(**body.model_dump())
     g.db.add(notebook)
     g.db.commit()
+    trail().notebook_ids = [notebook.id]
     return serialize.notebook(notebook), 201
 
 
@@ -52,6 +53,7 @@ def get_notebook(notebook_id: str):
 
 @bp.patch("/notebooks/<id:notebook_id>")
 @bp.auth_required(auth)
+@before_the_body(Action.CHANGE_NOTEBOOK)
 @bp.input(NotebookPatch, arg_name="body")
 @bp.output(NotebookOut)
 @bp.doc(
@@ -62,7 +64,7 @@ def get_notebook(notebook_id: str):
     responses=[404],
 )
 def patch_notebook(notebook_id: str, body: NotebookPatch):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.CHANGE_NOTEBOOK)
     changes = body.model_dump(include=body.model_fields_set)
     for name, value in changes.items():
         setattr(notebook, name, value)
@@ -70,26 +72,9 @@ def patch_notebook(notebook_id: str, body: NotebookPatch):
     return serialize.notebook(notebook)
 
 
-@bp.post("/notebooks/<id:notebook_id>/keys")
-@bp.auth_required(auth, roles=[ADMIN])
-@bp.input(KeyIn, arg_name="body")
-@bp.output(CreatedKeyOut, status_code=201)
-@bp.doc(
-    operation_id="createKey",
-    summary="Mint a key for this notebook only (admin key); the key is shown once",
-    responses={201: "Created: `key` is shown this once", 403: "Not the admin key"},
-)
-def create_key(notebook_id: str, body: KeyIn):
-    notebook = notebook_or_404(notebook_id)
-    secret = mint_key()
-    key = ApiKey(notebook_id=notebook.id, name=body.name, key_hash=hash_key(secret))
-    g.db.add(key)
-    g.db.commit()
-    return {**serialize.api_key(key), "key": secret}, 201
-
-
 @bp.post("/notebooks/<id:notebook_id>/members")
 @bp.auth_required(auth)
+@before_the_body(Action.CHANGE_MEMBERS)
 @bp.input(MemberIn, arg_name="body")
 @bp.output(MemberOut, status_code=201, links=api_links.FROM_MEMBER)
 @bp.doc(
@@ -98,27 +83,38 @@ def create_key(notebook_id: str, body: KeyIn):
     responses={201: "Created", 404: "No such notebook"},
 )
 def create_member(notebook_id: str, body: MemberIn):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.CHANGE_MEMBERS)
     member = Member(notebook_id=notebook.id, **body.model_dump())
     g.db.add(member)
     g.db.commit()
+    trail().target_id = member.id
     return serialize.member(member), 201
 
 
 @bp.get("/notebooks/<id:notebook_id>/members")
 @bp.auth_required(auth)
 @bp.output(MemberList, links=api_links.FROM_MEMBERS)
-@bp.doc(operation_id="listMembers", summary="List the care team", responses=[404])
+@bp.doc(
+    operation_id="listMembers",
+    summary="List the care team",
+    description="An integration key gets each member's id, name, role and whether they are active: "
+    "never a phone number or an email.",
+    responses=[404],
+)
 def list_members(notebook_id: str):
-    notebook = notebook_or_404(notebook_id)
+    notebook = notebook_or_404(notebook_id, Action.READ_MEMBERS)
     members = g.db.scalars(
         select(Member).where(Member.notebook_id == notebook.id).order_by(Member.created_at, Member.id)
     ).all()
-    return {"items": [serialize.member(m) for m in members]}
+    # An integration key sees who is on the team, never how to reach them.
+    with_contacts = principal().may(Action.READ_CONTACTS, notebook.id)
+    shape = serialize.member if with_contacts else serialize.member_summary
+    return {"items": [shape(m) for m in members]}
 
 
 @bp.patch("/members/<id:member_id>")
 @bp.auth_required(auth)
+@before_the_body(Action.CHANGE_MEMBERS, Member, "member_id", "member")
 @bp.input(MemberPatch, arg_name="body")
 @bp.output(MemberOut)
 @bp.doc(
@@ -127,9 +123,7 @@ def list_members(notebook_id: str):
     responses=[404],
 )
 def patch_member(member_id: str, body: MemberPatch):
-    member = g.db.get(Member, member_id)
-    if member is None or not principal().may_reach(member.notebook_id):
-        abort(404, "member not found")
+    member = reach_or_404(Member, member_id, Action.CHANGE_MEMBERS, "member")
     changes = body.model_dump(include=body.model_fields_set)
     deactivated = member.active and changes.get("active") is False
     for name, value in changes.items():
@@ -152,9 +146,7 @@ def patch_member(member_id: str, body: MemberPatch):
     responses=[404],
 )
 def revoke_member_links(member_id: str):
-    member = g.db.get(Member, member_id)
-    if member is None or not principal().may_reach(member.notebook_id):
-        abort(404, "member not found")
+    member = reach_or_404(Member, member_id, Action.CHANGE_MEMBERS, "member")
     links.revoke(g.db, member.id)
     g.db.commit()
     return {"member_id": member.id, "revoked_at": serialize.iso(utcnow())}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from apiflask import APIBlueprint, abort
+from apiflask import APIBlueprint
 from flask import g
 
 from careloop import serialize
+from careloop.access import Action
 from careloop.models import Member, Notebook
 from careloop.service import api_links
-from careloop.service.auth import auth, principal
+from careloop.service.auth import auth, before_the_body, reach_or_404
 from careloop.service.schemas import PreferencesIn, PreferencesOut
 
 bp = APIBlueprint("preferences", __name__, url_prefix="/v1", tag="Members")
@@ -24,13 +25,6 @@ DESCRIPTION = (
 )
 
 
-def _member_or_404(member_id: str) -> Member:
-    member = g.db.get(Member, member_id)
-    if member is None or not principal().may_reach(member.notebook_id):
-        abort(404, "member not found")
-    return member
-
-
 def _answer(member: Member) -> dict:
     notebook = g.db.get(Notebook, member.notebook_id)
     return serialize.preferences(member, notebook.timezone)
@@ -42,15 +36,17 @@ def _answer(member: Member) -> dict:
 @bp.doc(
     operation_id="getMemberPreferences",
     summary="How and when a member hears about events",
-    description=DESCRIPTION,
+    description=DESCRIPTION + " How a member is reached is not for an integration key: it gets 404.",
     responses=[404],
 )
 def get_preferences(member_id: str):
-    return _answer(_member_or_404(member_id))
+    # how to reach someone, like their phone number: not for an integration key
+    return _answer(reach_or_404(Member, member_id, Action.READ_CONTACTS, "member"))
 
 
 @bp.put("/members/<id:member_id>/preferences")
 @bp.auth_required(auth)
+@before_the_body(Action.CHANGE_MEMBERS, Member, "member_id", "member")
 @bp.input(PreferencesIn, arg_name="body")
 @bp.output(PreferencesOut, links=api_links.FROM_PREFERENCES)
 @bp.doc(
@@ -61,7 +57,7 @@ def get_preferences(member_id: str):
     responses=[404],
 )
 def put_preferences(member_id: str, body: PreferencesIn):
-    member = _member_or_404(member_id)
+    member = reach_or_404(Member, member_id, Action.CHANGE_MEMBERS, "member")
     member.preferences = body.model_dump(mode="json")
     g.db.commit()
     return _answer(member)

@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
+from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.preferences import Category, Channel, Preferences, QuietHours
@@ -52,6 +54,8 @@ Email = Annotated[
     AfterValidator(normalize_email),
 ]
 NotebookId = identifier()
+MAX_CLINIC_NOTEBOOKS = 500
+"""Notebooks one clinic key may be given at once."""
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
 """A role, documented inline as an enum of its values."""
 
@@ -80,8 +84,25 @@ class NotebookPatch(_In):
     email_detail: StrictBool = None  # type: ignore[assignment]
 
 
+NotebookKeyRole = Literal[tuple(r.value for r in NOTEBOOK_KEY_ROLES)]  # type: ignore[valid-type]
+KeyRoleName = Literal[tuple(r.value for r in KeyRole)]  # type: ignore[valid-type]
+
+
 class KeyIn(_In):
     name: Line200
+    role: NotebookKeyRole = Field(
+        KeyRole.FAMILY.value,
+        description="family: everything on the notebook; clinician: events, members with contact "
+        "details, deliveries; integration: events and delivery status, members without contact details",
+    )
+
+
+class ClinicKeyIn(_In):
+    name: Line200
+    role: Literal["clinic"] = Field("clinic", description="a clinic key: what a clinician may, on each")
+    notebook_ids: list[NotebookId] = Field(
+        min_length=1, max_length=MAX_CLINIC_NOTEBOOKS, description="the notebooks the key reaches"
+    )
 
 
 class MemberIn(_In):
@@ -208,13 +229,20 @@ class NotebookOut(_Out):
 
 class KeyOut(_Out):
     id: str
-    notebook_id: str
+    notebook_id: str | None = Field(description="the notebook a notebook key belongs to; null: a clinic key")
+    notebook_ids: list[str] = Field(description="the notebooks the key reaches")
     name: str
+    role: KeyRoleName
     created_at: DateTimeText
+    last_used_at: DateTimeText | None = Field(description="when it was last used, to the minute")
 
 
 class CreatedKeyOut(KeyOut):
     key: str = Field(description="the secret: shown this once, stored only as a hash")
+
+
+class KeyList(_Out):
+    items: list[KeyOut]
 
 
 class MemberOut(_Out):
@@ -230,8 +258,20 @@ class MemberOut(_Out):
     updated_at: DateTimeText
 
 
+class MemberSummaryOut(_Out):
+    """A member as an integration key sees them: never a phone number or an email."""
+
+    id: str
+    notebook_id: str
+    name: str
+    role: RoleName
+    active: bool
+
+
 class MemberList(_Out):
-    items: list[MemberOut]
+    items: list[MemberOut | MemberSummaryOut] = Field(
+        description="with contact details, or (for an integration key) without them"
+    )
 
 
 class LinksRevokedOut(_Out):
@@ -306,6 +346,29 @@ class EventWithDeliveries(EventOut):
 
 class EventList(_Out):
     items: list[EventOut]
+    next_cursor: str | None
+
+
+class AuditQuery(_In):
+    limit: int = Field(50, ge=1, le=500)
+    cursor: Cursor | None = None
+
+
+class AuditEntryOut(_Out):
+    id: str
+    at: DateTimeText
+    notebook_id: str | None
+    actor_type: Literal[tuple(a.value for a in ActorType)]  # type: ignore[valid-type]
+    actor_id: str | None = Field(description="the key's or member's id; null for the admin and for no key")
+    action: str = Field(description="what was asked: the API operation (`events.create_event`), …")
+    target_id: str | None = Field(description="the record acted on")
+    remote_addr: str | None
+    status: int = Field(description="how it ended: the answer's HTTP status")
+    reason: str | None = Field(description="why it was refused: `no key`, `revoked key`, `out of reach`, …")
+
+
+class AuditList(_Out):
+    items: list[AuditEntryOut]
     next_cursor: str | None
 
 

@@ -7,10 +7,14 @@ from functools import wraps
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
+from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
+from careloop.audit import ActorType
 from careloop.deliveries import apply_provider_status
 from careloop.integrations.sms_twilio import TWILIO_STATUSES
+from careloop.models import Delivery
+from careloop.service.audit_trail import trail
 from careloop.service.schemas import TwilioStatusForm, TwilioStatusQuery
 from careloop.text import for_log
 
@@ -33,12 +37,16 @@ def _signed_by_twilio(view):
     @wraps(view)
     def checked(*args, **kwargs):
         settings = current_app.extensions["careloop"].settings
+        seen = trail()  # every callback is audited, the refused ones too
         if not settings.twilio_auth_token:
+            seen.reason = "twilio not configured"
             abort(404, "Twilio is not configured")
         validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
         signature = request.headers.get("X-Twilio-Signature", "")
         if not validator.validate(_public_url(), request.form.to_dict(), signature):
+            seen.reason = "bad signature"
             abort(403, "invalid Twilio signature")
+        seen.actor_type = ActorType.TWILIO
         return view(*args, **kwargs)
 
     return checked
@@ -70,6 +78,10 @@ def status_callback(query: TwilioStatusQuery, form: TwilioStatusForm):
     changed = mapped is not None and apply_provider_status(
         g.db, query.delivery, form.MessageSid, mapped, reason, attempt=attempt
     )
+    seen = trail()
+    seen.target_id = query.delivery
+    notebook_id = g.db.scalar(select(Delivery.notebook_id).where(Delivery.id == query.delivery))
+    seen.notebook_ids = [notebook_id] if notebook_id else []
     log.info(
         "twilio status %s for delivery %s (%s)",
         for_log(status),

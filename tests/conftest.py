@@ -47,8 +47,8 @@ pid, so two test runs on one machine never share or drop each other's data)."""
 ADMIN_KEY = "test-admin-key-" + uuid.uuid4().hex
 
 DB_TABLES = (
-    "digests", "deliveries", "outbox", "checkins", "events", "api_keys", "members", "notebooks",
-    "instance_secrets",
+    "digests", "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "members",
+    "notebooks", "instance_secrets", "audit_log",
 )
 
 

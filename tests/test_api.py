@@ -299,21 +299,31 @@ def test_notebook_key_reaches_its_notebook_only(app, client, api, team, other):
     ]
 
 
+NEW_NOTEBOOK = {"name": "Mine", "child_name": "Kid", "timezone": "UTC"}
+
+
 @pytest.mark.parametrize(
-    "method, url, body",
+    "role, method, url, body, status",
     [
-        ("post", "/v1/notebooks", {"name": "Mine", "child_name": "Kid", "timezone": "UTC"}),
-        ("post", "/v1/notebooks/{own}/keys", {"name": "another"}),
-        ("post", "/v1/notebooks/{foreign}/keys", {"name": "theirs"}),
+        # Only the admin creates notebooks: 403, before the body is read.
+        ("family", "post", "/v1/notebooks", NEW_NOTEBOOK, 403),
+        ("clinician", "post", "/v1/notebooks", NEW_NOTEBOOK, 403),
+        # Issue #10: a family key mints keys for its own notebook (tests/test_access.py); no other
+        # role does, and no key does for another notebook — 404, as if there were no notebook.
+        ("clinician", "post", "/v1/notebooks/{own}/keys", {"name": "another"}, 404),
+        ("integration", "post", "/v1/notebooks/{own}/keys", {"name": "another"}, 404),
+        ("family", "post", "/v1/notebooks/{foreign}/keys", {"name": "theirs"}, 404),
     ],
 )
-def test_notebook_key_cannot_create_notebooks_or_mint_keys(app, client, api, team, other, method, url, body):
+def test_notebook_key_cannot_create_notebooks_or_mint_keys(
+    app, client, api, team, other, role, method, url, body, status
+):
     own_nb, _ = team
-    key = bearer(mint(api, own_nb["id"])["key"])
+    key = bearer(api.post(f"/v1/notebooks/{own_nb['id']}/keys", {"name": "k", "role": role})["key"])
     response = getattr(client, method)(
         url.format(own=own_nb["id"], foreign=other["notebook"]["id"]), json=body, headers=key
     )
-    assert_json_error(response, 403, "forbidden")
+    assert_json_error(response, status, "forbidden" if status == 403 else "not_found")
     with db_session(app) as session:
         assert session.scalar(text("SELECT count(*) FROM notebooks")) == 2
         assert session.scalar(text("SELECT count(*) FROM api_keys")) == 1

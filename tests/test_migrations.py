@@ -20,7 +20,7 @@ from tests.conftest import PG_ADMIN_URL, close_app
 
 TABLES = {
     "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets",
-    "digests",
+    "api_key_notebooks", "audit_log", "digests",
 }
 
 

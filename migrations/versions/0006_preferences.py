@@ -2,7 +2,7 @@
 deliveries.digest_id, the digests table
 
 Revision ID: 0006_preferences
-Revises: 0003
+Revises: 0004_keys_roles_audit
 Create Date: 2026-11-29 12:00:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_preferences"
-down_revision = "0003"
+down_revision = "0004_keys_roles_audit"
 branch_labels = None
 depends_on = None
 
