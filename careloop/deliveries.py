@@ -402,6 +402,21 @@ def stale_claims(session: Session, claim_timeout: float, limit: int = 100) -> li
     return [(r[0], r[1]) for r in rows]
 
 
+def untried_claims(session: Session, token: str, exclude: str) -> list[Claim]:
+    """Deliveries still claimed by ``token`` whose provider was never called, ``exclude`` aside:
+    a batch whose claim committed while its answer was lost with the connection holds these
+    without knowing it (the ones it filled the batch with)."""
+    rows = session.execute(
+        select(Delivery.id, Delivery.attempts, Delivery.round_attempts).where(
+            Delivery.claim_token == token,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.provider_called_at.is_(None),
+            Delivery.id != exclude,
+        )
+    ).all()
+    return [Claim(row.id, token, row.attempts, row.round_attempts) for row in rows]
+
+
 def take_over(session: Session, delivery_id: str, old_token: str) -> Claim | None:
     """Take a stale claim over (atomically), so only one recoverer acts on it."""
     token = secrets.token_hex(8)

@@ -23,9 +23,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    field_validator,
     model_validator,
 )
 
+from careloop.recurrence import EXAMPLE as RRULE_EXAMPLE
+from careloop.recurrence import parse_rule
 from careloop.text import identifier, line, prose
 from careloop.vocabulary import THERAPY_ROLES
 
@@ -34,6 +37,7 @@ Line200 = line(200)
 Prose2000 = prose(2000)
 """A note or a concern: line breaks and tabs allowed, no other control characters."""
 MemberId = identifier()
+Line300 = line(300)
 
 EARLIEST_YEAR, LATEST_YEAR = 1901, 2199
 """Years a date-time may be written in: a care notebook holds nothing earlier or later, and
@@ -107,6 +111,22 @@ class CheckinDetails(_Data):
     end: Timestamp = Field(title="Ends")
     location: Line200 | None = Field(None, title="Location")
     attendees: Annotated[list[MemberId], Field(min_length=1, max_length=100, title="Attendees")]
+    recurrence: Line300 | None = Field(
+        None,
+        title="Repeats",
+        description=(
+            f"an RFC 5545 RRULE value, e.g. {RRULE_EXAMPLE}: DAILY to YEARLY, ending with COUNT or "
+            "UNTIL (at most 520 occurrences within 10 years); start is the first occurrence"
+        ),
+        examples=[RRULE_EXAMPLE],
+    )
+
+    @field_validator("recurrence")
+    @classmethod
+    def _rule(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rule(value)
+        return value
 
     @model_validator(mode="after")
     def _end_after_start(self) -> CheckinDetails:
@@ -117,8 +137,31 @@ class CheckinDetails(_Data):
         return self
 
 
+class CheckinUpdated(CheckinDetails):
+    occurrence: Timestamp | None = Field(
+        None,
+        title="Occurrence",
+        description=(
+            "the original start of the one occurrence of a recurring check-in this update moves "
+            "(start and end are its new time); absent: the whole series changes"
+        ),
+    )
+
+    @field_validator("occurrence")
+    @classmethod
+    def _one_occurrence(cls, value, info):
+        if value is not None and info.data.get("recurrence") is not None:
+            raise ValueError("an update of one occurrence takes no recurrence (it changes the series)")
+        return value
+
+
 class CheckinCancelled(_Data):
     checkin_id: Line200 = Field(title="Check-in id")
+    occurrence: Timestamp | None = Field(
+        None,
+        title="Occurrence",
+        description="the original start of the one occurrence to cancel; absent: the whole check-in",
+    )
 
 
 class NoteAdded(_Data):
@@ -160,7 +203,7 @@ EVENT_KINDS: dict[EventType, EventKind] = {
     EventType.THERAPY_LOGGED: EventKind(TherapyLogged, "a therapy session log", "therapy"),
     EventType.GOAL_UPDATED: EventKind(GoalUpdated, "a goal update", "goal"),
     EventType.CHECKIN_SCHEDULED: EventKind(CheckinDetails, "a new team check-in", "checkin"),
-    EventType.CHECKIN_UPDATED: EventKind(CheckinDetails, "a changed team check-in", "checkin"),
+    EventType.CHECKIN_UPDATED: EventKind(CheckinUpdated, "a changed team check-in", "checkin"),
     EventType.CHECKIN_CANCELLED: EventKind(CheckinCancelled, "a cancelled team check-in", "checkin"),
     EventType.NOTE_ADDED: EventKind(NoteAdded, "a new note", "note"),
 }

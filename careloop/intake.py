@@ -13,7 +13,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from careloop.models import Checkin, Event, Member, Notebook, OutboxEntry, new_id, utcnow
+from careloop.checkins import CheckinError, apply_event
+from careloop.models import Event, Member, Notebook, OutboxEntry, new_id, utcnow
 
 ROUTE_TOPIC = "route_event"
 """Outbox topic of "this event needs routing"."""
@@ -38,50 +39,11 @@ def request_hash(payload: dict) -> str:
 
 
 def _checkin_context(session: Session, notebook: Notebook, event_type: str, data: dict) -> dict:
-    """Update the check-in this event is about and return the snapshot routing needs.
-
-    The row is locked (PostgreSQL) so concurrent updates get distinct SEQUENCE numbers.
-    """
-    checkin = session.execute(
-        select(Checkin)
-        .where(Checkin.notebook_id == notebook.id, Checkin.checkin_id == data["checkin_id"])
-        .with_for_update()
-    ).scalar_one_or_none()
-    if event_type == "checkin.scheduled" and checkin is not None and not checkin.cancelled:
-        raise FieldError(
-            "data.checkin_id", "a check-in with this id is already scheduled; send checkin.updated"
-        )
-    if event_type != "checkin.scheduled" and (checkin is None or checkin.cancelled):
-        raise FieldError("data.checkin_id", "no scheduled check-in has this id")
-
-    previous = list((checkin.details or {}).get("attendees", [])) if checkin else []
-    if checkin is None:
-        checkin = Checkin(
-            notebook_id=notebook.id,
-            checkin_id=data["checkin_id"],
-            uid=f"{notebook.id}.{hashlib.sha256(data['checkin_id'].encode()).hexdigest()[:16]}@careloop",
-            sequence=0,
-            details={},
-        )
-        session.add(checkin)
-    else:
-        # In SQL, not Python: concurrent updates each get their own SEQUENCE on SQLite too,
-        # where the row lock above does nothing.
-        checkin.sequence = Checkin.sequence + 1
-    if event_type == "checkin.cancelled":
-        checkin.cancelled = True
-        details = dict(checkin.details)
-    else:
-        checkin.cancelled = False
-        details = {k: data.get(k) for k in ("title", "start", "end", "location", "attendees")}
-        checkin.details = details
-    session.flush()
-    return {
-        "checkin": {"uid": checkin.uid, "sequence": checkin.sequence, **details},
-        "previous_attendees": [m for m in previous if m not in (details.get("attendees") or [])]
-        if event_type != "checkin.cancelled"
-        else previous,
-    }
+    """Move the check-in on (:func:`careloop.checkins.apply_event`); its snapshot for routing."""
+    try:
+        return apply_event(session, notebook, event_type, data)
+    except CheckinError as exc:
+        raise FieldError(exc.field, exc.message) from None
 
 
 def record_event(session: Session, notebook: Notebook, **event) -> tuple[Event, bool]:

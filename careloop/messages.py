@@ -11,6 +11,7 @@ which are what an invite is. Texts are GSM-7 and fit one segment wherever the li
 from __future__ import annotations
 
 import html
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -30,12 +31,35 @@ class Attendee:
 
 
 @dataclass(frozen=True)
+class Occurrence:
+    """One occurrence of a recurring check-in, changed on its own.
+
+    ``recurrence_id`` is its original start (RECURRENCE-ID); ``sequence`` its own SEQUENCE;
+    ``start``/``end`` where it is now. ``title``/``location`` None: the series' own.
+    """
+
+    recurrence_id: datetime
+    sequence: int
+    start: datetime
+    end: datetime
+    title: str | None = None
+    location: str | None = None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
 class CalendarInvite:
     """One check-in as an iTIP object.
 
     ``method`` is ``REQUEST`` (new or updated) or ``CANCEL``. ``uid`` is stable per check-in,
     ``sequence`` is raised by every update and the cancel. ``start``/``end`` are aware
     datetimes; ``tzid`` is the IANA zone they are shown in (a VTIMEZONE for it is embedded).
+
+    A recurring check-in has ``recurrence`` (an RRULE value), ``exdates`` (original starts of
+    occurrences cancelled alone) and ``overrides`` (occurrences moved alone, sent with the
+    series). ``occurrence`` makes the message about that one occurrence only (RECURRENCE-ID).
+    ``uninvite``: a CANCEL that removes its attendees from a check-in that goes on (RFC 5546
+    §3.2.5: it lists only them and has no STATUS:CANCELLED).
     """
 
     method: str
@@ -49,10 +73,20 @@ class CalendarInvite:
     attendees: tuple[Attendee, ...]
     location: str | None = None
     description: str | None = None
+    recurrence: str | None = None
+    exdates: tuple[datetime, ...] = ()
+    overrides: tuple[Occurrence, ...] = ()
+    occurrence: Occurrence | None = None
+    uninvite: bool = False
+    # Shown in an uninvite's email: when the check-in was, as the removed attendee had it.
+    previous_start: datetime | None = None
+    previous_end: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("REQUEST", "CANCEL"):
             raise ValueError(f"method must be REQUEST or CANCEL, not {self.method!r}")
+        if self.uninvite and self.method != "CANCEL":
+            raise ValueError("an uninvite is a CANCEL")
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("start and end must be timezone-aware")
 
@@ -115,6 +149,7 @@ class Recipient:
     email: str | None
     phone: str | None
     timezone: str | None = None
+    active: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,7 +183,13 @@ def field_label(event_type: str, field_name: str) -> str:
 
 def _is_time_field(event_type: str, field_name: str) -> bool:
     info = EVENT_DATA[event_type].model_fields.get(field_name)
-    return info is not None and info.annotation in (AwareDatetime, datetime)
+    if info is None:
+        return False
+    # a time, or a time or None (an Optional of an Annotated time)
+    kinds = [info.annotation]
+    for arg in typing.get_args(info.annotation):
+        kinds += [arg, *typing.get_args(arg)[:1]]
+    return any(kind in (AwareDatetime, datetime) for kind in kinds)
 
 
 def first_name(full_name: str) -> str:
@@ -206,6 +247,8 @@ def detail_lines(event_type: str, data: dict, fields: tuple[str, ...], zone: str
             continue
         if _is_time_field(event_type, key):
             text = local_time(datetime.fromisoformat(str(value)), zone)
+        elif key == "recurrence":
+            text = describe_rule(str(value))
         elif key in _WORDS_WITH_UNDERSCORES:
             text = str(value).replace("_", " ")
         else:
@@ -276,7 +319,7 @@ def render(
             attendees=attendees,
             mail_from=mail_from,
         )
-        subject, intro, details = _invite_wording(event_type, invite, child, zone)
+        subject, intro, details = _invite_wording(event_type, invite, child, zone, created_at)
     else:
         subject = f"{label[0].upper()}{label[1:]} for {child}"
         intro = f"There is {label} in {child}'s care notebook."
@@ -285,13 +328,16 @@ def render(
     text_lines = [f"Hello {recipient.name},", "", intro]
     if details:
         text_lines += ["", *(f"{name}: {value}" for name, value in details)]
-    text_lines += [
-        "",
-        f"See it in careloop: {link.url}",
-        f"(This link is yours alone and works until {until}.)",
-        "",
-        "You get this because of your role on the care team.",
-    ]
+    if recipient.active:
+        text_lines += [
+            "",
+            f"See it in careloop: {link.url}",
+            f"(This link is yours alone and works until {until}.)",
+            "",
+            "You get this because of your role on the care team.",
+        ]
+    else:  # no longer on the team: no link (it would not open), only the calendar's CANCEL
+        text_lines += ["", "You get this because you had this check-in in your calendar."]
     rows = "".join(
         f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
         for name, value in details
@@ -300,9 +346,13 @@ def render(
         f"<p>Hello {html.escape(recipient.name)},</p>"
         f"<p>{html.escape(intro)}</p>"
         + (f"<table>{rows}</table>" if rows else "")
-        + f"<p><a href='{html.escape(link.url)}'>See it in careloop</a> "
-        f"(this link is yours alone and works until {html.escape(until)}).</p>"
-        "<p>You get this because of your role on the care team.</p>"
+        + (
+            f"<p><a href='{html.escape(link.url)}'>See it in careloop</a> "
+            f"(this link is yours alone and works until {html.escape(until)}).</p>"
+            "<p>You get this because of your role on the care team.</p>"
+            if recipient.active
+            else "<p>You get this because you had this check-in in your calendar.</p>"
+        )
     )
     return OutgoingMessage(
         delivery_id=delivery_id,
@@ -319,26 +369,127 @@ def render(
 
 
 def _invite_wording(
-    event_type: str, invite: CalendarInvite, child: str, zone: str
+    event_type: str, invite: CalendarInvite, child: str, zone: str, now: datetime | None
 ) -> tuple[str, str, list[tuple[str, str]]]:
-    """Subject, opening line and lines of an invite's email. The subject names no title (a
-    check-in's title is free text and may say more than a subject should); the body shows
-    what the attached invite shows: title, time and place."""
-    when = local_span(invite.start, invite.end, zone)
-    day = f"{invite.start.astimezone(ZoneInfo(zone)):%a} {local_date(invite.start, zone)}"
-    what = f"{child}'s team check-in on {day}"
-    if invite.method == "CANCEL" and event_type != EventType.CHECKIN_CANCELLED:
+    """Subject, opening line and lines of an invite's email, times in the recipient's zone.
+
+    The subject names no title (a check-in's title is free text and may say more than a
+    subject should); the body names the meeting and shows what the attached invite shows.
+    A removed attendee is told they were removed and when the check-in was, not its new time.
+    """
+    occurrence = invite.occurrence
+    if invite.uninvite:
+        start, end = invite.previous_start or invite.start, invite.previous_end or invite.end
+    elif occurrence is not None:
+        start, end = occurrence.start, occurrence.end
+    else:
+        start, end = invite.start, invite.end
+    title = (occurrence.title if occurrence is not None else None) or invite.title
+    location = (occurrence.location if occurrence is not None else None) or invite.location
+    what = f"{child}'s team check-in on {people_date(start, zone, now)}"
+    details = [("Check-in", title)]
+    if invite.uninvite:
         subject, intro = f"Removed: {what}", f"You are no longer invited to this team check-in for {child}:"
+        details.append(("Was", people_span(start, end, zone, now)))
+        if invite.recurrence:
+            details.append(("Repeats", describe_rule(invite.recurrence)))
+        return subject, intro, details
+    if occurrence is not None and invite.method == "CANCEL":
+        subject = f"Cancelled: {what}"
+        intro = f"One meeting of a repeating team check-in for {child} is cancelled (the others go on):"
+        details.append(("When", people_span(start, end, zone, now)))
+        return subject, intro, details
+    if occurrence is not None:
+        original = occurrence.recurrence_id
+        subject = f"Updated: {what}"
+        intro = f"One meeting of a repeating team check-in for {child} has moved (the others stay):"
+        details += [
+            ("When", people_span(start, end, zone, now)),
+            ("Instead of", people_span(original, original + (invite.end - invite.start), zone, now)),
+        ]
     elif invite.method == "CANCEL":
         subject, intro = f"Cancelled: {what}", f"This team check-in for {child} is cancelled:"
+        details.append(("When", people_span(start, end, zone, now)))
+        if invite.recurrence:
+            details.append(("Repeats", describe_rule(invite.recurrence) + " (every meeting is cancelled)"))
+        return subject, intro, details
     elif event_type == EventType.CHECKIN_UPDATED:
         subject, intro = f"Updated: {what}", f"This team check-in for {child} has changed:"
+        details.append(("When", people_span(start, end, zone, now)))
     else:
         subject, intro = f"Invitation: {what}", f"You are invited to a team check-in for {child}:"
-    details = [("Check-in", invite.title), ("When", when)]
-    if invite.location:
-        details.append(("Where", invite.location))
+        details.append(("When", people_span(start, end, zone, now)))
+    if invite.recurrence and occurrence is None:
+        details.append(("Repeats", describe_rule(invite.recurrence)))
+        if invite.exdates:
+            details.append(
+                ("Not on", ", ".join(people_date(d, zone, now) for d in sorted(invite.exdates)))
+            )
+    if location:
+        details.append(("Where", location))
     return subject, intro, details
+
+
+def people_date(value: datetime, zone: str, now: datetime | None = None) -> str:
+    """A day as people write it in ``zone``: "Tue 12 Jan", with the year when it is not
+    the year of ``now`` there."""
+    t = value.astimezone(ZoneInfo(zone))
+    text = f"{t:%a} {t.day} {t:%b}"
+    if now is None or now.astimezone(ZoneInfo(zone)).year != t.year:
+        text += f" {t.year}"
+    return text
+
+
+def people_span(start: datetime, end: datetime, zone: str, now: datetime | None = None) -> str:
+    """A meeting's time in ``zone`` as people write it: "Tue 12 Jan, 5:00–5:45 pm CST";
+    "11:30 am – 12:15 pm" across noon; both days when it ends on another day."""
+    tz = ZoneInfo(zone)
+    a, b = start.astimezone(tz), end.astimezone(tz)
+    if a.date() != b.date():
+        return (
+            f"{people_date(a, zone, now)}, {_clock(a)} {a.tzname()} – "
+            f"{people_date(b, zone, now)}, {_clock(b)} {b.tzname()}"
+        )
+    if (a.hour < 12) == (b.hour < 12):
+        clock = f"{_clock(a).rsplit(' ', 1)[0]}–{_clock(b)}"
+    else:
+        clock = f"{_clock(a)} – {_clock(b)}"
+    names = a.tzname() if a.tzname() == b.tzname() else f"{a.tzname()}–{b.tzname()}"
+    return f"{people_date(a, zone, now)}, {clock} {names}"
+
+
+_FREQ_WORDS = {"DAILY": ("day", "days"), "WEEKLY": ("week", "weeks"), "MONTHLY": ("month", "months")}
+_FREQ_WORDS["YEARLY"] = ("year", "years")
+_DAY_WORDS = {"MO": "Monday", "TU": "Tuesday", "WE": "Wednesday", "TH": "Thursday", "FR": "Friday"}
+_DAY_WORDS.update({"SA": "Saturday", "SU": "Sunday"})
+_NTH_WORDS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", -1: "last", -2: "second-last"}
+
+
+def describe_rule(rule: str) -> str:
+    """An RRULE in words where it is a common one ("every month on the second Tuesday, 6
+    times"); the rule itself otherwise."""
+    parts = dict(p.split("=", 1) for p in rule.split(";") if "=" in p)
+    freq = parts.get("FREQ", "")
+    plain = set(parts) <= {"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "WKST"}
+    if freq not in _FREQ_WORDS or not plain:
+        return rule
+    one, many = _FREQ_WORDS[freq]
+    interval = int(parts.get("INTERVAL", "1") or 1)
+    text = f"every {one}" if interval == 1 else f"every {interval} {many}"
+    if "BYDAY" in parts:
+        days = []
+        for day in parts["BYDAY"].split(","):
+            nth, name = day[:-2], day[-2:]
+            if name not in _DAY_WORDS or (nth and int(nth) not in _NTH_WORDS):
+                return rule
+            days.append(f"the {_NTH_WORDS[int(nth)]} {_DAY_WORDS[name]}" if nth else _DAY_WORDS[name])
+        text += " on " + " and ".join(days)
+    if "COUNT" in parts:
+        text += f", {parts['COUNT']} times"
+    elif "UNTIL" in parts:
+        until = datetime.strptime(parts["UNTIL"][:8], "%Y%m%d")
+        text += f", until {until.day} {until:%b %Y}"
+    return text
 
 
 def build_checkin_invite(
@@ -351,13 +502,24 @@ def build_checkin_invite(
     attendees: list[Recipient],
     mail_from: str,
 ) -> CalendarInvite:
-    """The iTIP object for one attendee: REQUEST while invited, CANCEL once not."""
+    """The iTIP object for one attendee: REQUEST while invited; the CANCEL of the check-in,
+    or of one occurrence, when cancelled; an uninvite (a CANCEL listing only them) once they
+    are no longer invited or no longer on the team."""
     checkin = context["checkin"]
     current = set(checkin.get("attendees") or ())
-    cancelled = event_type == "checkin.cancelled" or recipient.id not in current
+    active = {a.id for a in attendees if a.active}
+    cancelled = event_type == EventType.CHECKIN_CANCELLED
+    uninvite = not cancelled and (recipient.id not in current or not recipient.active)
     organizer_name, organizer_email = parseaddr(mail_from)
+    if uninvite:
+        listed = (recipient,)
+    elif cancelled:
+        listed = tuple(a for a in attendees if a.id in current or a.id == recipient.id)
+    else:
+        listed = tuple(a for a in attendees if a.id in current and a.id in active)
+    previous = context.get("previous") or {}
     return CalendarInvite(
-        method="CANCEL" if cancelled else "REQUEST",
+        method="CANCEL" if cancelled or uninvite else "REQUEST",
         uid=checkin["uid"],
         sequence=int(checkin["sequence"]),
         title=checkin["title"],
@@ -365,13 +527,29 @@ def build_checkin_invite(
         end=datetime.fromisoformat(checkin["end"]),
         tzid=notebook.timezone,
         organizer=Attendee(name=organizer_name or "careloop", email=organizer_email or mail_from),
-        attendees=tuple(
-            Attendee(name=a.name, email=a.email)
-            for a in attendees
-            if a.email and (a.id in current or a.id == recipient.id)
-        ),
+        attendees=tuple(Attendee(name=a.name, email=a.email) for a in listed if a.email),
         location=checkin.get("location"),
         description=f"Care team check-in for {first_name(notebook.child_name)}.",
+        recurrence=checkin.get("recurrence"),
+        exdates=tuple(datetime.fromisoformat(d) for d in checkin.get("exdates") or ()),
+        overrides=tuple(_occurrence(o) for o in checkin.get("overrides") or ()),
+        # An uninvite takes the check-in out whole: never about one occurrence.
+        occurrence=_occurrence(checkin["occurrence"]) if checkin.get("occurrence") and not uninvite else None,
+        uninvite=uninvite,
+        previous_start=datetime.fromisoformat(previous["start"]) if previous.get("start") else None,
+        previous_end=datetime.fromisoformat(previous["end"]) if previous.get("end") else None,
+    )
+
+
+def _occurrence(value: dict) -> Occurrence:
+    return Occurrence(
+        recurrence_id=datetime.fromisoformat(value["recurrence_id"]),
+        sequence=int(value["sequence"]),
+        start=datetime.fromisoformat(value["start"]),
+        end=datetime.fromisoformat(value["end"]),
+        title=value.get("title"),
+        location=value.get("location"),
+        cancelled=bool(value.get("cancelled")),
     )
 
 

@@ -29,6 +29,9 @@ class EventView:
     # For check-ins: members who were attendees before this event (they get the update or
     # the cancellation even when no longer invited).
     previous_attendees: tuple[str, ...] = ()
+    # For check-ins: members whose calendars hold it (invited while active). Their calendar
+    # gets the CANCEL even after they were deactivated.
+    invite_holders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ def plan_deliveries(
 
     Args:
         event: the event being routed.
-        members: the notebook's members; inactive ones are never notified.
+        members: the notebook's members; inactive ones are never notified (but a check-in
+            their calendar holds is cancelled there: ``event.invite_holders``).
         rules: parsed rules (``config.rules.load_rules``).
         now: the routing time: quiet hours and digests are read from it (without it every
             message goes at once).
@@ -107,11 +111,14 @@ def plan_deliveries(
         if not rule_matches(rule, event):
             continue
         for member in _targets(rule, event, members):
-            if not member.active:
+            holder = member.id in event.invite_holders
+            if not member.active and not holder:
                 continue
             for channel in rule.channels:
                 if member.id == event.author_member_id and channel != ChannelKind.CALENDAR:
                     continue
+                if not member.active and channel != ChannelKind.CALENDAR:
+                    continue  # a deactivated member only has the check-in taken out of their calendar
                 planned.setdefault((member.id, channel), []).append(rule.name)
                 if rule.bypass_quiet_hours:
                     bypass.add((member.id, channel))

@@ -1,7 +1,19 @@
 """iCalendar: check-ins as iTIP objects (RFC 5546), built with the ``icalendar`` package.
 
 Only the calendar object lives here; :mod:`careloop.integrations.mime` wraps it in an iMIP
-email (RFC 6047) and the SMTP channel or the file outbox carries it.
+email (RFC 6047) and the SMTP channel or the file outbox carries it. The VTIMEZONE comes
+from :mod:`careloop.integrations.vtimezone` (rules, as published zone files have them).
+
+What each message holds:
+
+- a new or changed check-in (REQUEST): the series' VEVENT (with its RRULE and an EXDATE per
+  occurrence cancelled alone) and one VEVENT per occurrence moved alone (RECURRENCE-ID and
+  its own SEQUENCE), as Google Calendar sends them;
+- one occurrence moved (REQUEST) or cancelled (CANCEL, STATUS:CANCELLED): that occurrence's
+  VEVENT only;
+- the whole check-in cancelled: the series' VEVENT with STATUS:CANCELLED;
+- an attendee removed (CANCEL): the series' VEVENT listing only them and no STATUS, since
+  the check-in goes on (RFC 5546 §3.2.5).
 """
 
 from __future__ import annotations
@@ -9,15 +21,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from icalendar import Calendar, Event, vCalAddress
+from icalendar import Calendar, Event, vCalAddress, vRecur
 
-from careloop.messages import CalendarInvite
+from careloop.integrations.vtimezone import vtimezone
+from careloop.messages import CalendarInvite, Occurrence
+from careloop.recurrence import last_start
 
 PRODID = "-//careloop//careloop calendar invites//EN"
 """Identifies careloop as the product that wrote the iCalendar object."""
 
-TIMEZONE_MARGIN = timedelta(days=366)
-"""How far before the start and after the end the embedded VTIMEZONE's transitions reach."""
+TIMEZONE_MARGIN = timedelta(days=2)
+"""How far before the first and after the last time of the check-in the VTIMEZONE must be
+right (its rules start a year earlier still, and the current one never ends)."""
 
 
 def build_invite(invite: CalendarInvite, *, stamp: datetime | None = None) -> bytes:
@@ -37,17 +52,79 @@ def build_invite(invite: CalendarInvite, *, stamp: datetime | None = None) -> by
         zone = ZoneInfo(invite.tzid)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {invite.tzid!r}") from exc
-    start = invite.start.astimezone(zone)
-    end = invite.end.astimezone(zone)
+    stamp = (stamp or datetime.now(UTC)).astimezone(UTC)
     requesting = invite.method == "REQUEST"
-    event = Event.new(
+    if invite.occurrence is not None:
+        occurrence = invite.occurrence
+        events = [_occurrence_event(invite, occurrence, zone, stamp, cancelled=not requesting)]
+    else:
+        series = _event(
+            invite,
+            zone,
+            stamp,
+            sequence=invite.sequence,
+            start=invite.start,
+            end=invite.end,
+            status=None if invite.uninvite else ("CONFIRMED" if requesting else "CANCELLED"),
+        )
+        if invite.recurrence:
+            series.add("RRULE", vRecur.from_ical(invite.recurrence))
+            # One EXDATE property per date: ical.js reads the first value of a list only.
+            for exdate in invite.exdates:
+                series.add("EXDATE", exdate.astimezone(zone))
+        events = [series]
+        if requesting:
+            events += [_occurrence_event(invite, o, zone, stamp, cancelled=False) for o in invite.overrides]
+    calendar = Calendar.new(prodid=PRODID, method=invite.method, subcomponents=events)
+    # Calendar.new() adds an RFC 7986 UID to the VCALENDAR, a fresh uuid4 each time; the iTIP
+    # object is identified by the VEVENT's UID, and a random second one only adds noise.
+    calendar.pop("UID", None)
+    first, last = _span(invite)
+    calendar.subcomponents.insert(
+        0, vtimezone(invite.tzid, (first - TIMEZONE_MARGIN).date(), (last + TIMEZONE_MARGIN).date())
+    )
+    return calendar.to_ical()
+
+
+def _occurrence_event(
+    invite: CalendarInvite, occurrence: Occurrence, zone: ZoneInfo, stamp: datetime, *, cancelled: bool
+) -> Event:
+    event = _event(
+        invite,
+        zone,
+        stamp,
+        sequence=occurrence.sequence,
+        start=occurrence.start,
+        end=occurrence.end,
+        status="CANCELLED" if cancelled or occurrence.cancelled else "CONFIRMED",
+        title=occurrence.title,
+        location=occurrence.location,
+    )
+    event.add("RECURRENCE-ID", occurrence.recurrence_id.astimezone(zone))
+    return event
+
+
+def _event(
+    invite: CalendarInvite,
+    zone: ZoneInfo,
+    stamp: datetime,
+    *,
+    sequence: int,
+    start: datetime,
+    end: datetime,
+    status: str | None,
+    title: str | None = None,
+    location: str | None = None,
+) -> Event:
+    requesting = invite.method == "REQUEST"
+    return Event.new(
         uid=invite.uid,
-        sequence=invite.sequence,
-        stamp=(stamp or datetime.now(UTC)).astimezone(UTC),
-        start=start,
-        end=end,
-        summary=invite.title,
-        location=invite.location or None,
+        sequence=sequence,
+        stamp=stamp,
+        start=start.astimezone(zone),
+        end=end.astimezone(zone),
+        summary=title or invite.title,
+        location=location or invite.location or None,
         description=invite.description or None,
         organizer=vCalAddress.new(invite.organizer.email, cn=invite.organizer.name),
         attendees=[
@@ -62,15 +139,17 @@ def build_invite(invite: CalendarInvite, *, stamp: datetime | None = None) -> by
             )
             for attendee in invite.attendees
         ],
-        status="CONFIRMED" if requesting else "CANCELLED",
+        status=status,
     )
-    calendar = Calendar.new(prodid=PRODID, method=invite.method, subcomponents=[event])
-    # Calendar.new() adds an RFC 7986 UID to the VCALENDAR, a fresh uuid4 each time; the iTIP
-    # object is identified by the VEVENT's UID, and a random second one only adds noise.
-    calendar.pop("UID", None)
-    # icalendar computes the VTIMEZONE from the zoneinfo data; bounding it around the event
-    # keeps it small and still correct for check-ins after 2038 (the default end).
-    calendar.add_missing_timezones(
-        first_date=(start - TIMEZONE_MARGIN).date(), last_date=(end + TIMEZONE_MARGIN).date()
-    )
-    return calendar.to_ical()
+
+
+def _span(invite: CalendarInvite) -> tuple[datetime, datetime]:
+    """The first and last time the message mentions (the VTIMEZONE must be right for both)."""
+    times = [invite.start, invite.end]
+    duration = invite.end - invite.start
+    if invite.recurrence:
+        times.append(last_start(invite.start, invite.recurrence, invite.tzid) + duration)
+    for occurrence in (*invite.overrides, *((invite.occurrence,) if invite.occurrence else ())):
+        times += [occurrence.recurrence_id, occurrence.start, occurrence.end]
+    times += list(invite.exdates)
+    return min(times), max(times)

@@ -3,7 +3,8 @@
 ``CARELOOP_OUTBOX_DIR`` gets ``sms.log`` (one line per text, exactly the GSM-7 body Twilio would
 get), ``email/<delivery>.<attempt>.eml``
 (the exact email SMTP would have carried, built by the same code) and, for invites,
-``calendar/<uid>.<sequence>.ics``. Files are written whole (temporary file, then
+``calendar/<uid>.<sequence>.ics`` (an uninvite: ``<uid>.<sequence>.<delivery>.ics``; no
+calendar object is ever written over another). Files are written whole (temporary file, then
 ``os.replace``) so a reader never sees half a message. Unlike SMTP, the outbox can answer
 :meth:`lookup`, so a retry after a crash does not write a second copy. The console echo
 shows member links with their token replaced: the files hold the messages, the console
@@ -90,9 +91,11 @@ class FileOutbox(Channel):
         if self.kind == ChannelKind.CALENDAR:
             invite = message.invite
             assert invite is not None  # build_invite_email refused it otherwise
-            ics_path = self.outbox_dir / "calendar" / f"{_safe(invite.uid)}.{invite.sequence}.ics"
+            ics_path = self.outbox_dir / "calendar" / _ics_name(message)
             # The .ics inside the .eml, byte for byte, so both files describe one iTIP message.
-            _write_atomic(ics_path, _calendar_part(msg))
+            # Every attendee gets the same message for one SEQUENCE (only its DTSTAMP differs):
+            # the first copy stays; an uninvite is its recipient's own and has its own file.
+            _write_atomic(ics_path, _calendar_part(msg), replace=False)
             self._say(
                 "[calendar] {} #{} to {} <{}>: {} -> {}",
                 invite.method,
@@ -158,7 +161,22 @@ class FileOutbox(Channel):
             print(template.format(*(for_log(v) for v in values)), file=sys.stdout, flush=True)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _ics_name(message: OutgoingMessage) -> str:
+    """``<uid>.<sequence>.ics`` for the message every attendee gets at that SEQUENCE (an
+    occurrence's own, for a message about one occurrence); an uninvite, which lists only
+    its recipient, adds the delivery: ``<uid>.<sequence>.<delivery>.ics``."""
+    invite = message.invite
+    assert invite is not None
+    sequence = invite.occurrence.sequence if invite.occurrence is not None else invite.sequence
+    name = f"{_safe(invite.uid)}.{int(sequence)}"
+    if invite.uninvite:
+        name += f".{_safe(message.delivery_id)}"
+    return name + ".ics"
+
+
+def _write_atomic(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write ``path`` whole (temporary file, then a rename). ``replace=False`` leaves a file
+    already there as it is (a hard link never replaces its target)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -166,7 +184,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)

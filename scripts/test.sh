@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # careloop's test command (the README's second set-up command; .ci/run calls it too).
 # Installs what the tests need into .venv, starts Redis and PostgreSQL where they are not
-# running, installs the Twilio mock (Prism) and Debian's chromium + chromium-driver (the
-# browser test), then runs pytest. Extra arguments go to pytest.
+# running, installs the Twilio mock (Prism), ical.js (the invite tests) and Debian's
+# chromium + chromium-driver (the browser test), then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,10 @@ TWILIO_SPEC_PACKAGE=@twilio-alpha/mcp@0.7.0
 TWILIO_SPEC_PATH=twilio-oai/spec/json/twilio_api_v2010.json
 TWILIO_SPEC_SHA256=475b69553e34e797af05d34679cdad3bc3b8b4b8b92e6ac044fa6ebc255bf052
 TWILIO_SPEC=.peers/twilio/spec/json/twilio_api_v2010.json
+# Mozilla's ical.js (Thunderbird's iCalendar parser) reads careloop's invites in the tests;
+# pinned by version (npm checks the package against the registry's integrity hash).
+ICALJS_VERSION=2.2.1
+ICALJS=.peers/icaljs/node_modules/ical.js/package.json
 
 log() { printf '== %s\n' "$*"; }
 
@@ -37,6 +41,11 @@ if [ ! -f "$TWILIO_SPEC" ]; then
   rm -f ".peers/twilio/$tarball"
   echo "$TWILIO_SPEC_SHA256  $TWILIO_SPEC" | sha256sum --check --quiet || {
     rm -f "$TWILIO_SPEC"; echo "Twilio's OpenAPI description does not match its pinned checksum" >&2; exit 1; }
+fi
+
+if [ ! -f "$ICALJS" ] || ! grep -q "\"version\": \"$ICALJS_VERSION\"" "$ICALJS"; then
+  log "installing ical.js $ICALJS_VERSION (an independent reader of careloop's invites)"
+  npm install --silent --no-audit --no-fund --prefix .peers/icaljs "ical.js@$ICALJS_VERSION" >/dev/null
 fi
 
 # The member-page browser test drives Debian's headless Chromium through Debian's

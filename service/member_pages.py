@@ -167,6 +167,14 @@ def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
     snapshot = dict((event.context or {}).get("checkin") or {})
     if not snapshot:
         return None
+    occurrence = snapshot.get("occurrence")
+    if occurrence:  # an event about one occurrence of a series shows that occurrence
+        snapshot.update(
+            start=occurrence["start"],
+            end=occurrence["end"],
+            title=occurrence.get("title") or snapshot.get("title"),
+            location=occurrence.get("location") or snapshot.get("location"),
+        )
     # A cancellation carries only the id; the member may see of it what they could of an update.
     as_type = EventType.CHECKIN_UPDATED if event.type == EventType.CHECKIN_CANCELLED else event.type
     fields = set(runtime.policy.visible_fields(member.role, as_type, snapshot))

@@ -181,3 +181,43 @@ def test_a_retry_run_early_is_rescheduled_for_its_due_time_not_sent(
     registry = runtime.dispatcher.queue("email").scheduled_job_registry
     (job_id,) = registry.get_job_ids()
     assert registry.get_scheduled_time(job_id) >= due.replace(microsecond=0)
+
+
+def test_deliveries_a_batch_claimed_before_the_database_went_are_given_back_by_its_resumed_job(
+    retry_app, pg_only_url, smtp, twilio_proxy
+):
+    """A batch's claim can commit while its answer is lost with the connection: the job then
+    knows only the deliveries it was given, not the ones it filled the batch with. When it is
+    resumed, it gives those back at once instead of leaving them to the claim timeout."""
+    from sqlalchemy import update
+
+    from careloop import deliveries as dl
+    from careloop.db import session_scope
+    from careloop.models import Delivery
+    from careloop.workers.jobs import deliver
+
+    app, api = retry_app
+    runtime = app.extensions["careloop"].runtime
+    _therapy_log(api)
+    _therapy_log(api)
+    run_rq_until_settled(runtime)
+    first, second = [d for d in all_deliveries(pg_only_url) if d.channel == "email"]
+    assert len(smtp.received) == 2
+    with session_scope(pg_only_url) as session:  # both due again, as if never sent
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([first.id, second.id]))
+            .values(status="queued", attempts=0, round_attempts=0, next_attempt_at=None, provider_id=None)
+        )
+    smtp.clear()
+    token = dl.new_claim_token()
+    with session_scope(pg_only_url) as session:  # the claim that committed; its answer was lost
+        claimed = dl.claim_many(session, [first.id], token, fill_from=first.queue, fill_to=10)
+    assert {c.delivery_id for c in claimed} == {first.id, second.id}
+    assert deliver(first.id, runtime=runtime, claim_token=token) == "sent"
+    (row,) = [x for x in all_deliveries(pg_only_url) if x.id == second.id]
+    assert (row.status, row.attempts) == ("queued", 0)  # given back untried, due now
+    run_rq_until_settled(runtime)
+    assert len(smtp.received) == 2
+    emails = [d for d in all_deliveries(pg_only_url) if d.channel == "email"]
+    assert {(d.status, d.attempts) for d in emails} == {("sent", 1)}

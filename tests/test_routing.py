@@ -394,6 +394,42 @@ def test_inactive_attendee_gets_no_invite():
     assert _pairs(_plan(event, members=members)) == {("mem_b", "calendar")}
 
 
+@pytest.mark.parametrize("event_type", ["checkin.cancelled", "checkin.updated"])
+def test_a_deactivated_member_whose_calendar_holds_the_check_in_gets_only_its_calendar_message(event_type):
+    rules = _rules(
+        {
+            "name": "r",
+            "when": {"type": event_type},
+            "notify": ["attendees"],
+            "channels": ["calendar", "email"],
+        }
+    )
+    members = [MemberView("mem_a", "parent", "a@x.org", active=False), _member("mem_b", "parent")]
+    data = (
+        {"checkin_id": "c"}
+        if event_type == "checkin.cancelled"
+        else {**CHECKIN, "attendees": ["mem_a", "mem_b"]}
+    )
+    previous = ("mem_a", "mem_b") if event_type == "checkin.cancelled" else ()
+    held = EventView(
+        id="evt_1",
+        type=event_type,
+        data=data,
+        previous_attendees=previous,
+        invite_holders=("mem_a", "mem_b"),
+    )
+    assert _pairs(_plan(held, members=members, rules=rules)) == {
+        ("mem_a", "calendar"),
+        ("mem_b", "calendar"),
+        ("mem_b", "email"),
+    }
+    never_held = EventView(id="evt_1", type=event_type, data=data, previous_attendees=previous)
+    assert _pairs(_plan(never_held, members=members, rules=rules)) == {
+        ("mem_b", "calendar"),
+        ("mem_b", "email"),
+    }
+
+
 @pytest.mark.parametrize(
     ("email", "phone", "expected"),
     [

@@ -132,6 +132,7 @@ def _route(runtime: Runtime, event_id: str) -> int:
                 data=event.data,
                 author_member_id=event.author_member_id,
                 previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
+                invite_holders=tuple((event.context or {}).get("invite_holders", ())),
             ),
             [
                 MemberView(
@@ -325,13 +326,17 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
     member = session.get(Member, delivery.member_id)
     if event is None or notebook is None or member is None:
         raise RenderError("the event, notebook or member no longer exists")
-    if not member.active:
+    # A deactivated member's calendar still gets the CANCEL of a check-in it holds.
+    holder = delivery.channel == ChannelKind.CALENDAR and member.id in (event.context or {}).get(
+        "invite_holders", ()
+    )
+    if not member.active and not holder:
         raise RenderError("member is no longer active")
     attendee_ids = set((event.context or {}).get("checkin", {}).get("attendees") or []) | {member.id}
     attendees = []
     if delivery.channel == ChannelKind.CALENDAR:
         attendees = [
-            Recipient(id=m.id, name=m.name, email=m.email, phone=m.phone)
+            Recipient(id=m.id, name=m.name, email=m.email, phone=m.phone, active=m.active)
             for m in session.scalars(select(Member).where(Member.id.in_(attendee_ids))).all()
         ]
     detail_fields = (
@@ -346,7 +351,12 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
         context=event.context or {},
         notebook=NotebookView(id=notebook.id, child_name=notebook.child_name, timezone=notebook.timezone),
         recipient=Recipient(
-            id=member.id, name=member.name, email=member.email, phone=member.phone, timezone=member.timezone
+            id=member.id,
+            name=member.name,
+            email=member.email,
+            phone=member.phone,
+            timezone=member.timezone,
+            active=member.active,
         ),
         attendees=attendees,
         link=member_link(runtime, delivery, member),
@@ -424,6 +434,9 @@ def deliver(delivery_id: str, runtime: Runtime | None = None, claim_token: str |
         return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
     try:
         with session_scope(runtime.database_url, autocommit=True) as session:
+            orphans = dl.untried_claims(session, claim_token, exclude=delivery_id)
+            if orphans:  # the batch's claim committed but its answer was lost: the rest go back
+                _give_back(session, runtime, orphans, 0)
             claim = dl.take_over(session, delivery_id, claim_token)
             if claim is None:
                 return deliver_many([delivery_id], runtime=runtime).get(delivery_id, "not-claimed")
