@@ -89,6 +89,7 @@ def claim_many(
                 Delivery.queue == fill_from,
                 Delivery.status == DeliveryStatus.QUEUED,
                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                Delivery.digest_id.is_(None),
                 Delivery.id.not_in(delivery_ids),
             )
             .order_by(Delivery.next_attempt_at)
@@ -103,6 +104,7 @@ def claim_many(
             Delivery.id.in_(delivery_ids),
             Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            Delivery.digest_id.is_(None),  # a digest's deliveries go only with their digest
         )
         .values(
             status=DeliveryStatus.SENDING,
@@ -165,6 +167,7 @@ def claim(
             Delivery.id == delivery_id,
             Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            Delivery.digest_id.is_(None),
         )
         .values(
             status=DeliveryStatus.SENDING,
@@ -210,10 +213,12 @@ def mark_provider_called(session: Session, c: Claim, commit: bool = True) -> boo
 def seconds_until_due(session: Session, delivery_id: str, now: datetime | None = None) -> float | None:
     """For a queued delivery that is not due yet: how long until it is. None otherwise."""
     row = session.execute(
-        select(Delivery.status, Delivery.next_attempt_at).where(Delivery.id == delivery_id)
+        select(Delivery.status, Delivery.next_attempt_at, Delivery.digest_id).where(
+            Delivery.id == delivery_id
+        )
     ).one_or_none()
     session.commit()
-    if row is None or row.status != DeliveryStatus.QUEUED or row.next_attempt_at is None:
+    if row is None or row.status != DeliveryStatus.QUEUED or row.next_attempt_at is None or row.digest_id:
         return None
     remaining = (row.next_attempt_at - (now or utcnow())).total_seconds()
     return remaining if remaining > 0 else None
@@ -323,6 +328,7 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
 
     The attempts before it are closed: their provider id is forgotten and a late report about
     them (see :func:`apply_provider_status`) no longer moves the delivery.
+    A delivery that failed with its digest is sent again on its own, at once.
     Idempotent: a second call finds it no longer failed and changes nothing.
     """
     now = utcnow()
@@ -337,6 +343,8 @@ def retry_failed(session: Session, delivery_id: str) -> bool:
             enqueued_at=now,
             link_issued_at=now,  # a new round: a link with its whole lifetime ahead
             claim_token=None,
+            digest_id=None,  # a failed digest's delivery, retried, goes on its own
+            hold=None,
             updated_at=now,
         )
         .returning(Delivery.channel)
@@ -486,6 +494,7 @@ def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> l
             Delivery.status == DeliveryStatus.QUEUED,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at <= cutoff),
+            Delivery.digest_id.is_(None),  # handed over by their digest
         )
         .order_by(Delivery.next_attempt_at)
         .limit(limit)

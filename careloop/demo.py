@@ -13,11 +13,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import update
 from werkzeug.serving import make_server
 
 from careloop.config.settings import Settings
 from careloop.db import dispose, session_scope, upgrade
-from careloop.models import Delivery, Member
+from careloop.messages import local_time
+from careloop.models import Delivery, Digest, Member, utcnow
+from careloop.queues import DigestJob
 from careloop.service import create_app
 from careloop.vocabulary import DONE_STATUSES, ChannelKind
 from careloop.workers.jobs import member_link
@@ -115,6 +118,7 @@ def run_demo(
     app = create_app(settings=settings)
     try:
         shown = _record_and_show(app, admin, outbox_dir, echo)
+        shown["timing"] = _show_timing(app, admin, shown, echo)
         shown["links"] = _show_links(app, shown["events"], echo, serve)
         if serve:
             _serve(app, port, echo)
@@ -166,7 +170,95 @@ def _record_and_show(app, admin: str, outbox_dir: Path, echo: Callable[[str], No
         ):
             outcome = d["provider_id"] if d["status"] in DONE_STATUSES else d["error"]
             echo(f"    {d['status']:<8} {d['channel']:<8} → {names[d['member_id']]}: {outcome}")
-    return {"notebook": notebook, "events": recorded}
+    return {"notebook": notebook, "events": recorded, "members": members}
+
+
+def _show_timing(app, admin: str, shown: dict, echo: Callable[[str], None]) -> dict:
+    """Preferences and timing: a deferred alert and a daily digest.
+
+    Alex (physical therapy) has quiet hours that began this hour (so the demo, whenever it
+    runs, falls in them): a movement concern waits for their end. Dana gets therapy logs in a
+    daily digest at 18:00; Sam turned email off for therapy. The demo then moves the digest's
+    clock forward — its hour may be far off — and the digest goes out: one email for the three.
+    """
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin}"}
+    runtime = app.extensions["careloop"].runtime
+    notebook, members = shown["notebook"], shown["members"]
+    zone = ZoneInfo(notebook["timezone"])
+    ids = {name: member["id"] for name, member in members.items()}
+
+    def call(method: str, url: str, body: dict, expect: int) -> dict:
+        response = client.open(url, method=method, json=body, headers=headers)
+        if response.status_code != expect:
+            raise RuntimeError(f"{method} {url} answered {response.status_code}: {response.get_json()}")
+        return response.get_json()
+
+    start = datetime.now(zone).hour
+    quiet = {"start": f"{start:02d}:00", "end": f"{(start + 8) % 24:02d}:00"}
+    preferences = {
+        "Alex Kim": {"quiet_hours": quiet},
+        "Dana Rivera": {"mode": "digest", "digest_hour": 18},
+        "Sam Rivera": {"channels": {"therapy": ["sms"]}},
+    }
+    for name, body in preferences.items():
+        call("PUT", f"/v1/members/{ids[name]}/preferences", body, 200)
+    echo("")
+    echo("Preferences and timing (rules decide who; each member's preferences decide how and when):")
+    window = f"{quiet['start']}-{quiet['end']} {notebook['timezone']}"
+    echo(f"    Alex Kim (physical therapy): quiet hours {window} (from this hour on, so the demo shows them)")
+    echo("    Dana Rivera (parent): therapy logs, goals and notes in a daily digest at 18:00")
+    echo("    Sam Rivera (parent): email turned off for therapy logs")
+    bodies = [
+        {
+            "type": "concern.raised",
+            "author_member_id": ids["Dana Rivera"],
+            "data": {"summary": "Tripping more on the stairs", "severity": "medium", "area": "movement"},
+        },
+        *(
+            {
+                "type": "therapy.logged",
+                "author_member_id": ids["Alex Kim"],
+                "data": {"discipline": "physical_therapy", "activity": activity, "minutes": 45},
+            }
+            for activity in ("stairs practice", "balance beam", "treadmill")
+        ),
+    ]
+    events = []
+    for body in bodies:
+        accepted = call("POST", f"/v1/notebooks/{notebook['id']}/events", body, 202)
+        runtime.dispatcher.drain(timeout=30)
+        events.append(call("GET", f"/v1/events/{accepted['id']}", None, 200))
+    names = {m["id"]: f"{m['name']} ({m['role'].replace('_', ' ')})" for m in members.values()}
+    digest_id = None
+    for event in events:
+        echo(f"● {event['type']}  ({event['id']})")
+        for d in event["deliveries"]:
+            who = f"{names[d['member_id']]}, {d['channel']}"
+            if d["held_for"] == "quiet_hours":
+                until = local_time(datetime.fromisoformat(d["next_attempt_at"]), notebook["timezone"])
+                echo(f"    deferred: {who}: waits until quiet hours end, {until}")
+            elif d["held_for"] == "digest":
+                digest_id = d["digest_id"]
+                due = local_time(datetime.fromisoformat(d["next_attempt_at"]), notebook["timezone"])
+                echo(f"    digest:   {who}: waits for the daily digest, {due}")
+            else:
+                echo(f"    {d['status']}:  {who}: {d['provider_id'] or d['error']}")
+    sent = None
+    if digest_id:
+        with session_scope(runtime.database_url) as session:
+            session.execute(update(Digest).where(Digest.id == digest_id).values(due_at=utcnow()))
+            session.commit()
+        runtime.dispatcher.digests([DigestJob(digest_id, ChannelKind.EMAIL.value, utcnow())])
+        runtime.dispatcher.drain(timeout=30)
+        with session_scope(runtime.database_url) as session:
+            digest = session.get(Digest, digest_id)
+            sent = {"status": digest.status, "provider_id": digest.provider_id}
+        echo(
+            f"    the demo moves Dana's clock to 18:00: her digest {sent['status']}, one email for "
+            f"{len(events) - 1} therapy logs: {sent['provider_id']}"
+        )
+    return {"events": events, "digest": sent}
 
 
 def _show_links(app, events: list[dict], echo: Callable[[str], None], serving: bool) -> dict:

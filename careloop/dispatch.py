@@ -28,8 +28,10 @@ from careloop.queues import (
     ROUTE_BATCH_SIZE,
     ROUTE_QUEUE,
     DeliveryJob,
+    DigestJob,
     batches,
     delivery_queue,
+    digest_job_id,
     queue_roles,
     retry_due_time,
     route_batch_job_id,
@@ -53,10 +55,10 @@ class Jobs:
     """The work a dispatcher hands out, as functions given by ``careloop.workers``.
 
     ``route(event_id, runtime=None)``, ``route_many(event_ids, runtime=None)``,
-    ``deliver_many(delivery_ids, runtime=None)`` and ``deliver(delivery_id, runtime=None,
-    claim_token=None)`` are RQ jobs (importable by name, ids in); the in-process queue calls
-    them with its runtime. ``sweep(runtime)`` is one relay sweep, run by the in-process queue
-    in its idle time.
+    ``deliver_many(delivery_ids, runtime=None)``, ``deliver(delivery_id, runtime=None,
+    claim_token=None)`` and ``digest(digest_id, runtime=None)`` are RQ jobs (importable by
+    name, ids in); the in-process queue calls them with its runtime. ``sweep(runtime)`` is one
+    relay sweep, run by the in-process queue in its idle time.
     """
 
     route: Callable[..., Any]
@@ -64,6 +66,7 @@ class Jobs:
     deliver_many: Callable[..., Any]
     sweep: Callable[[Any], Any]
     route_many: Callable[..., Any] | None = None
+    digest: Callable[..., Any] | None = None
 
 
 class RQDispatcher:
@@ -153,6 +156,30 @@ class RQDispatcher:
                 )
             handed += batch
         return handed
+
+    def digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
+        """Enqueue each digest's job for its due time (RQ's scheduler; rounded up, never early),
+        on its channel's queue. Returns them."""
+        now = datetime.now(UTC)
+        for job in jobs:
+            queue, job_id = self.queue(job.queue), digest_job_id(job)
+            options = dict(
+                job_id=job_id,
+                job_timeout=self.job_timeout,
+                result_ttl=JOB_RESULT_TTL,
+                failure_ttl=JOB_FAILURE_TTL,
+            )
+            if job.due_at > now:
+                due = retry_due_time(0, job.due_at)
+                queue.enqueue_at(due, self.jobs.digest, job.digest_id, **options)
+            else:
+                queue.enqueue(self.jobs.digest, job.digest_id, **options)
+        return jobs
+
+    def missing_digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
+        """The digests whose job for their due time Redis no longer has waiting."""
+        waiting = self._waiting([(self.queue(job.queue).name, digest_job_id(job)) for job in jobs])
+        return [job for job in jobs if digest_job_id(job) not in waiting]
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         """Run a delivery job again after ``delay`` seconds, holding on to its claim (the job met
@@ -337,6 +364,15 @@ class InProcessDispatcher:
             self._push(self._jobs.deliver_many, [j.delivery_id for j in batch], delay, queue=batch[0].queue)
             handed += batch
         return handed
+
+    def digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
+        now = datetime.now(UTC)
+        for job in jobs:
+            self._push(self._jobs.digest, job.digest_id, max(0.0, (job.due_at - now).total_seconds()))
+        return jobs
+
+    def missing_digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
+        return jobs  # the in-process queue cannot be asked; a digest job is safe to run twice
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         self._push(self._jobs.deliver, delivery_id, delay, claim_token=claim_token)

@@ -551,3 +551,98 @@ def _occurrence(value: dict) -> Occurrence:
         location=value.get("location"),
         cancelled=bool(value.get("cancelled")),
     )
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One event in a digest: what kind it is, when it happened, the member's link to it."""
+
+    event_type: str
+    data: dict
+    occurred_at: datetime
+    link: MemberLink
+
+
+DIGEST_SMS_LINKS = 3
+"""Links a digest text carries (the newest events'); an email digest carries every one."""
+
+
+def _count(n: int) -> str:
+    return "1 update" if n == 1 else f"{n} updates"
+
+
+def render_digest(
+    *,
+    digest_id: str,
+    attempt: int,
+    channel: str,
+    notebook: NotebookView,
+    recipient: Recipient,
+    items: list[DigestItem],
+    window: str,
+    created_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The one message of a member's daily digest. Pure: no I/O.
+
+    As careful as any other message: each event is named by its kind ("a goal update") and
+    time only, never by what it says, with the member's own link to its page. A text carries
+    the newest :data:`DIGEST_SMS_LINKS` links; an email lists every event.
+    """
+    if not items:
+        raise ValueError("an empty digest is not sent")
+    child = first_name(notebook.child_name)
+    zone = recipient.timezone or notebook.timezone
+    kind = ChannelKind(channel)
+    day = datetime.fromisoformat(window)
+    day_text = f"{day:%a} {day.day} {day:%b}"
+    if kind is ChannelKind.SMS:
+        newest = sorted(items, key=lambda i: i.occurred_at)[-DIGEST_SMS_LINKS:]
+        links = " ".join(i.link.url for i in reversed(newest))
+        text = f"careloop: {child}'s daily digest, {_count(len(items))}: {links}"
+        if len(items) > len(newest):
+            count = f"{_count(len(items))}; the newest {len(newest)}"
+            text = f"careloop: {child}'s daily digest, {count}: {links}"
+        return OutgoingMessage(
+            delivery_id=digest_id,
+            attempt=attempt,
+            channel=kind,
+            to=kind.address(recipient) or "",
+            to_name=recipient.name,
+            subject="",
+            text=to_gsm7(text),
+            created_at=created_at,
+        )
+    lines = []
+    for item in sorted(items, key=lambda i: i.occurred_at):
+        label = event_label(item.event_type, item.data)
+        lines.append((local_time(item.occurred_at, zone), label[0].upper() + label[1:], item.link))
+    until = local_date(min(i.link.expires_at for i in items), zone)
+    intro = f"{_count(len(items))} in {child}'s care notebook since your last digest."
+    text_lines = [f"Hello {recipient.name},", "", intro, ""]
+    text_lines += [f"- {when}: {label}\n  {link.url}" for when, label, link in lines]
+    text_lines += [
+        "",
+        f"(These links are yours alone and work until at least {until}.)",
+        "",
+        "You get this daily digest because you chose it in your careloop preferences.",
+    ]
+    rows = "".join(
+        f"<li>{html.escape(when)}: <a href='{html.escape(link.url)}'>{html.escape(label)}</a></li>"
+        for when, label, link in lines
+    )
+    html_body = (
+        f"<p>Hello {html.escape(recipient.name)},</p><p>{html.escape(intro)}</p><ul>{rows}</ul>"
+        f"<p>(These links are yours alone and work until at least {html.escape(until)}.)</p>"
+        "<p>You get this daily digest because you chose it in your careloop preferences.</p>"
+    )
+    return OutgoingMessage(
+        delivery_id=digest_id,
+        attempt=attempt,
+        channel=kind,
+        to=kind.address(recipient) or "",
+        to_name=recipient.name,
+        subject=f"Daily digest for {child}, {day_text}: {_count(len(items))}",
+        text="\n".join(text_lines),
+        html=html_body,
+        created_at=created_at,
+    )

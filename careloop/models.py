@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from careloop.vocabulary import DeliveryStatus
+from careloop.vocabulary import DeliveryStatus, DigestStatus
 
 
 def utcnow() -> datetime:
@@ -85,6 +85,8 @@ class Member(Base):
     link_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The member texted STOP (or another opt-out keyword): no SMS until they text START.
     sms_opted_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How and when they hear about events (careloop.preferences.Preferences as JSON; None: defaults).
+    preferences: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -249,6 +251,41 @@ class Delivery(Base):
     link_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Webhook messages only: the message's number among its endpoint's, from 1 without gaps.
     sequence: Mapped[int | None] = mapped_column(Integer)
+    # Why a queued delivery waits (careloop.vocabulary.Hold): quiet hours, or a digest.
+    hold: Mapped[str | None] = mapped_column(String(16))
+    # The digest that carries it (then only the digest's job sends it, never its own).
+    digest_id: Mapped[str | None] = mapped_column(String(40), index=True)
+
+
+class Digest(Base):
+    """One member's daily digest on one channel: one message for a local day's low-priority
+    events. At most one per (member, channel, window) — the unique constraint is what makes
+    "exactly one digest" hold under concurrent routing and several workers."""
+
+    __tablename__ = "digests"
+    __table_args__ = (
+        UniqueConstraint("member_id", "channel", "window", name="uq_digests_member_channel_window"),
+        Index("ix_digests_status_due", "status", "due_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dig"))
+    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"))
+    member_id: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(16))
+    # The member's local date it goes out on, YYYY-MM-DD.
+    window: Mapped[str] = mapped_column(String(10))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default=DigestStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(40))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_called_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class InstanceSecret(Base):

@@ -32,6 +32,22 @@ class DeliveryJob(NamedTuple):
 DELIVERY_CHANNELS: tuple[str, ...] = (*ChannelKind, WEBHOOK_CHANNEL)
 """Every channel deliveries go out on: the members' channels and clinics' webhooks."""
 
+
+class DigestJob(NamedTuple):
+    """One digest as the dispatcher hands it over: its id, its queue (its channel's ordinary
+    queue) and when it is due (its job runs then, never earlier)."""
+
+    digest_id: str
+    queue: str
+    due_at: datetime
+
+
+def digest_job_id(job: DigestJob) -> str:
+    """The RQ job id of a digest's job for its due time (one per digest and due time, so the
+    relay can ask Redis whether it is still waiting)."""
+    return f"digest-{job.digest_id}-{int(job.due_at.timestamp())}"
+
+
 BATCH_SIZE = 50
 """Deliveries one job sends, claimed together: fewer Redis and database round trips each."""
 

@@ -1,16 +1,23 @@
 """Who hears about an event, and how: a pure function of (event, members, rules, now).
 
 No database, no queue, no clock of its own: everything it needs is passed in, so the
-routing table can be tested exhaustively and reasoned about on paper.
+routing table can be tested exhaustively and reasoned about on paper. Rules decide *who*;
+each member's preferences (part of the team passed in) decide *how and when*: a channel the
+member turned off for the event's category is skipped, a message in their quiet hours waits
+until the window ends on their clock, and low-priority events for a member on digest join
+their daily digest. Urgent concerns and rules marked ``bypass_quiet_hours`` go at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
+from careloop import preferences as prefs
+from careloop.events import EVENT_KINDS, EventType, is_urgent
 from careloop.rules import Rule, Rules
-from careloop.vocabulary import ChannelKind
+from careloop.vocabulary import ChannelKind, Hold, preference_off_reason
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ class MemberView:
     phone: str | None = None
     active: bool = True
     sms_opted_out: bool = False
+    timezone: str | None = None
+    """The member's own zone, else the notebook's: where their quiet hours and digest hour are
+    read. None: no timing preference can apply (every message goes at once)."""
+    preferences: prefs.Preferences = prefs.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,12 @@ class PlannedDelivery:
     channel: ChannelKind
     rules: tuple[str, ...] = field(default=())
     skip_reason: str | None = None
+    not_before: datetime | None = None
+    """When it may go, if later than now (quiet hours, or the digest's time)."""
+    hold: Hold | None = None
+    """Why it waits: the member's quiet hours, or their digest."""
+    digest_window: str | None = None
+    """For a digest: the member's local day it goes out on (``YYYY-MM-DD``)."""
 
 
 def rule_matches(rule: Rule, event: EventView) -> bool:
@@ -76,16 +93,19 @@ def plan_deliveries(
         members: the notebook's members; inactive ones are never notified (but a check-in
             their calendar holds is cancelled there: ``event.invite_holders``).
         rules: parsed rules (``config.rules.load_rules``).
-        now: the routing time; reserved for quiet hours and escalation, which depend on it.
+        now: the routing time: quiet hours and digests are read from it (without it every
+            message goes at once).
 
     Returns:
         Planned deliveries in a stable order (member order, then channel order of first
         mention). The author of the event is never alerted about their own event — but an
         author who attends a check-in still gets its calendar invite: the invite is their
         calendar entry, not an alert. A member the channel cannot reach gets a delivery with
-        ``skip_reason`` set.
+        ``skip_reason`` set; so does a channel the member turned off for the event's category
+        (``preference_off``), even for an urgent event: the member said never.
     """
     planned: dict[tuple[str, ChannelKind], list[str]] = {}
+    bypass: set[tuple[str, ChannelKind]] = set()
     by_id = {m.id: m for m in members}
     position = {m.id: i for i, m in enumerate(members)}
     for rule in rules.candidates(event.type, event.data):
@@ -101,13 +121,38 @@ def plan_deliveries(
                 if not member.active and channel != ChannelKind.CALENDAR:
                     continue  # a deactivated member only has the check-in taken out of their calendar
                 planned.setdefault((member.id, channel), []).append(rule.name)
+                if rule.bypass_quiet_hours:
+                    bypass.add((member.id, channel))
+    category = EVENT_KINDS[EventType(event.type)].category
+    at_once = is_urgent(event.type, event.data)
     return [
-        PlannedDelivery(
-            member_id=member_id,
-            channel=channel,
-            rules=tuple(rule_names),
-            skip_reason=channel.unreachable_reason(by_id[member_id]),
+        _planned(
+            by_id[member_id],
+            channel,
+            tuple(rule_names),
+            category,
+            now if not at_once and (member_id, channel) not in bypass else None,
         )
         # Stable sort: member order, and within a member the order channels were first named.
         for (member_id, channel), rule_names in sorted(planned.items(), key=lambda kv: position[kv[0][0]])
     ]
+
+
+def _planned(
+    member: MemberView, channel: ChannelKind, rule_names: tuple[str, ...], category: str, now: datetime | None
+) -> PlannedDelivery:
+    """One planned delivery, with the member's preferences applied. ``now`` None: it goes at once."""
+    preferences = member.preferences
+    if not preferences.allows(category, channel):
+        return PlannedDelivery(member.id, channel, rule_names, preference_off_reason(channel, category))
+    skip = channel.unreachable_reason(member)
+    if skip or now is None or member.timezone is None:
+        return PlannedDelivery(member.id, channel, rule_names, skip)
+    zone = ZoneInfo(member.timezone)
+    if preferences.digests(category, channel):
+        slot = prefs.digest_slot(now, zone, preferences)
+        return PlannedDelivery(member.id, channel, rule_names, None, slot.due_at, Hold.DIGEST, slot.window)
+    until = prefs.quiet_until(now, zone, preferences.quiet_hours)
+    if until is not None:
+        return PlannedDelivery(member.id, channel, rule_names, None, until, Hold.QUIET_HOURS)
+    return PlannedDelivery(member.id, channel, rule_names)

@@ -11,6 +11,7 @@ Format (see README, "Rules"):
 ``when`` holds ``type`` and any data fields of that type; a list means "any of". ``notify``
 holds roles, member ids, ``attendees`` (a check-in's attendees), ``team`` (every member but
 the child) or ``everyone``. ``channels`` are ``sms``, ``email`` and ``calendar``.
+``bypass_quiet_hours: true`` sends at once even in a member's quiet hours (never into a digest).
 
 Each rule is a pydantic model; every problem in a file is reported at once, one line each,
 named by the rule (``rule 'meds': when.change values ['paused'] are not among [...]``).
@@ -160,6 +161,9 @@ class Rule(BaseModel):
     when: When
     notify: tuple[str, ...]
     channels: tuple[ChannelKind, ...]
+    bypass_quiet_hours: bool = False
+    """Its messages go at once, in quiet hours too and never into a digest (``urgent``
+    concerns always do)."""
 
     @property
     def types(self) -> tuple[EventType, ...]:
@@ -174,6 +178,13 @@ class Rule(BaseModel):
     def _named(cls, value):
         if not isinstance(value, str) or not value.strip():
             raise _problems("name is required")
+        return value
+
+    @field_validator("bypass_quiet_hours", mode="before")
+    @classmethod
+    def _flag(cls, value):
+        if not isinstance(value, bool):
+            raise _problems("bypass_quiet_hours must be true or false")
         return value
 
     @field_validator("description", mode="before")
@@ -266,7 +277,7 @@ _MISSING = {
     "notify": "notify must be a non-empty list",
     "channels": "channels must be a non-empty list",
 }
-_ORDER = ("name", "unknown keys", "description", "when", "notify", "channels")
+_ORDER = ("name", "unknown keys", "description", "when", "notify", "channels", "bypass_quiet_hours")
 
 
 def _messages(error: ValidationError) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from careloop import preferences as prefs
 from careloop.models import ApiKey, AuditEntry, Delivery, Event, InboundRecord, Member, Notebook, Source
 from careloop.vocabulary import DeliveryStatus
 
@@ -36,6 +37,14 @@ def member(m: Member) -> dict:
         "sms_opted_out": bool(m.sms_opted_out),
         "created_at": iso(m.created_at),
         "updated_at": iso(m.updated_at),
+    }
+
+
+def preferences(m: Member, notebook_timezone: str) -> dict:
+    return {
+        "member_id": m.id,
+        "timezone": m.timezone or notebook_timezone,
+        **prefs.from_stored(m.preferences).model_dump(mode="json"),
     }
 
 
@@ -87,6 +96,8 @@ def delivery(d: Delivery) -> dict:
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
         "next_attempt_at": iso(d.next_attempt_at) if d.status == DeliveryStatus.QUEUED else None,
+        "held_for": d.hold if d.status == DeliveryStatus.QUEUED else None,
+        "digest_id": d.digest_id,
         "sent_at": iso(d.sent_at),
         "delivered_at": iso(d.delivered_at),
     }

@@ -111,6 +111,39 @@ WEBHOOK_CHANNEL = "webhook"
 """The channel of a webhook message: a delivery row addressed to a clinic's endpoint (its id in
 ``member_id``) instead of a member, claimed, sent and retried by the same machinery."""
 
+SKIP_PREFERENCE_OFF = "preference_off"
+"""How the reason starts when a member turned a channel off for an event's category
+(``preference_off: sms is off for concern events``): that channel is never used for it."""
+
+
+def preference_off_reason(channel: str, category: str) -> str:
+    """The ``skipped`` reason of a channel the member turned off for a category."""
+    return f"{SKIP_PREFERENCE_OFF}: the member turned {channel} off for {category} events"
+
+
+class Hold(StrEnum):
+    """Why a queued delivery waits beyond its due time's usual "now" (``held_for`` in the API)."""
+
+    QUIET_HOURS = "quiet_hours"
+    """It fell in the member's quiet hours: due when they end, in the member's zone."""
+    DIGEST = "digest"
+    """It goes out in the member's daily digest (one message for the day's events)."""
+
+
+class DigestStatus(StrEnum):
+    """Where one digest (one member, one channel, one local day) stands."""
+
+    PENDING = "pending"
+    """Collecting events; goes out at ``due_at``."""
+    SENDING = "sending"
+    """A worker has claimed it and is talking to the provider."""
+    SENT = "sent"
+    """The provider accepted the one message; its deliveries are ``sent``."""
+    FAILED = "failed"
+    """careloop gave up (see ``error``); its deliveries are ``failed`` too, each retryable alone."""
+    EMPTY = "empty"
+    """Nothing was left in it when it fell due: no message was sent."""
+
 
 class ChannelKind(StrEnum):
     """How careloop tells a member. Each says which contact detail it needs."""

@@ -33,6 +33,7 @@ from careloop.service import (
     notebooks,
     openapi,
     pages,
+    preferences,
     redaction,
     signin,
     sources,
@@ -112,8 +113,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, keys, events, deliveries, endpoints, audit_log, sources, twilio, health, metrics, pages,
-        member_pages, signin, timeline,
+        notebooks, preferences, keys, events, deliveries, endpoints, audit_log, sources, twilio, health,
+        metrics, pages, member_pages, signin, timeline,
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -28,9 +28,26 @@ FROM_MEMBER = {
     "RevokeMemberLinks": _link(
         "revokeMemberLinks", "Turn off the links they were sent", member_id="$response.body#/id"
     ),
+    "GetMemberPreferences": _link(
+        "getMemberPreferences", "How and when they hear about events", member_id="$response.body#/id"
+    ),
+    "SetMemberPreferences": _link(
+        "setMemberPreferences", "Set how and when they hear about events", member_id="$response.body#/id"
+    ),
 }
 FROM_MEMBERS = {
     "UpdateMember": _link("updateMember", "Change the first member", member_id="$response.body#/items/0/id"),
+    "GetMemberPreferences": _link(
+        "getMemberPreferences", "The first member's preferences", member_id="$response.body#/items/0/id"
+    ),
+}
+FROM_PREFERENCES = {
+    "SetMemberPreferences": _link(
+        "setMemberPreferences", "Change them", member_id="$response.body#/member_id"
+    ),
+    "UpdateMember": _link(
+        "updateMember", "Change the member (their time zone)", member_id="$response.body#/member_id"
+    ),
 }
 FROM_ACCEPTED_EVENT = {
     "GetEvent": _link("getEvent", "The event just recorded", event_id="$response.body#/id"),

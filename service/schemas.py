@@ -20,6 +20,7 @@ from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.inbound import KIND_HANDLERS
+from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
 from careloop.text import identifier, text_type
 from careloop.timezones import TIME_ZONE_FORMAT, check_time_zone
@@ -154,6 +155,10 @@ class MemberPatch(_In):
     phone: Phone | None = None
     timezone: TimeZone | None = None
     active: StrictBool = None  # type: ignore[assignment]
+
+
+class PreferencesIn(Preferences):
+    """A member's preferences, whole (PUT replaces them; a field left out takes its default)."""
 
 
 class _EventBase(_In):
@@ -479,6 +484,19 @@ class LinksRevokedOut(_Out):
     )
 
 
+class PreferencesOut(_Out):
+    member_id: str
+    timezone: str = Field(
+        description="the zone quiet hours and the digest hour are read in: the member's own, else the "
+        "notebook's"
+    )
+    channels: dict[Category, list[Channel]]
+    quiet_hours: QuietHours | None
+    mode: Literal["immediate", "digest"]
+    digest_hour: int
+    digest_categories: list[Category]
+
+
 class EventAccepted(_Out):
     model_config = ConfigDict(**examples({"id": EVT, "status": "accepted", "type": "medication.changed"}))
     id: str
@@ -537,6 +555,11 @@ class DeliveryOut(_Out):
     created_at: DateTimeText
     updated_at: DateTimeText
     next_attempt_at: DateTimeText | None = Field(description="when a queued delivery is tried next")
+    held_for: Literal["quiet_hours", "digest"] | None = Field(
+        description="why a queued delivery waits: the member's quiet hours (until `next_attempt_at`), "
+        "or their daily digest"
+    )
+    digest_id: str | None = Field(description="the daily digest that carries it, if any")
     sent_at: DateTimeText | None
     delivered_at: DateTimeText | None
 

@@ -125,6 +125,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/members/<id:member_id>/links/revoke"): Row(
         "/v1/members/{member}/links/revoke", notebook_route(200, FAMILY)
     ),
+    # how a member is reached (channels, quiet hours): as their contact details are
+    ("GET", "/v1/members/<id:member_id>/preferences"): Row(
+        "/v1/members/{member}/preferences", notebook_route(200, CLINICAL)
+    ),
+    ("PUT", "/v1/members/<id:member_id>/preferences"): Row(
+        "/v1/members/{member}/preferences", notebook_route(200, FAMILY), {"mode": "digest"}
+    ),
     ("POST", "/v1/notebooks/<id:notebook_id>/keys"): Row(
         "/v1/notebooks/{nb}/keys", notebook_route(201, FAMILY), {"name": "EHR", "role": "integration"}
     ),

@@ -373,6 +373,14 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     # members without a phone get a skipped SMS, with the reason
     for who in ("Dr. Priya Shah (neurology)", "Jordan Lee (speech therapy)", "Ms. Ortiz (school)"):
         assert f"skipped  sms      → {who}: member has no phone number" in output, who
+    # preferences and timing: a deferred alert, a digest of three, a channel turned off
+    timing = output.split("Preferences and timing", 1)[1].split("Member links:", 1)[0]
+    assert "deferred: Alex Kim (physical therapy), email: waits until quiet hours end" in timing
+    assert timing.count("digest:   Dana Rivera (parent), email: waits for the daily digest") == 3
+    assert timing.count("skipped:  Sam Rivera (parent), email: preference_off") == 3
+    assert "her digest sent, one email for 3 therapy logs: outbox:email/dig_" in timing
+    (digest,) = (outbox / "email").glob("dig_*.eml")
+    assert "Subject: Daily digest for Maya" in digest.read_text(encoding="utf-8")
     # each person's own link to each event, pointing at the demo's app (what --serve serves)
     links = demo_links(output)
     assert [len(people) for people in links.values()] == [2, 5, 4], output
@@ -383,7 +391,8 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     # the outbox holds what was sent
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
     assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4  # invites are .eml too
+    # invites are .eml too; and Dana's daily digest (preferences and timing, below)
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1
     (ics,) = (outbox / "calendar").glob("*.ics")
     cal = icalendar.Calendar.from_ical(ics.read_bytes())
     assert str(cal["METHOD"]) == "REQUEST"

@@ -256,3 +256,45 @@ def test_sms_log_holds_exactly_the_text_twilio_gets(tmp_path, twilio_proxy):
     assert logged == [s["Body"] for s in twilio_proxy.sent]
     assert logged[0] == f"careloop: an URGENT concern in Zoe's care notebook. Details: {LINK.url}"
     assert logged[1] == "Zoe's \"check-in\" - Mariya"
+
+
+def test_a_digest_names_each_event_by_kind_and_time_never_by_what_it_says():
+    """Every event type in one daily digest, for every role, by text and by email: no detail
+    on the wire, each event's own link in the email, the newest three in the text."""
+    from careloop.messages import DIGEST_SMS_LINKS, DigestItem, render_digest
+
+    items = [
+        DigestItem(
+            event_type=event["type"],
+            data=event["data"],
+            occurred_at=datetime(2026, 11, 29, 12, tzinfo=UTC) + timedelta(minutes=i),
+            link=MemberLink(url=f"{LINK.url[:-3]}{i:03d}", expires_at=LINK.expires_at),
+        )
+        for i, event in enumerate(EVENTS)
+    ]
+    for recipient in RECIPIENTS.values():
+        for channel in (ChannelKind.SMS, ChannelKind.EMAIL):
+            message = render_digest(
+                digest_id="dig_" + "0" * 20,
+                attempt=1,
+                channel=channel,
+                notebook=NOTEBOOK,
+                recipient=recipient,
+                items=items,
+                window="2026-11-29",
+            )
+            wire = message.text if channel == ChannelKind.SMS else wire_text(message)
+            for detail in EVERY_DETAIL:
+                assert detail not in wire, (channel, recipient.name, detail)
+            if channel == ChannelKind.SMS:
+                assert is_gsm7(message.text) and "Maya's daily digest" in message.text
+                assert [i.link.url in message.text for i in items].count(True) == DIGEST_SMS_LINKS
+                assert items[-1].link.url in message.text  # the newest
+            else:
+                assert message.subject == f"Daily digest for Maya, Sun 29 Nov: {len(items)} updates"
+                assert all(i.link.url in message.text for i in items)
+    with pytest.raises(ValueError, match="empty digest"):
+        render_digest(
+            digest_id="dig_x", attempt=1, channel="email", notebook=NOTEBOOK,
+            recipient=RECIPIENTS["parent"], items=[], window="2026-11-29",
+        )  # fmt: skip

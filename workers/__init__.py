@@ -10,11 +10,17 @@ from __future__ import annotations
 from careloop.config.settings import Settings, get_settings
 from careloop.dispatch import Jobs
 from careloop.runtime import Runtime
+from careloop.workers.digests import send_digest
 from careloop.workers.jobs import deliver, deliver_many, route_event, route_many
 from careloop.workers.relay import relay_once
 
 JOBS = Jobs(
-    route=route_event, deliver=deliver, deliver_many=deliver_many, sweep=relay_once, route_many=route_many
+    route=route_event,
+    deliver=deliver,
+    deliver_many=deliver_many,
+    sweep=relay_once,
+    digest=send_digest,
+    route_many=route_many,
 )
 """careloop's jobs, as the dispatcher hands them out."""
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,7 +23,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import digests as dg
 from careloop import metrics, webhooks
+from careloop import preferences as prefs
 from careloop.db import session_scope
 from careloop.events import is_urgent
 from careloop.handover import hand_over_deliveries
@@ -30,11 +34,11 @@ from careloop.integrations.base import DeliveryError, OutcomeUnknown
 from careloop.links import link_url
 from careloop.logs import request_id_bound, reset_request_id, set_request_id
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, ProviderReceipt, Recipient, render
-from careloop.models import Delivery, Event, Member, Notebook, OutboxEntry, new_id, utcnow
-from careloop.queues import BATCH_SIZE, delivery_queue, is_urgent_queue
-from careloop.routing import EventView, MemberView, plan_deliveries
+from careloop.models import Delivery, Digest, Event, Member, Notebook, OutboxEntry, new_id, utcnow
+from careloop.queues import BATCH_SIZE, DigestJob, delivery_queue, is_urgent_queue
+from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
 from careloop.runtime import Runtime
-from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind, DeliveryStatus
+from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind, DeliveryStatus, DigestStatus
 from careloop.workers import webhook_sends
 
 log = logging.getLogger("careloop.workers")
@@ -179,6 +183,9 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             .where(Member.notebook_id == event.notebook_id)
             .order_by(Member.created_at, Member.id)
         ).all()
+        notebook_zone = session.scalar(select(Notebook.timezone).where(Notebook.id == event.notebook_id))
+        zones = {m.id: m.timezone or notebook_zone for m in members}
+        preferences = {m.id: prefs.from_stored(m.preferences) for m in members}
         now = utcnow()
         urgent = is_urgent(event.type, event.data)
         planned = plan_deliveries(
@@ -198,12 +205,15 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
                     phone=m.phone,
                     active=m.active,
                     sms_opted_out=m.sms_opted_out,
+                    timezone=zones[m.id],
+                    preferences=preferences[m.id],
                 )
                 for m in members
             ],
             runtime.rules,
             now,
         )
+        digest_of = _open_digests(session, event.notebook_id, planned, zones, preferences)
         _insert_ignoring_duplicates(
             session,
             [
@@ -221,8 +231,10 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
                     "round_attempts": 0,
                     "created_at": now,
                     "updated_at": now,
-                    "next_attempt_at": now,
+                    "next_attempt_at": _due(p, digest_of) or now,
                     "link_issued_at": now,
+                    "hold": p.hold,
+                    "digest_id": digest_of[(p.member_id, p.channel)][0] if p.digest_window else None,
                 }
                 for p in planned
             ],
@@ -244,17 +256,27 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             .values(done_at=now)
         )
         session.commit()
-        to_send = session.scalars(
-            select(Delivery.id).where(
+        _close_race(session, runtime, event.id, zones, preferences)
+        waiting = session.execute(
+            select(Delivery.id, Delivery.next_attempt_at).where(
                 Delivery.event_id == event.id,
                 Delivery.status == DeliveryStatus.QUEUED,
                 Delivery.enqueued_at.is_(None),
+                Delivery.digest_id.is_(None),
             )
         ).all()
-        if to_send and later is not None and not urgent:
-            later += to_send
-        elif to_send:
-            hand_over_deliveries(session, runtime.dispatcher, list(to_send))
+        to_send = [row.id for row in waiting]
+        by_delay: dict[float | None, list[str]] = {}
+        for row in waiting:  # now, or (quiet hours) when the member's window ends
+            held = row.next_attempt_at is not None and row.next_attempt_at > now
+            delay = (row.next_attempt_at - now).total_seconds() if held else None
+            by_delay.setdefault(delay, []).append(row.id)
+        for delay, ids in by_delay.items():
+            if delay is None and later is not None and not urgent:
+                later += ids  # the caller hands these over with the other events' (route_many)
+            else:
+                hand_over_deliveries(session, runtime.dispatcher, ids, delay=delay)
+        hand_over_digests(session, runtime, {d for d, _ in digest_of.values()})
         log.info(
             "routed event %s (%s): %d planned, %d webhook messages, %d handed over",
             event.id,
@@ -269,6 +291,98 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
 def _request_id(event: Event | None) -> str | None:
     """The request id the event was recorded under (its log lines carry it)."""
     return (event.context or {}).get("request_id") if event is not None else None
+
+
+def _open_digests(
+    session: Session,
+    notebook_id: str,
+    planned: list[PlannedDelivery],
+    zones: dict[str, str | None],
+    preferences: dict[str, prefs.Preferences],
+) -> dict[tuple[str, str], tuple[str, datetime]]:
+    """The digest each digested delivery joins: (member, channel) → (digest id, due time). A
+    digest already going out (its hour came as this event was routed) is passed over for the
+    member's next one."""
+    wanted = {
+        (p.member_id, str(p.channel)): prefs.DigestSlot(p.digest_window, p.not_before)
+        for p in planned
+        if p.digest_window and p.not_before
+    }
+    found: dict[tuple[str, str], tuple[str, datetime]] = {}
+    for _ in range(7):  # once, or twice when its hour came as this event was routed
+        if not wanted:
+            break
+        slots = [dg.Slot(notebook_id, m, c, s.window, s.due_at) for (m, c), s in wanted.items()]
+        made = dg.ensure(session, slots)
+        session.commit()
+        later = {}
+        for (member_id, channel), slot in wanted.items():
+            digest_id, status = made[(member_id, channel, slot.window)]
+            if status == DigestStatus.PENDING:
+                found[(member_id, channel)] = (digest_id, slot.due_at)
+            else:
+                zone = ZoneInfo(zones[member_id] or "UTC")
+                later[(member_id, channel)] = prefs.slot_after(slot, zone, preferences[member_id])
+        wanted = later
+    if wanted:
+        raise RuntimeError(f"no open digest within a week for {sorted(wanted)}")
+    return found
+
+
+def _due(p: PlannedDelivery, digest_of: dict[tuple[str, str], tuple[str, datetime]]) -> datetime | None:
+    """When a planned delivery may go: its digest's time (which may be the member's next one),
+    the end of quiet hours, or None (now)."""
+    if p.digest_window:
+        return digest_of[(p.member_id, p.channel)][1]
+    return p.not_before
+
+
+def _close_race(
+    session: Session,
+    runtime: Runtime,
+    event_id: str,
+    zones: dict[str, str | None],
+    preferences: dict[str, prefs.Preferences],
+) -> None:
+    """Deliveries that joined a digest just as it went out move to the member's next digest
+    (the digest's worker took its deliveries before these were written)."""
+    ids = session.scalars(
+        select(Delivery.id).where(Delivery.event_id == event_id, Delivery.digest_id.is_not(None))
+    ).all()
+    for delivery_id, digest_id in dg.closed_attachments(session, list(ids)):
+        digest = session.get(Digest, digest_id)
+        slot = prefs.slot_after(
+            prefs.DigestSlot(digest.window, digest.due_at),
+            ZoneInfo(zones.get(digest.member_id) or "UTC"),
+            preferences.get(digest.member_id, prefs.DEFAULT),
+        )
+        made = dg.ensure(
+            session, [dg.Slot(digest.notebook_id, digest.member_id, digest.channel, slot.window, slot.due_at)]
+        )
+        next_id, _ = made[(digest.member_id, digest.channel, slot.window)]
+        dg.move(session, delivery_id, digest_id, next_id, slot.due_at)
+        session.commit()
+        hand_over_digests(session, runtime, {next_id})
+
+
+def hand_over_digests(session: Session, runtime: Runtime, digest_ids: set[str]) -> None:
+    """Schedule these digests' jobs for their due times; if the queue is down, the relay hands
+    them over when they are due."""
+    if not digest_ids:
+        return
+    dispatcher = runtime.dispatcher
+    rows = session.execute(
+        select(Digest.id, Digest.channel, Digest.due_at).where(
+            Digest.id.in_(digest_ids), Digest.status == DigestStatus.PENDING
+        )
+    ).all()
+    jobs = [DigestJob(r.id, delivery_queue(r.channel, urgent=False), r.due_at) for r in rows]
+    try:
+        dispatcher.digests(jobs)
+    except Exception as exc:
+        log.warning("queue unavailable, %d digests left for the relay: %s", len(jobs), exc)
+        return
+    dg.mark_enqueued(session, [j.digest_id for j in jobs])
 
 
 def member_link(runtime: Runtime, delivery: Delivery, member: Member) -> MemberLink:

@@ -16,11 +16,14 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
+from careloop import digests as dg
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.logs import request_id_bound
 from careloop.models import OutboxEntry, utcnow
+from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
+from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
 from careloop.workers.webhook_sends import notify_disabled
 
@@ -31,7 +34,8 @@ BATCH = 500
 
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
-    """One sweep: pending events to route, due deliveries to send, stale sends to check.
+    """One sweep: pending events to route, due deliveries and digests to send, stale sends to
+    check. Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
     only when Redis no longer has its job (a job merely waiting in a long queue is left
@@ -41,6 +45,7 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
     settings = runtime.settings
     dispatcher = runtime.dispatcher
     counts = {"events": 0, "deliveries": 0, "stale": 0}
+    digests = 0
     with session_scope(runtime.database_url) as session:
         if dispatcher.lost_data():
             forget_hand_overs(session)
@@ -79,26 +84,39 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             dl.mark_enqueued(session, handed + waiting)  # waiting ones: checked again later
             counts["deliveries"] = len(handed)
 
+        due_digests = dg.due_for_enqueue(session, settings.claim_timeout, BATCH)
+        if due_digests:
+            due_jobs = [DigestJob(i, delivery_queue(c, urgent=False), due) for i, c, due in due_digests]
+            lost = dispatcher.missing_digests(due_jobs)
+            dispatcher.digests(lost)
+            dg.mark_enqueued(session, [job.digest_id for job in due_jobs])
+            digests = len(lost)
+
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             with request_id_bound(None):  # its lines carry the id of the event it is about
                 recover_stale(runtime, delivery_id, token)
             counts["stale"] += 1
+        for digest_id, token, called in dg.stale_claims(session, settings.claim_timeout):
+            recover_stale_digest(runtime, digest_id, token, called)
+            counts["stale"] += 1
 
         notify_disabled(runtime, session)
-    if any(counts.values()):
+    if any(counts.values()) or digests:
         log.info(
-            "relay: %(events)d events, %(deliveries)d deliveries handed over, %(stale)d stale sends checked",
-            counts,
+            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
+            "%(stale)d stale sends checked",
+            {**counts, "digests": digests},
         )
     return counts
 
 
 def forget_hand_overs(session: Session) -> None:
-    """Redis lost its data: every pending event and queued delivery counts as never handed over,
-    so this sweep (and, for retries not yet due, the sweep when they are) hands it over."""
+    """Redis lost its data: every pending event, queued delivery and pending digest counts as never
+    handed over, so this sweep (and, for work not yet due, the sweep when it is) hands it over."""
     log.warning("the queue lost its data (Redis restarted empty, or flushed): handing all pending work over")
     session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
     dl.forget_enqueued(session)
+    dg.forget_enqueued(session)
     session.commit()
 
 
