@@ -157,8 +157,17 @@ class MemberPatch(_In):
     active: StrictBool = None  # type: ignore[assignment]
 
 
+PREFERENCES_IN_EXAMPLE = {
+    "channels": {"concern": ["sms", "email"], "therapy": ["email"], "note": ["email"]},
+    "quiet_hours": {"start": "21:00", "end": "07:00"}, "mode": "digest", "digest_hour": 18,
+    "digest_categories": ["therapy", "goal", "note"],
+}  # fmt: skip
+
+
 class PreferencesIn(Preferences):
     """A member's preferences, whole (PUT replaces them; a field left out takes its default)."""
+
+    model_config = ConfigDict(**examples(PREFERENCES_IN_EXAMPLE))
 
 
 class _EventBase(_In):
@@ -485,6 +494,15 @@ class LinksRevokedOut(_Out):
 
 
 class PreferencesOut(_Out):
+    model_config = ConfigDict(
+        **examples({
+            "member_id": MEM, "timezone": "America/Chicago",
+            "quiet_hours": {"start": "21:00", "end": "07:00"},
+            "channels": {"medication": ["sms", "email", "calendar"], "concern": ["sms", "email"],
+                         "therapy": ["email"], "goal": ["sms", "email", "calendar"],
+                         "checkin": ["email", "calendar"], "note": ["email"]},
+            "mode": "digest", "digest_hour": 18, "digest_categories": ["therapy", "goal", "note"]})
+    )  # fmt: skip
     member_id: str
     timezone: str = Field(
         description="the zone quiet hours and the digest hour are read in: the member's own, else the "
@@ -508,11 +526,12 @@ DELIVERY_EXAMPLES = (
     {"id": DLV, "event_id": EVT, "notebook_id": NB, "member_id": MEM2, "channel": "sms",
      "status": "delivered", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef", "error": None,
      "rules": ["parents-hear-everything"], "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None,
-     "sent_at": WHEN, "delivered_at": LATER},
+     "sent_at": WHEN, "delivered_at": LATER, "held_for": None, "digest_id": None},
     {"id": "dlv_0d9c8b7a6f5e4d3c2b1a", "event_id": EVT, "notebook_id": NB, "member_id": MEM,
      "channel": "email", "status": "failed", "attempts": 1, "provider_id": None,
      "error": "SMTP 550: 5.1.1 mailbox unavailable", "rules": ["neurology-hears-medication"],
-     "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None, "sent_at": None, "delivered_at": None},
+     "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None, "sent_at": None, "delivered_at": None,
+     "held_for": None, "digest_id": None},
 )  # fmt: skip
 
 
