@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from careloop import sources
 from careloop.db import session_scope
 from careloop.models import Event, InboundRecord, Source
-from tests.conftest import build_app, drain, make_settings
+from tests.conftest import build_app, close_app, drain, make_settings
 
 
 def body_for(notebook_id: str, **overrides) -> bytes:
@@ -324,14 +324,17 @@ def test_a_rotated_secret_verifies_beside_the_old_one_during_the_grace(app, clie
 
 def test_after_the_grace_the_old_secret_is_refused(db_url, tmp_path):
     app, api = build_app(make_settings(db_url, tmp_path, webhook_secret_grace=0))
-    client = app.test_client()
-    nb = api.notebook()
-    src = register(api, nb["id"])
-    rotated = api.post(f"/v1/sources/{src['id']}/secret/rotate", None, status=200)
-    body = body_for(nb["id"])
-    old = post(client, src["id"], body, signed(src["secret"], body))
-    assert old.status_code == 401
-    assert post(client, src["id"], body, signed(rotated["secret"], body)).status_code == 202
+    try:
+        client = app.test_client()
+        nb = api.notebook()
+        src = register(api, nb["id"])
+        rotated = api.post(f"/v1/sources/{src['id']}/secret/rotate", None, status=200)
+        body = body_for(nb["id"])
+        old = post(client, src["id"], body, signed(src["secret"], body))
+        assert old.status_code == 401
+        assert post(client, src["id"], body, signed(rotated["secret"], body)).status_code == 202
+    finally:  # its in-process queue stops before the database is cleaned (else TRUNCATE deadlocks)
+        close_app(app)
 
 
 def test_rotating_twice_drops_the_oldest_secret_at_once(client, api, source):
