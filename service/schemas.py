@@ -19,6 +19,7 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import KIND as FHIR_KIND
 from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
 from careloop.preferences import Category, Channel, Preferences, QuietHours
@@ -714,12 +715,32 @@ PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_
 """A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
 
 
+_ONE_NOTEBOOK = {"notebook_id": {"type": "string"}, "patients": {"type": "null"}}
+_BY_PATIENT = {"patients": {"type": "object"}, "notebook_id": {"type": "null"}}
+SOURCE_TARGETS = [
+    {"properties": {"kind": {"enum": [k for k in KIND_HANDLERS if k != FHIR_KIND]}, **_ONE_NOTEBOOK},
+     "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT}, "required": ["patients"]},
+]  # fmt: skip
+"""Where a source's events go, in the schema as the API checks it: any kind names its notebook,
+or a ``fhir`` source maps patients instead (never both)."""
+
+Patients = Annotated[
+    dict[PatientKey, NotebookId],  # type: ignore[valid-type]
+    Field(min_length=1, max_length=MAX_PATIENTS, json_schema_extra={"additionalProperties": False}),
+]
+
+
 class SourceIn(_In):
     model_config = ConfigDict(
-        **examples(
-            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
-            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
-        )
+        json_schema_extra={
+            "examples": [
+                {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+                {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+            ],
+            "anyOf": SOURCE_TARGETS,
+        }
     )
     name: Line200
     kind: SourceKindName = Field(
@@ -729,10 +750,8 @@ class SourceIn(_In):
     notebook_id: NotebookId | None = Field(
         None, description="the notebook its events go to (required unless a `fhir` source gives `patients`)"
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+    patients: Patients | None = Field(
         None,
-        min_length=1,
-        max_length=MAX_PATIENTS,
         description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
         "or by an identifier's `<system>|<value>`",
     )

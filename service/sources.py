@@ -119,9 +119,9 @@ def _out(source: Source) -> dict:
     responses={
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
-        404: "No such notebook",
-        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
-        "`notebook_id` and `patients`, or a patient mapped to no notebook",
+        404: "No such notebook (`notebook_id`, or one a patient is mapped to)",
+        422: "A field is invalid: `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`",
     },
 )
 def create_source(body: SourceIn):
@@ -160,7 +160,7 @@ def _checked_patients(body: SourceIn) -> dict[str, str] | None:
     found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(wanted))))
     for key, notebook_id in body.patients.items():
         if notebook_id not in found:
-            _invalid(f"patients.{key}", "names no notebook")
+            abort(404, f"patients.{key}: notebook not found")
     return dict(body.patients)
 
 
