@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select
 from careloop import fhir_inbound, inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
-from careloop.models import InboundRecord, Notebook, Source
+from careloop.models import Event, InboundRecord, Notebook, Source
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
@@ -93,7 +93,12 @@ def audit_webhook(source: Source, record: InboundRecord, reason: str | None = No
     seen = trail()
     seen.action = "webhooks.receive"
     seen.actor_type, seen.actor_id = ActorType.SOURCE, source.id
-    seen.notebook_ids = [source.notebook_id] if source.notebook_id else []
+    if source.notebook_id:
+        seen.notebook_ids = [source.notebook_id]
+    else:  # a source mapping patients: the notebooks its events went to
+        ids = list(record.event_ids or [])
+        found = g.db.scalars(select(Event.notebook_id).where(Event.id.in_(ids))) if ids else []
+        seen.notebook_ids = sorted(set(found))
     seen.target_id = record.id
     seen.reason = reason
 

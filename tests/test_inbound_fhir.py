@@ -247,9 +247,15 @@ def test_an_appointment_no_member_attends_is_rejected(client, api, clinic):
 # --- flags and communications ------------------------------------------------------------------
 
 
-def test_a_flag_raises_a_concern_and_a_communication_adds_a_note(app, api, clinic):
+def test_a_flag_raises_a_concern_and_a_communication_adds_a_note(app, api, clinic, team):
+    nb, _ = team
     [concern] = clinic.accepted(fixture("flag-example.json") | {"status": "active"})
     assert concern["type"] == "concern.raised"
+    # A source mapping patients audits each webhook in the notebooks its events went to.
+    [audited] = [
+        r for r in api.get(f"/v1/notebooks/{nb['id']}/audit")["items"] if r["action"] == "webhooks.receive"
+    ]
+    assert audited["actor_id"] == clinic.source["id"] and audited["status"] == 202
     assert concern["data"]["summary"].startswith("Patient has a big dog at his home")
     assert concern["data"]["severity"] == "high"  # a safety flag
     assert routed(app, api, concern)
