@@ -308,6 +308,15 @@ def test_subscription_notifications_r4b_and_r4_backport_become_events(app, api, 
     assert clinic.inbound()[0]["notification"]["gap"] is None
     assert routed(app, api, note)
 
+    # R5 writes the Bundle type subscription-notification and the counters as numbers.
+    r5 = fixture("r4b-notification-full-resource.json") | {"type": "subscription-notification"}
+    r5["entry"][0]["resource"] |= {"eventsSinceSubscriptionStart": 4}
+    r5["entry"][0]["resource"]["notificationEvent"][0]["eventNumber"] = 4
+    [concern] = clinic.accepted(r5)
+    assert concern["type"] == "concern.raised"
+    latest = clinic.inbound()[0]["notification"]
+    assert latest["event_numbers"] == [4] and latest["events_since_start"] == 4 and latest["gap"] is None
+
 
 def test_handshake_and_heartbeat_are_answered_and_recorded_never_evented(app, api, clinic, team):
     nb, _ = team
