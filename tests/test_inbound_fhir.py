@@ -383,6 +383,15 @@ def test_a_bad_signature_is_401_and_creates_nothing(client, api, clinic, team):
         ({"resourceType": "Spaceship"}, "resourceType", "not a FHIR resource type"),
         (
             {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": {"resourceType": "Spaceship"}}],
+            },
+            "body",
+            "not valid FHIR R4B Bundle",
+        ),
+        (
+            {
                 "resourceType": "Flag",
                 "status": "active",
                 "code": {"text": "x"},
