@@ -20,6 +20,7 @@ from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.inbound import KIND_HANDLERS
+from careloop.mapping_inbound import MappingSpec
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
 from careloop.text import identifier, text_type
@@ -692,21 +693,47 @@ InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: igno
 SOURCE_EXAMPLE = {
     "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
     "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
-    "secret_rotated_at": None, "previous_secret_expires_at": None,
+    "secret_rotated_at": None, "previous_secret_expires_at": None, "mapping": None,
 }  # fmt: skip
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
+    "reruns": 0, "reran_at": None,
 }  # fmt: skip
 
 
+MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
+
+
 class SourceIn(_In):
-    model_config = ConfigDict(**examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}))
+    model_config = ConfigDict(
+        **examples(
+            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+            {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+        )
+    )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `mapping` is the "
+        "clinic's own JSON, read through `mapping`"
     )
-    notebook_id: NotebookId = Field(description="the notebook its events go to")
+    notebook_id: NotebookId | None = Field(
+        None,
+        description="the notebook its events go to; required unless a mapping chooses notebooks "
+        "(`notebook_by`)",
+    )
+    mapping: MappingSpec | None = Field(
+        None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
+    )
+
+
+class SourcePatch(_In):
+    """A source's name, notebook or mapping, fixed (then re-run what it rejected)."""
+
+    model_config = ConfigDict(**examples({"mapping": MAPPING_EXAMPLE}, {"name": "Northside EHR (new)"}))
+    name: Line200 = None  # type: ignore[assignment]
+    notebook_id: NotebookId | None = Field(None, description="null: the mapping chooses notebooks")
+    mapping: MappingSpec = None  # type: ignore[assignment]
 
 
 class SourceOut(_Out):
@@ -721,6 +748,7 @@ class SourceOut(_Out):
     previous_secret_expires_at: DateTimeText | None = Field(
         description="until when the secret before the last rotation still verifies"
     )
+    mapping: MappingSpec | None = Field(description="a `mapping` source's field mapping, as saved")
 
 
 class SourceWithSecretOut(SourceOut):
@@ -753,6 +781,8 @@ class InboundOut(_Out):
     reason: str | None = Field(description="why it was rejected, or which record it repeats")
     event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
     duplicate_of: str | None
+    reruns: int = Field(description="how many times its kept body was run again after a fix")
+    reran_at: DateTimeText | None = Field(description="when it was last run again")
 
 
 class InboundList(_Out):
