@@ -791,6 +791,34 @@ class InboundList(_Out):
     next_cursor: str | None
 
 
+class RerunAllIn(_In):
+    model_config = ConfigDict(**examples({"limit": 100}))
+    limit: int = Field(100, ge=1, le=200, description="at most this many records, oldest first")
+    cursor: Cursor | None = Field(
+        None, description="`next_cursor` of the previous call: go on after the records it ran"
+    )
+
+
+class RerunAllOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [{**INBOUND_EXAMPLE, "reruns": 1, "reran_at": LATER}],
+                "accepted": 1,
+                "rejected": 0,
+                "next_cursor": None,
+            }
+        )
+    )
+    items: list[InboundOut] = Field(description="the records run again, oldest first, as they are now")
+    accepted: int = Field(description="how many were accepted this time")
+    rejected: int = Field(description="how many were rejected again (each with its new reason)")
+    next_cursor: str | None = Field(
+        description="more rejected records are left beyond the limit: pass it as `cursor` to run them "
+        "(records rejected again here are not run again on the way)"
+    )
+
+
 ERROR_SCHEMA = ErrorOut.model_json_schema()
 """The body of every 4xx/5xx answer, for apiflask's generated error responses."""
 
