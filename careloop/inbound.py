@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from careloop.events import EVENT_DATA, EVENT_KINDS, EventType, MemberId, Timestamp
+from careloop.fhir_inbound import FhirEvents
 from careloop.intake import FieldError, stage_event
 from careloop.models import InboundRecord, Notebook, Source
 from careloop.sources import Verified
@@ -72,6 +73,12 @@ class SourceKind:
     def events(self, source: Source, body: bytes) -> list[EventDraft]:
         """The events ``body`` means. Raises Unmappable."""
         raise NotImplementedError
+
+    def details(self, source: Source, body: bytes) -> dict | None:
+        """What the request's record keeps about the body beside its events (a FHIR
+        notification's event numbers), read before mapping so a rejected record keeps it too.
+        Never raises: a body it cannot read has none."""
+        return None
 
 
 def strict_json(body: bytes) -> object:
@@ -158,7 +165,9 @@ class CareloopEvents(SourceKind):
         ]
 
 
-KIND_HANDLERS: dict[str, SourceKind] = {handler.kind: handler for handler in (CareloopEvents(),)}
+KIND_HANDLERS: dict[str, SourceKind] = {
+    handler.kind: handler for handler in (CareloopEvents(), FhirEvents())  # type: ignore[misc]
+}
 """Every source kind careloop reads, by the ``kind`` a source is registered with."""
 
 
@@ -231,18 +240,21 @@ def _decide(
             event_ids=[],
             content_type=(content_type or "")[:200] or None,
             body=body,
+            details=details,
         )
         session.add(row)
         session.flush()  # claims the webhook-id now: a concurrent twin fails here or waits
         return row
 
     source_id, kind = source.id, source.kind
+    details = None
     try:
         handler = KIND_HANDLERS.get(kind)
         if handler is None:
             raise Unmappable(f"careloop no longer reads sources of kind {kind!r}")
         if media_type(content_type) not in handler.media_types:
             raise Unmappable(f"the body must be {' or '.join(handler.media_types)}", status=415)
+        details = handler.details(source, body)
         drafts = handler.events(source, body)
         accepted = record(InboundStatus.ACCEPTED)
         created = [_stage(session, draft) for draft in drafts]

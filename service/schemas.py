@@ -19,6 +19,7 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
@@ -697,24 +698,53 @@ SOURCE_EXAMPLE = {
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
+    "notification": None,
 }  # fmt: skip
+NOTIFICATION_EXAMPLE = {
+    "type": "event-notification", "subscription": "https://ehr.clinic.example/fhir/Subscription/admission",
+    "topic": "http://hl7.org/SubscriptionTopic/admission", "events_since_start": 5, "event_numbers": [5],
+    "gap": {"first": 3, "last": 4}, "late": False,
+}  # fmt: skip
+FHIR_SOURCE_EXAMPLE = {
+    **SOURCE_EXAMPLE, "name": "Northside FHIR", "kind": "fhir", "notebook_id": None,
+    "patients": {"Patient/123": NB, "http://hospital.example.org/mrn|4711": NB},
+}  # fmt: skip
+
+PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_KEY_PATTERN)]
+"""A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
 
 
 class SourceIn(_In):
-    model_config = ConfigDict(**examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}))
+    model_config = ConfigDict(
+        **examples(
+            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+        )
+    )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
+        "resources, Bundles and R4B/R5 (or backport) subscription notifications"
     )
-    notebook_id: NotebookId = Field(description="the notebook its events go to")
+    notebook_id: NotebookId | None = Field(
+        None, description="the notebook its events go to (required unless a `fhir` source gives `patients`)"
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+        None,
+        min_length=1,
+        max_length=MAX_PATIENTS,
+        description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
+        "or by an identifier's `<system>|<value>`",
+    )
 
 
 class SourceOut(_Out):
-    model_config = ConfigDict(**examples(SOURCE_EXAMPLE))
+    model_config = ConfigDict(**examples(SOURCE_EXAMPLE, FHIR_SOURCE_EXAMPLE))
     id: str
     name: str
     kind: SourceKindName
     notebook_id: str | None
+    patients: dict[str, str] | None = Field(None, description="a `fhir` source's patients' notebooks")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None
@@ -741,8 +771,35 @@ class InboundQuery(_In):
     cursor: Cursor | None = None
 
 
+class NotificationGapOut(_Out):
+    first: int = Field(description="the first event number never received")
+    last: int = Field(description="the last one")
+
+
+class InboundNotificationOut(_Out):
+    model_config = ConfigDict(**examples(NOTIFICATION_EXAMPLE))
+    type: str = Field(
+        description="handshake, heartbeat, event-notification, query-status or query-event (only "
+        "event-notification and query-event carry events)"
+    )
+    subscription: str | None = Field(description="the Subscription that sent it")
+    topic: str | None
+    events_since_start: int | None = Field(description="the sender's count of events so far")
+    event_numbers: list[int] = Field(description="the numbers of the events it carries")
+    gap: NotificationGapOut | None = Field(
+        description="event numbers no earlier request carried, between the highest before and this one: "
+        "missed notifications (fetch them from the sender)"
+    )
+    late: bool = Field(description="it carries a number at or below the highest seen before (out of order)")
+
+
 class InboundOut(_Out):
-    model_config = ConfigDict(**examples(INBOUND_EXAMPLE))
+    model_config = ConfigDict(
+        **examples(
+            INBOUND_EXAMPLE,
+            {**INBOUND_EXAMPLE, "webhook_id": "msg_2hXa", "notification": NOTIFICATION_EXAMPLE},
+        )
+    )
     id: str
     source_id: str
     webhook_id: str | None = Field(
@@ -753,6 +810,9 @@ class InboundOut(_Out):
     reason: str | None = Field(description="why it was rejected, or which record it repeats")
     event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
     duplicate_of: str | None
+    notification: InboundNotificationOut | None = Field(
+        None, description="a FHIR subscription notification's type and event numbers, and any gap before them"
+    )
 
 
 class InboundList(_Out):

@@ -17,10 +17,10 @@ from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
-from careloop import inbound, serialize, sources
+from careloop import fhir_inbound, inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
-from careloop.models import InboundRecord, Source
+from careloop.models import InboundRecord, Notebook, Source
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
@@ -61,13 +61,20 @@ WEBHOOK_HEADERS = [
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
-    "plus `notebook_id` (the source's notebook). The signature is checked over these exact bytes.",
+    "plus `notebook_id` (the source's notebook). For a `fhir` source: a FHIR R4 resource, a Bundle, or a "
+    "subscription notification, as `application/fhir+json` or `application/json`. The signature is "
+    "checked over these exact bytes.",
     "content": {
         "application/json": {
             "schema": {"type": "object"},
             "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
                         "data": {"goal": "Walk 10 m", "status": "met"}},
-        }
+        },
+        "application/fhir+json": {
+            "schema": {"type": "object"},
+            "example": {"resourceType": "Flag", "status": "active", "code": {"text": "Seizure plan updated"},
+                        "subject": {"reference": "Patient/123"}},
+        },
     },
 }  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
@@ -113,14 +120,48 @@ def _out(source: Source) -> dict:
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
         404: "No such notebook",
+        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`, or a patient mapped to no notebook",
     },
 )
 def create_source(body: SourceIn):
-    notebook = notebook_or_404(body.notebook_id)
-    source = Source(name=body.name, kind=body.kind, notebook_id=notebook.id, secret=sources.mint_secret())
+    patients = _checked_patients(body)
+    notebook_id = notebook_or_404(body.notebook_id).id if body.notebook_id else None
+    source = Source(
+        name=body.name,
+        kind=body.kind,
+        notebook_id=notebook_id,
+        config={"patients": patients} if patients else None,
+        secret=sources.mint_secret(),
+    )
     g.db.add(source)
     g.db.commit()
     return {**_out(source), "secret": source.secret}, 201
+
+
+def _invalid(field: str, message: str):
+    abort(422, f"{field} {message}", detail={"json": {field: [message]}})
+
+
+def _checked_patients(body: SourceIn) -> dict[str, str] | None:
+    """Where a source's events go, checked before it is saved: a ``fhir`` source names one
+    notebook or maps patients to existing notebooks; any other kind names its notebook."""
+    if body.kind != fhir_inbound.KIND:
+        if body.patients is not None:
+            _invalid("patients", "is only for a fhir source")
+        if body.notebook_id is None:
+            _invalid("notebook_id", f"is required for a {body.kind} source")
+        return None
+    if (body.notebook_id is None) == (body.patients is None):
+        _invalid("patients", "or notebook_id: a fhir source takes exactly one of them")
+    if body.patients is None:
+        return None
+    wanted = set(body.patients.values())
+    found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(wanted))))
+    for key, notebook_id in body.patients.items():
+        if notebook_id not in found:
+            _invalid(f"patients.{key}", "names no notebook")
+    return dict(body.patients)
 
 
 @bp.get("/sources")
