@@ -21,6 +21,7 @@ from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
+from careloop.mapping_inbound import MappingSpec
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
 from careloop.text import identifier, text_type
@@ -693,12 +694,12 @@ InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: igno
 SOURCE_EXAMPLE = {
     "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
     "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
-    "secret_rotated_at": None, "previous_secret_expires_at": None,
+    "secret_rotated_at": None, "previous_secret_expires_at": None, "mapping": None,
 }  # fmt: skip
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
-    "notification": None,
+    "notification": None, "reruns": 0, "reran_at": None,
 }  # fmt: skip
 NOTIFICATION_EXAMPLE = {
     "type": "event-notification", "subscription": "https://ehr.clinic.example/fhir/Subscription/admission",
@@ -714,20 +715,27 @@ PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_
 """A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
 
 
+MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
+
+
 class SourceIn(_In):
     model_config = ConfigDict(
         **examples(
             {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
             {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+            {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
         )
     )
     name: Line200
     kind: SourceKindName = Field(
         description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
-        "resources, Bundles and R4B/R5 (or backport) subscription notifications"
+        "resources, Bundles and R4B/R5 (or backport) subscription notifications; `mapping` is the clinic's "
+        "own JSON, read through `mapping`"
     )
     notebook_id: NotebookId | None = Field(
-        None, description="the notebook its events go to (required unless a `fhir` source gives `patients`)"
+        None,
+        description="the notebook its events go to; required unless a `fhir` source gives `patients` or a "
+        "mapping chooses notebooks (`notebook_by`)",
     )
     patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
         None,
@@ -736,6 +744,29 @@ class SourceIn(_In):
         description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
         "or by an identifier's `<system>|<value>`",
     )
+    mapping: MappingSpec | None = Field(
+        None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
+    )
+
+
+class SourcePatch(_In):
+    """A source's name, notebook, patients or mapping, fixed (then re-run what it rejected)."""
+
+    model_config = ConfigDict(
+        **examples(
+            {"mapping": MAPPING_EXAMPLE},
+            {"name": "Northside EHR (new)"},
+            {"patients": FHIR_SOURCE_EXAMPLE["patients"]},
+        )
+    )
+    name: Line200 = None  # type: ignore[assignment]
+    notebook_id: NotebookId | None = Field(
+        None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, max_length=MAX_PATIENTS, description="`fhir` only: replaces the patients map"
+    )
+    mapping: MappingSpec = None  # type: ignore[assignment]
 
 
 class SourceOut(_Out):
@@ -751,6 +782,7 @@ class SourceOut(_Out):
     previous_secret_expires_at: DateTimeText | None = Field(
         description="until when the secret before the last rotation still verifies"
     )
+    mapping: MappingSpec | None = Field(description="a `mapping` source's field mapping, as saved")
 
 
 class SourceWithSecretOut(SourceOut):
@@ -813,6 +845,8 @@ class InboundOut(_Out):
     notification: InboundNotificationOut | None = Field(
         None, description="a FHIR subscription notification's type and event numbers, and any gap before them"
     )
+    reruns: int = Field(description="how many times its kept body was run again after a fix")
+    reran_at: DateTimeText | None = Field(description="when it was last run again")
 
 
 class InboundList(_Out):
