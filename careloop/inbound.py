@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from careloop import mapping_inbound
 from careloop.events import EVENT_DATA, EVENT_KINDS, EventType, MemberId, Timestamp
+from careloop.fhir_inbound import FhirEvents
 from careloop.intake import FieldError, stage_event
 from careloop.models import InboundRecord, Notebook, Source, utcnow
 from careloop.sources import Verified
@@ -73,6 +74,12 @@ class SourceKind:
     def events(self, source: Source, body: bytes) -> list[EventDraft]:
         """The events ``body`` means. Raises Unmappable."""
         raise NotImplementedError
+
+    def details(self, source: Source, body: bytes) -> dict | None:
+        """What the request's record keeps about the body beside its events (a FHIR
+        notification's event numbers), read before mapping so a rejected record keeps it too.
+        Never raises: a body it cannot read has none."""
+        return None
 
 
 def strict_json(body: bytes) -> object:
@@ -180,7 +187,7 @@ class MappingEvents(SourceKind):
 
 
 KIND_HANDLERS: dict[str, SourceKind] = {
-    handler.kind: handler for handler in (CareloopEvents(), MappingEvents())
+    handler.kind: handler for handler in (CareloopEvents(), FhirEvents(), MappingEvents())  # type: ignore[misc]
 }
 """Every source kind careloop reads, by the ``kind`` a source is registered with."""
 
@@ -254,14 +261,18 @@ def _decide(
             event_ids=[],
             content_type=(content_type or "")[:200] or None,
             body=body,
+            details=details,
         )
         session.add(row)
         session.flush()  # claims the webhook-id now: a concurrent twin fails here or waits
         return row
 
     source_id = source.id
+    details = None
     try:
-        drafts = _drafts(source, body, content_type)
+        handler = _handler(source, content_type)
+        details = handler.details(source, body)
+        drafts = handler.events(source, body)
         accepted = record(InboundStatus.ACCEPTED)
         created = [_stage(session, draft) for draft in drafts]
         accepted.event_ids = created
@@ -277,14 +288,19 @@ def _decide(
     return Receipt(rejected, problem=problem)
 
 
-def _drafts(source: Source, body: bytes, content_type: str | None) -> list[EventDraft]:
-    """What ``body`` means to ``source``'s kind. Raises Unmappable."""
+def _handler(source: Source, content_type: str | None) -> SourceKind:
+    """``source``'s kind, if it reads a body of this type. Raises Unmappable."""
     handler = KIND_HANDLERS.get(source.kind)
     if handler is None:
         raise Unmappable(f"careloop no longer reads sources of kind {source.kind!r}")
     if media_type(content_type) not in handler.media_types:
         raise Unmappable(f"the body must be {' or '.join(handler.media_types)}", status=415)
-    return handler.events(source, body)
+    return handler
+
+
+def _drafts(source: Source, body: bytes, content_type: str | None) -> list[EventDraft]:
+    """What ``body`` means to ``source``'s kind. Raises Unmappable."""
+    return _handler(source, content_type).events(source, body)
 
 
 class RerunRefused(Exception):

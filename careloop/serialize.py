@@ -126,6 +126,7 @@ def source(s: Source, public_url: str) -> dict:
         "name": s.name,
         "kind": s.kind,
         "notebook_id": s.notebook_id,
+        "patients": (s.config or {}).get("patients"),
         "webhook_url": f"{public_url}/v1/webhooks/{s.id}",
         "created_at": iso(s.created_at),
         "secret_rotated_at": iso(s.secret_rotated_at),
@@ -145,6 +146,7 @@ def inbound_record(r: InboundRecord) -> dict:
         "reason": r.reason,
         "event_ids": list(r.event_ids or []),
         "duplicate_of": r.duplicate_of,
+        "notification": (r.details or {}).get("notification"),
         "reruns": r.reruns or 0,
         "reran_at": iso(r.reran_at),
     }

@@ -19,6 +19,7 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
 from careloop.mapping_inbound import MappingSpec
 from careloop.preferences import Category, Channel, Preferences, QuietHours
@@ -698,8 +699,20 @@ SOURCE_EXAMPLE = {
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
-    "reruns": 0, "reran_at": None,
+    "notification": None, "reruns": 0, "reran_at": None,
 }  # fmt: skip
+NOTIFICATION_EXAMPLE = {
+    "type": "event-notification", "subscription": "https://ehr.clinic.example/fhir/Subscription/admission",
+    "topic": "http://hl7.org/SubscriptionTopic/admission", "events_since_start": 5, "event_numbers": [5],
+    "gap": {"first": 3, "last": 4}, "late": False,
+}  # fmt: skip
+FHIR_SOURCE_EXAMPLE = {
+    **SOURCE_EXAMPLE, "name": "Northside FHIR", "kind": "fhir", "notebook_id": None,
+    "patients": {"Patient/123": NB, "http://hospital.example.org/mrn|4711": NB},
+}  # fmt: skip
+
+PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_KEY_PATTERN)]
+"""A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
 
 
 MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
@@ -709,18 +722,27 @@ class SourceIn(_In):
     model_config = ConfigDict(
         **examples(
             {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
             {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
         )
     )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON; `mapping` is the "
-        "clinic's own JSON, read through `mapping`"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
+        "resources, Bundles and R4B/R5 (or backport) subscription notifications; `mapping` is the clinic's "
+        "own JSON, read through `mapping`"
     )
     notebook_id: NotebookId | None = Field(
         None,
-        description="the notebook its events go to; required unless a mapping chooses notebooks "
-        "(`notebook_by`)",
+        description="the notebook its events go to; required unless a `fhir` source gives `patients` or a "
+        "mapping chooses notebooks (`notebook_by`)",
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+        None,
+        min_length=1,
+        max_length=MAX_PATIENTS,
+        description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
+        "or by an identifier's `<system>|<value>`",
     )
     mapping: MappingSpec | None = Field(
         None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
@@ -728,20 +750,32 @@ class SourceIn(_In):
 
 
 class SourcePatch(_In):
-    """A source's name, notebook or mapping, fixed (then re-run what it rejected)."""
+    """A source's name, notebook, patients or mapping, fixed (then re-run what it rejected)."""
 
-    model_config = ConfigDict(**examples({"mapping": MAPPING_EXAMPLE}, {"name": "Northside EHR (new)"}))
+    model_config = ConfigDict(
+        **examples(
+            {"mapping": MAPPING_EXAMPLE},
+            {"name": "Northside EHR (new)"},
+            {"patients": FHIR_SOURCE_EXAMPLE["patients"]},
+        )
+    )
     name: Line200 = None  # type: ignore[assignment]
-    notebook_id: NotebookId | None = Field(None, description="null: the mapping chooses notebooks")
+    notebook_id: NotebookId | None = Field(
+        None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, max_length=MAX_PATIENTS, description="`fhir` only: replaces the patients map"
+    )
     mapping: MappingSpec = None  # type: ignore[assignment]
 
 
 class SourceOut(_Out):
-    model_config = ConfigDict(**examples(SOURCE_EXAMPLE))
+    model_config = ConfigDict(**examples(SOURCE_EXAMPLE, FHIR_SOURCE_EXAMPLE))
     id: str
     name: str
     kind: SourceKindName
     notebook_id: str | None
+    patients: dict[str, str] | None = Field(None, description="a `fhir` source's patients' notebooks")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None
@@ -769,8 +803,35 @@ class InboundQuery(_In):
     cursor: Cursor | None = None
 
 
+class NotificationGapOut(_Out):
+    first: int = Field(description="the first event number never received")
+    last: int = Field(description="the last one")
+
+
+class InboundNotificationOut(_Out):
+    model_config = ConfigDict(**examples(NOTIFICATION_EXAMPLE))
+    type: str = Field(
+        description="handshake, heartbeat, event-notification, query-status or query-event (only "
+        "event-notification and query-event carry events)"
+    )
+    subscription: str | None = Field(description="the Subscription that sent it")
+    topic: str | None
+    events_since_start: int | None = Field(description="the sender's count of events so far")
+    event_numbers: list[int] = Field(description="the numbers of the events it carries")
+    gap: NotificationGapOut | None = Field(
+        description="event numbers no earlier request carried, between the highest before and this one: "
+        "missed notifications (fetch them from the sender)"
+    )
+    late: bool = Field(description="it carries a number at or below the highest seen before (out of order)")
+
+
 class InboundOut(_Out):
-    model_config = ConfigDict(**examples(INBOUND_EXAMPLE))
+    model_config = ConfigDict(
+        **examples(
+            INBOUND_EXAMPLE,
+            {**INBOUND_EXAMPLE, "webhook_id": "msg_2hXa", "notification": NOTIFICATION_EXAMPLE},
+        )
+    )
     id: str
     source_id: str
     webhook_id: str | None = Field(
@@ -781,6 +842,9 @@ class InboundOut(_Out):
     reason: str | None = Field(description="why it was rejected, or which record it repeats")
     event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
     duplicate_of: str | None
+    notification: InboundNotificationOut | None = Field(
+        None, description="a FHIR subscription notification's type and event numbers, and any gap before them"
+    )
     reruns: int = Field(description="how many times its kept body was run again after a fix")
     reran_at: DateTimeText | None = Field(description="when it was last run again")
 

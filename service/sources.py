@@ -17,7 +17,7 @@ from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
-from careloop import inbound, mapping_inbound, serialize, sources
+from careloop import fhir_inbound, inbound, mapping_inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
 from careloop.models import Event, InboundRecord, Notebook, Source
@@ -65,14 +65,21 @@ WEBHOOK_HEADERS = [
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
-    "plus `notebook_id` (the source's notebook); for a `mapping` source: the clinic's own JSON, read "
-    "through the source's mapping. The signature is checked over these exact bytes.",
+    "plus `notebook_id` (the source's notebook). For a `fhir` source: a FHIR R4 resource, a Bundle, or a "
+    "subscription notification, as `application/fhir+json` or `application/json`. For a `mapping` source: "
+    "the clinic's own JSON, read through the source's mapping. The signature is checked over these "
+    "exact bytes.",
     "content": {
         "application/json": {
             "schema": {"type": "object"},
             "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
                         "data": {"goal": "Walk 10 m", "status": "met"}},
-        }
+        },
+        "application/fhir+json": {
+            "schema": {"type": "object"},
+            "example": {"resourceType": "Flag", "status": "active", "code": {"text": "Seizure plan updated"},
+                        "subject": {"reference": "Patient/123"}},
+        },
     },
 }  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
@@ -125,20 +132,47 @@ def _out(source: Source) -> dict:
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
         404: "No such notebook",
+        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`, or a patient mapped to no notebook",
     },
 )
 def create_source(body: SourceIn):
+    patients = _checked_patients(body.kind, body.notebook_id, body.patients)
     mapping = _checked_config(body.kind, body.notebook_id, body.mapping)
     source = Source(
         name=body.name,
         kind=body.kind,
         notebook_id=body.notebook_id,
+        config={"patients": patients} if patients else None,
         mapping=mapping,
         secret=sources.mint_secret(),
     )
     g.db.add(source)
     g.db.commit()
     return {**_out(source), "secret": source.secret}, 201
+
+
+def _invalid(field: str, message: str):
+    abort(422, f"{field} {message}", detail={"json": {field: [message]}})
+
+
+def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None) -> dict[str, str] | None:
+    """Where a source's events go, checked before it is saved: a ``fhir`` source names one
+    notebook or maps patients to existing notebooks; any other kind names its notebook
+    (checked with its mapping, :func:`_checked_config`)."""
+    if kind != fhir_inbound.KIND:
+        if patients is not None:
+            _invalid("patients", "is only for a fhir source")
+        return None
+    if (notebook_id is None) == (patients is None):
+        _invalid("patients", "or notebook_id: a fhir source takes exactly one of them")
+    if patients is None:
+        return None
+    found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set(patients.values())))))
+    for key, target in patients.items():
+        if target not in found:
+            _invalid(f"patients.{key}", "names no notebook")
+    return dict(patients)
 
 
 def _checked_config(
@@ -163,7 +197,7 @@ def _checked_config(
                     fields.setdefault(f"mapping.notebooks.{key}", []).append("no such notebook")
     elif mapping is not None:
         fields["mapping"] = [f"a {kind} source takes no mapping"]
-    if notebook_id is None and not chooses:
+    if notebook_id is None and not chooses and kind != fhir_inbound.KIND:  # fhir: _checked_patients
         fields["notebook_id"] = ["required (unless a mapping chooses notebooks with notebook_by)"]
     elif notebook_id is not None and chooses:
         fields["notebook_id"] = ["a mapping that chooses notebooks with notebook_by takes no notebook_id"]
@@ -205,7 +239,7 @@ def get_source(source_id: str):
 @bp.output(SourceOut)
 @bp.doc(
     operation_id="updateSource",
-    summary="Fix a source's name, notebook or mapping (admin key); then re-run what it rejected",
+    summary="Fix a source's name, notebook, patients or mapping (admin key); then re-run what it rejected",
     description="The fields given replace the source's; the result is checked as when it was "
     "registered (422 naming the field). Records it rejected stay rejected until re-run "
     "(`POST /v1/sources/{id}/inbound/{record_id}/rerun`).",
@@ -222,7 +256,14 @@ def update_source(source_id: str, body: SourcePatch):
         mapping = mapping_inbound.MappingSpec.model_validate(source.mapping)
     else:
         mapping = None
+    if "patients" in given:
+        patients = body.patients
+    else:
+        patients = None if "notebook_id" in given and notebook_id else (source.config or {}).get("patients")
+    patients = _checked_patients(source.kind, notebook_id, patients)
     source.mapping = _checked_config(source.kind, notebook_id, mapping)
+    config = {key: value for key, value in (source.config or {}).items() if key != "patients"}
+    source.config = {**config, "patients": patients} if patients else (config or None)
     source.name, source.notebook_id = name, notebook_id
     g.db.commit()
     trail().target_id = source.id

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_mapping"
-down_revision = "0009_preferences"
+down_revision = "0010_fhir"
 branch_labels = None
 depends_on = None
 
