@@ -19,6 +19,7 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import KIND as FHIR_KIND
 from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
 from careloop.mapping_inbound import MappingSpec
@@ -716,15 +717,35 @@ PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_
 
 
 MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
+_ONE_NOTEBOOK = {"notebook_id": {"type": "string"}, "patients": {"type": "null"}}
+_BY_PATIENT = {"patients": {"type": "object"}, "notebook_id": {"type": "null"}}
+_OTHER_KINDS = [k for k in KIND_HANDLERS if k not in (FHIR_KIND, "mapping")]
+SOURCE_TARGETS = [
+    {"properties": {"kind": {"enum": _OTHER_KINDS}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT}, "required": ["patients"]},
+    {"properties": {"kind": {"const": "mapping"}, "patients": {"type": "null"}}, "required": ["mapping"]},
+]  # fmt: skip
+"""Where a source's events go, in the schema as the API checks it: any kind names its notebook,
+a ``fhir`` source may map patients instead (never both), a ``mapping`` source has its mapping
+(which may choose the notebook)."""
+
+Patients = Annotated[
+    dict[PatientKey, NotebookId],  # type: ignore[valid-type]
+    Field(min_length=1, max_length=MAX_PATIENTS, json_schema_extra={"additionalProperties": False}),
+]
 
 
 class SourceIn(_In):
     model_config = ConfigDict(
-        **examples(
-            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
-            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
-            {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
-        )
+        json_schema_extra={
+            "examples": [
+                {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+                {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+                {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+            ],
+            "anyOf": SOURCE_TARGETS,
+        }
     )
     name: Line200
     kind: SourceKindName = Field(
@@ -737,10 +758,8 @@ class SourceIn(_In):
         description="the notebook its events go to; required unless a `fhir` source gives `patients` or a "
         "mapping chooses notebooks (`notebook_by`)",
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+    patients: Patients | None = Field(
         None,
-        min_length=1,
-        max_length=MAX_PATIENTS,
         description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
         "or by an identifier's `<system>|<value>`",
     )
@@ -763,9 +782,7 @@ class SourcePatch(_In):
     notebook_id: NotebookId | None = Field(
         None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
-        None, min_length=1, max_length=MAX_PATIENTS, description="`fhir` only: replaces the patients map"
-    )
+    patients: Patients | None = Field(None, description="`fhir` only: replaces the patients map")
     mapping: MappingSpec = None  # type: ignore[assignment]
 
 

@@ -131,9 +131,9 @@ def _out(source: Source) -> dict:
     responses={
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
-        404: "No such notebook",
-        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
-        "`notebook_id` and `patients`, or a patient mapped to no notebook",
+        404: "No such notebook (`notebook_id`, or one a patient is mapped to)",
+        422: "A field is invalid: `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`",
     },
 )
 def create_source(body: SourceIn):
@@ -171,7 +171,7 @@ def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None)
     found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set(patients.values())))))
     for key, target in patients.items():
         if target not in found:
-            _invalid(f"patients.{key}", "names no notebook")
+            abort(404, f"patients.{key}: notebook not found")
     return dict(patients)
 
 
