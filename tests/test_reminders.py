@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from careloop import preferences as prefs
 from careloop import reminders as rm
@@ -367,3 +367,27 @@ def test_exactly_once_with_two_workers(pg_only_url, tmp_path, redis_conn, smtp, 
     assert len(_mails(smtp)) == 1, log.read_text()[-3000:]
     (row,) = _reminders(pg_only_url)
     assert (row.status, row.attempts) == ("sent", 1)
+
+
+def test_a_reminder_whose_worker_vanished_before_calling_the_provider_is_sent_once(loop, pg_only_url, smtp):
+    runtime, api = loop
+    with time_machine.travel(T0, tick=True):
+        nb, mom, _, _ = _family(api)
+        api.event(nb["id"], "checkin.scheduled", _checkin(nb, [mom]))
+        _run_worker(runtime)
+    with time_machine.travel(DUE_24H + timedelta(seconds=2), tick=True):
+        (first, _) = _reminders(pg_only_url)
+        with session_scope(pg_only_url) as session:  # a worker claims it, then dies
+            assert rm.claim(session, first.id, "gone-worker") == 1
+            session.execute(
+                update(Reminder)
+                .where(Reminder.id == first.id)
+                .values(claimed_at=utcnow() - timedelta(minutes=5))
+            )
+        runtime.dispatcher.connection.flushdb()  # and its job with it
+        _run_worker(runtime)  # the relay settles the stale claim: never called → sent now
+        _run_worker(runtime)
+    (mail,) = _mails(smtp)
+    (sent,) = _reminders(pg_only_url, id=first.id)
+    assert (sent.status, sent.attempts) == ("sent", 1)
+    assert mail["Subject"].startswith("Reminder: IEP meeting tomorrow")
