@@ -612,9 +612,52 @@ class EventOut(_Out):
     routed_at: DateTimeText | None
 
 
+# --- reminders (issue 12) ---
+REMINDER_EXAMPLE = {
+    "id": "rem_5e4d3c2b1a0f9e8d7c6b", "member_id": MEM, "channel": "sms",
+    "occurrence": "2027-01-12T23:00:00+00:00", "starts_at": "2027-01-12T23:00:00Z", "offset_minutes": 1440,
+    "due_at": "2027-01-11T23:00:00Z",
+    "held_for": None, "status": "sent", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef",
+    "error": None, "sent_at": "2027-01-11T23:00:01Z",
+}  # fmt: skip
+
+
+class ReminderOut(_Out):
+    """One reminder of a check-in: one occurrence, one attendee, one time before it, one channel."""
+
+    model_config = ConfigDict(**examples(REMINDER_EXAMPLE))
+    id: str
+    member_id: str
+    channel: Literal["sms", "email"]
+    occurrence: str | None = Field(
+        description="the occurrence's original start (its RECURRENCE-ID) in a recurring check-in"
+    )
+    starts_at: DateTimeText = Field(description="when the occurrence starts (as it stood when planned)")
+    offset_minutes: int = Field(description="how long before the start it goes (1440: 24 h)")
+    due_at: DateTimeText = Field(description="when it goes (later than start − offset only for quiet hours)")
+    held_for: Literal["quiet_hours"] | None = Field(
+        description="a pending 24 h reminder moved to the end of the member's quiet hours"
+    )
+    status: Literal["pending", "sending", "sent", "failed", "cancelled"] = Field(
+        description="`cancelled`: dropped (the check-in moved or was cancelled, the attendee was removed, "
+        "or it had begun); `error` says which"
+    )
+    attempts: int
+    provider_id: str | None
+    error: str | None
+    sent_at: DateTimeText | None
+
+
 class EventWithDeliveries(EventOut):
-    model_config = ConfigDict(**examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES)}))
+    model_config = ConfigDict(
+        **examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES), "reminders": []})
+    )
     deliveries: list[DeliveryOut]
+    reminders: list[ReminderOut] = Field(
+        default_factory=list,
+        description="for a check-in event: every reminder of its check-in, by due time (moved and "
+        "cancelled ones too); empty for other events",
+    )
 
 
 class EventList(_Out):
