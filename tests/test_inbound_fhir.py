@@ -433,6 +433,22 @@ def test_an_unknown_patient_is_422_naming_it(api, clinic, team):
     assert api.get(f"/v1/notebooks/{nb['id']}/events")["items"] == []
 
 
+def test_an_unknown_patients_record_runs_again_once_the_source_maps_them(
+    app, client, admin, api, clinic, team
+):
+    nb, _ = team
+    flag = fixture("flag-example.json") | {"status": "active", "subject": {"reference": "Patient/stranger"}}
+    assert clinic.post(flag).status_code == 422
+    [record] = clinic.inbound("rejected")
+
+    patients = {**clinic.source["patients"], "Patient/stranger": nb["id"]}
+    fixed = client.patch(f"/v1/sources/{clinic.source['id']}", json={"patients": patients}, headers=admin)
+    assert fixed.status_code == 200 and fixed.get_json()["patients"] == patients
+    again = api.post(f"/v1/sources/{clinic.source['id']}/inbound/{record['id']}/rerun", None, status=200)
+    assert again["status"] == "accepted" and len(again["event_ids"]) == 1
+    assert api.get(f"/v1/events/{again['event_ids'][0]}")["type"] == "concern.raised"
+
+
 def test_a_repeated_webhook_id_is_answered_once_and_creates_one_event(app, api, clinic, team):
     nb, _ = team
     flag = fixture("flag-example.json") | {"status": "active"}
