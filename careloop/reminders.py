@@ -33,8 +33,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from zoneinfo import ZoneInfo
 
+from dateutil.rrule import rrulestr
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -110,8 +112,12 @@ class Wanted:
         return (self.occurrence, self.starts_at, self.member_id, self.offset_minutes, self.channel)
 
 
-def occurrences(details: dict, tzid: str) -> list[Occurrence]:
-    """Every occurrence of a check-in as it stands now (moved ones at their new time)."""
+def occurrences(details: dict, tzid: str, until: datetime | None = None) -> list[Occurrence]:
+    """The occurrences of a check-in as it stands now (moved ones at their new time).
+
+    ``until``: only those whose original start is not after it, and every occurrence changed on
+    its own wherever it was or went (the series is expanded lazily, not to its end, each sweep).
+    """
     if not details or not details.get("start"):
         return []
     start, end = _aware(details["start"]), _aware(details["end"])
@@ -120,9 +126,16 @@ def occurrences(details: dict, tzid: str) -> list[Occurrence]:
     if not rule:
         return [Occurrence("", start, end, title, location)]
     changes = details.get("occurrences") or {}
+    originals: dict[str, datetime] = {}
+    series = rrulestr(rule, dtstart=start.astimezone(ZoneInfo(tzid)), cache=False)
+    for original in islice(series, recurrence.MAX_OCCURRENCES):
+        if until is not None and original > until:
+            break
+        originals[occurrence_key(original)] = original
+    for key in changes:  # changed alone: kept by intake only while it is an occurrence of the series
+        originals.setdefault(key, datetime.fromisoformat(key))
     found = []
-    for original in recurrence.occurrences(start, rule, tzid):
-        key = occurrence_key(original)
+    for key, original in sorted(originals.items(), key=lambda kv: kv[1]):
         change = changes.get(key) or {}
         moved = _aware(change["start"]) if change.get("start") else original
         found.append(
@@ -326,7 +339,9 @@ def sync_checkin(
         session.commit()
         return []
     notebook = session.get(Notebook, checkin.notebook_id)
-    found = [] if checkin.cancelled else occurrences(checkin.details or {}, notebook.timezone)
+    offsets = tuple(offsets)
+    until = now + timedelta(minutes=max(offsets, default=0)) + HORIZON_MARGIN
+    found = [] if checkin.cancelled else occurrences(checkin.details or {}, notebook.timezone, until)
     attendees = [] if checkin.cancelled else _attendees(session, checkin, notebook)
     wanted = plan(found, attendees, offsets, now)
     due: list[Due] = []

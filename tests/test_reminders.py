@@ -100,6 +100,9 @@ def test_a_series_is_materialized_within_the_horizon_and_a_moved_occurrence_at_i
     found = rm.occurrences(details, "America/Chicago")
     assert [o.start for o in found] == [START + timedelta(days=d) for d in (0, 8, 14, 21)]
     assert [o.cancelled for o in found] == [False, False, True, False]
+    # expanded only up to a time (the sweep's horizon), with every occurrence changed on its own
+    limited = rm.occurrences(details, "America/Chicago", until=START + timedelta(days=1))
+    assert [o.start for o in limited] == [START + timedelta(days=d) for d in (0, 8, 14)]
     starts = lambda now: sorted({w.starts_at for w in rm.plan(found, [_attendee()], (1440, 60), now)})  # noqa: E731
     assert starts(T0) == [START]  # the next week's is beyond the horizon yet
     assert starts(START + timedelta(days=5)) == [START + timedelta(days=8)]  # moved, at its new time

@@ -75,7 +75,12 @@ def _send(session: Session, runtime: Runtime, reminder_id: str) -> str:
         rm.mark_failed(session, reminder_id, token, missing)
         return ReminderStatus.FAILED
     occurrence = next(
-        (o for o in rm.occurrences(checkin.details or {}, notebook.timezone) if o.key == row.occurrence), None
+        (
+            o
+            for o in rm.occurrences(checkin.details or {}, notebook.timezone, row.starts_at)
+            if o.key == row.occurrence
+        ),
+        None,
     )
     message = rm.render(
         rm.ReminderView(
