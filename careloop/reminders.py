@@ -15,7 +15,8 @@ state wants now are made (or revived, if dropped before), and pending ones it no
 are cancelled with the reason — it moved (the new time has its own rows), it or that
 occurrence was cancelled, the attendee was removed, or the check-in has begun. Only
 occurrences starting within the longest offset plus :data:`HORIZON_MARGIN` are materialized,
-and a reminder whose time has already passed when it is planned is not made.
+a reminder whose time has already passed when it is planned is not made, and one that runs late
+while a nearer one of the same occurrence is due too gives way to it (:func:`give_way_if_late`).
 
 Quiet hours: a reminder :data:`QUIET_HOURS_MIN_OFFSET` minutes or more ahead (the 24 h one)
 waits until the member's quiet hours end (if that is still before the check-in); a nearer one
@@ -464,6 +465,39 @@ def sync_all(session: Session, offsets, now: datetime | None = None) -> list[Due
     for pk in sorted(pks):
         due += sync_checkin(session, pk, offsets, now, skip_locked=True)
     return due
+
+
+def give_way_if_late(session: Session, reminder_id: str, now: datetime | None = None) -> bool:
+    """Cancel a pending reminder whose nearer one (a smaller offset, same occurrence, member and
+    channel) is due too — it ran late (workers were down): one message, not two at once. Returns
+    whether it was cancelled."""
+    now = now or utcnow()
+    row = session.get(Reminder, reminder_id)
+    if row is None or row.status != ReminderStatus.PENDING:
+        return False
+    nearer = session.scalar(
+        select(Reminder.id)
+        .where(
+            Reminder.checkin_pk == row.checkin_pk,
+            Reminder.occurrence == row.occurrence,
+            Reminder.starts_at == row.starts_at,
+            Reminder.member_id == row.member_id,
+            Reminder.channel == row.channel,
+            Reminder.offset_minutes < row.offset_minutes,
+            Reminder.due_at <= now,
+            Reminder.status.in_((ReminderStatus.PENDING, ReminderStatus.SENDING, ReminderStatus.SENT)),
+        )
+        .limit(1)
+    )
+    if nearer is None:
+        return False
+    return _set(
+        session,
+        (Reminder.id == reminder_id) & (Reminder.status == ReminderStatus.PENDING),
+        status=ReminderStatus.CANCELLED,
+        error="late: a nearer reminder of the same check-in goes instead",
+        updated_at=now,
+    )
 
 
 def claim(session: Session, reminder_id: str, token: str, now: datetime | None = None) -> int | None:

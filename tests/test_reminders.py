@@ -284,8 +284,14 @@ def test_one_occurrence_of_a_series_moved_alone(loop, pg_only_url, smtp):
         _run_worker(runtime)
         assert {(r.starts_at, r.status) for r in _reminders(pg_only_url)} == {(START, "pending")}
     with time_machine.travel(DUE_1H + timedelta(seconds=2), tick=True):
-        _run_worker(runtime)  # the first occurrence's 24 h (late but before it) and 1 h reminders
-    assert len(_mails(smtp)) == 2
+        _run_worker(runtime)  # the first occurrence's 24 h reminder, late, gives way to its 1 h one
+    assert [m["Subject"] for m in _mails(smtp)] == [
+        "Reminder: IEP meeting today, Tue 12 Jan, 5:00–5:45 pm CST"
+    ]
+    assert [(r.offset_minutes, r.status, r.error) for r in _reminders(pg_only_url, starts_at=START)] == [
+        (1440, "cancelled", "late: a nearer reminder of the same check-in goes instead"),
+        (60, "sent", None),
+    ]
     with time_machine.travel(START + timedelta(days=5), tick=True):
         _run_worker(runtime)  # time passes: the second occurrence comes within the horizon
         second_ones = _reminders(pg_only_url, status="pending")
@@ -296,7 +302,7 @@ def test_one_occurrence_of_a_series_moved_alone(loop, pg_only_url, smtp):
     with time_machine.travel(moved - timedelta(hours=1) + timedelta(seconds=2), tick=True):
         _run_worker(runtime)
     subjects = [m["Subject"] for m in _mails(smtp)]
-    assert subjects[2:] == [
+    assert subjects[1:] == [
         "Reminder: IEP meeting tomorrow, Tue 19 Jan, 8:00–8:45 pm CST",
         "Reminder: IEP meeting today, Tue 19 Jan, 8:00–8:45 pm CST",
     ]
