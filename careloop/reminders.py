@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 from dateutil.rrule import rrulestr
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import preferences as prefs
@@ -463,7 +464,13 @@ def sync_all(session: Session, offsets, now: datetime | None = None) -> list[Due
     session.commit()
     due: list[Due] = []
     for pk in sorted(pks):
-        due += sync_checkin(session, pk, offsets, now, skip_locked=True)
+        try:
+            due += sync_checkin(session, pk, offsets, now, skip_locked=True)
+        except (OperationalError, InterfaceError):
+            raise  # the database is away: the whole sweep waits for it
+        except Exception:  # one check-in's bad data must not hold back every other's reminders
+            session.rollback()
+            log.exception("reminders of check-in %s could not be planned", pk)
     return due
 
 
