@@ -400,3 +400,39 @@ def test_a_reminder_whose_worker_vanished_before_calling_the_provider_is_sent_on
     (sent,) = _reminders(pg_only_url, id=first.id)
     assert (sent.status, sent.attempts) == ("sent", 1)
     assert mail["Subject"].startswith("Reminder: IEP meeting tomorrow")
+
+
+def test_quiet_hours_hold_the_24h_reminder_not_the_1h_one_and_a_deactivated_attendee_gets_none(
+    loop, pg_only_url
+):
+    runtime, api = loop
+    with time_machine.travel(T0, tick=True):
+        nb, mom, dad, _ = _family(api)
+        response = api.client.put(
+            f"/v1/members/{mom['id']}/preferences",
+            json={"quiet_hours": {"start": "15:00", "end": "18:00"}},  # 5 pm CST is inside
+            headers=api.headers,
+        )
+        assert response.status_code == 200
+        event = api.event(nb["id"], "checkin.scheduled", _checkin(nb, [mom, dad]))
+        _run_worker(runtime)
+        shown = {
+            (r["member_id"], r["offset_minutes"]): r
+            for r in api.get(f"/v1/events/{event['id']}")["reminders"]
+        }
+        assert (shown[mom["id"], 1440]["due_at"], shown[mom["id"], 1440]["held_for"]) == (
+            "2027-01-12T00:00:00Z",  # 6 pm CST, when her quiet hours end
+            "quiet_hours",
+        )
+        assert (shown[mom["id"], 60]["due_at"], shown[mom["id"], 60]["held_for"]) == (
+            "2027-01-12T22:00:00Z",
+            None,
+        )
+        assert shown[dad["id"], 1440]["due_at"] == "2027-01-11T23:00:00Z"
+        response = api.client.patch(f"/v1/members/{dad['id']}", json={"active": False}, headers=api.headers)
+        assert response.status_code == 200
+    with time_machine.travel(T0 + timedelta(minutes=5), tick=True):
+        _run_worker(runtime)  # the relay's sweep re-plans every check-in
+        dropped = _reminders(pg_only_url, member_id=dad["id"])
+    assert {(r.status, r.error) for r in dropped} == {("cancelled", "the member is no longer active")}
+    assert {r.status for r in _reminders(pg_only_url, member_id=mom["id"])} == {"pending"}
