@@ -657,11 +657,14 @@ def of_checkin(session: Session, notebook_id: str, context: dict | None) -> list
     if not uid:
         return []
     pk = session.scalar(select(Checkin.id).where(Checkin.notebook_id == notebook_id, Checkin.uid == uid))
-    if pk is None:
-        return []
+    return [] if pk is None else for_checkin(session, pk)
+
+
+def for_checkin(session: Session, checkin_pk: int) -> list[Reminder]:
+    """Every reminder of one check-in (``checkins.id``), by due time: moved and dropped ones too."""
     return list(
         session.scalars(
-            select(Reminder).where(Reminder.checkin_pk == pk).order_by(Reminder.due_at, Reminder.id)
+            select(Reminder).where(Reminder.checkin_pk == checkin_pk).order_by(Reminder.due_at, Reminder.id)
         ).all()
     )
 
