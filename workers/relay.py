@@ -95,7 +95,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             digests = len(lost)
 
         # --- reminders (issue 12): re-plan check-ins, hand over due ones Redis lost, settle stale ---
-        counts_reminders = rm.relay_sweep(session, runtime)
+        counts_reminders = 0
+        try:
+            counts_reminders = rm.relay_sweep(session, runtime)
+        except Exception:  # the rest of the sweep (stale sends above all) goes on
+            session.rollback()
+            log.warning("relay: reminders could not be swept; trying again next sweep", exc_info=True)
         for reminder_id, token, called in rm.stale_claims(session, settings.claim_timeout):
             recover_stale_reminder(runtime, reminder_id, token, called)
             counts["stale"] += 1
