@@ -2,9 +2,10 @@
 client library (RFC 4791).
 
 One resource per check-in, at ``{collection}/{UID}.ics``: the whole check-in as a calendar
-keeps it (:func:`careloop.integrations.calendar_invite.build_calendar`), PUT as built — the
-library's own SEQUENCE bump and clean-ups are off, so the calendar holds exactly careloop's
-UIDs and SEQUENCEs — or DELETEd once the check-in is cancelled (already gone counts as done).
+keeps it (:func:`careloop.integrations.calendar_invite.build_calendar`), PUT byte for byte
+through the library's client (its ``Event.save`` would parse the object again and raise its
+SEQUENCE, and the calendar must hold exactly careloop's UIDs and SEQUENCEs), or DELETEd once
+the check-in is cancelled (already gone counts as done).
 Every request gives up after ``timeout`` seconds; nothing here retries (the publish job's
 outbox entry does). No Flask, no RQ. Errors never carry the password or the calendar's body.
 """
@@ -18,6 +19,9 @@ import caldav
 from caldav.lib import error as dav_error
 
 from careloop.integrations.base import DEFAULT_TIMEOUT
+
+CONTENT_TYPE = 'text/calendar; charset="utf-8"'
+"""What a PUT says it carries (RFC 4791 §5.3.2)."""
 
 
 class PublishError(Exception):
@@ -62,20 +66,19 @@ class CaldavPublisher:
             username=self.target.username or None,
             password=self.target.password or None,
             timeout=self.timeout,
-            enable_rfc6764=False,  # the URL is the collection's: no DNS discovery
-            rate_limit_handle=False,  # a 429 is a failure retried later, never a sleep here
         )
 
     def put(self, uid: str, ics: bytes) -> None:
-        """Create or replace the check-in's resource with ``ics``.
+        """Create or replace the check-in's resource with ``ics``, byte for byte.
 
         Raises:
             PublishError: the server refused it or did not answer in time.
         """
+        url = resource_url(self.target, uid)
         with self._client() as client:
-            calendar = client.calendar(url=self.target.url)
-            resource = caldav.Event(client=client, url=resource_url(self.target, uid), parent=calendar)
-            self._call("PUT", lambda: resource.save(raw_data=ics))
+            status = self._call("PUT", lambda: client.put(url, ics, {"Content-Type": CONTENT_TYPE}).status)
+        if status not in (200, 201, 204):
+            raise PublishError(f"PUT answered {status}")
 
     def delete(self, uid: str) -> None:
         """Remove the check-in's resource (one already gone is fine).
@@ -83,18 +86,19 @@ class CaldavPublisher:
         Raises:
             PublishError: the server refused it or did not answer in time.
         """
+        url = resource_url(self.target, uid)
         with self._client() as client:
-            calendar = client.calendar(url=self.target.url)
-            resource = caldav.Event(client=client, url=resource_url(self.target, uid), parent=calendar)
-            self._call("DELETE", resource.delete)
+            status = self._call("DELETE", lambda: client.delete(url).status)
+        if status not in (200, 204, 404, 410):
+            raise PublishError(f"DELETE answered {status}")
 
     @staticmethod
-    def _call(verb: str, call) -> None:
+    def _call(verb: str, call):
         try:
-            call()
+            return call()
         except dav_error.DAVError as exc:
             raise PublishError(f"{verb} refused: {type(exc).__name__} {_status(exc)}".strip()) from None
-        except OSError as exc:  # connection refused, timeouts, TLS (niquests' errors are OSErrors)
+        except OSError as exc:  # refused connections, timeouts, TLS (the HTTP client's errors are OSErrors)
             raise PublishError(f"{verb} failed: {type(exc).__name__}") from None
 
 

@@ -15,6 +15,7 @@ from careloop.access import Action
 from careloop.integrations.webhooks_out import DestinationRefused, check_destination
 from careloop.models import CaldavCalendar, Checkin, OutboxEntry, utcnow
 from careloop.serialize import iso
+from careloop.service import api_links
 from careloop.service.auth import auth, before_the_body, notebook_or_404
 from careloop.service.schemas import CaldavIn, CaldavOut
 
@@ -59,7 +60,7 @@ def _answer(calendar: CaldavCalendar) -> dict:
 @bp.auth_required(auth)
 @before_the_body(Action.CHANGE_NOTEBOOK)
 @bp.input(CaldavIn, arg_name="body")
-@bp.output(CaldavOut)
+@bp.output(CaldavOut, links=api_links.FROM_CALDAV)
 @bp.doc(
     operation_id="setCaldavCalendar",
     summary="Publish the notebook's check-ins to a CalDAV calendar (family or admin key)",

@@ -19,6 +19,7 @@ from careloop.audit import ActorType
 from careloop.integrations.calendar_invite import build_calendar
 from careloop.messages import first_name
 from careloop.models import Member, utcnow
+from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import auth, principal, reach_or_404
 from careloop.service.pages import private_page
@@ -45,7 +46,7 @@ def _feed_url(member: Member) -> str:
 
 @bp.get("/members/<id:member_id>")
 @bp.auth_required(auth)
-@bp.output(MemberDetailOut)
+@bp.output(MemberDetailOut, links=api_links.FROM_MEMBER)
 @bp.doc(
     operation_id="getMember",
     summary="Get a care-team member (with their calendar feed URL for the family and admin keys)",
@@ -63,7 +64,7 @@ def get_member(member_id: str):
 
 @bp.post("/members/<id:member_id>/calendar_feed/rotate")
 @bp.auth_required(auth)
-@bp.output(CalendarFeedOut)
+@bp.output(CalendarFeedOut, links=api_links.FROM_CALENDAR_FEED)
 @bp.doc(
     operation_id="rotateCalendarFeed",
     summary="Revoke a member's calendar feed URL and make a new one",
