@@ -12,6 +12,7 @@ outbox entry does). No Flask, no RQ. Errors never carry the password or the cale
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -19,6 +20,10 @@ import caldav
 from caldav.lib import error as dav_error
 
 from careloop.integrations.base import DEFAULT_TIMEOUT
+
+# The library logs every request's headers and body at DEBUG (a check-in's title and time, the
+# calendar's answer): none of it may reach careloop's logs, whatever level they run at.
+logging.getLogger("caldav").setLevel(logging.WARNING)
 
 CONTENT_TYPE = 'text/calendar; charset="utf-8"'
 """What a PUT says it carries (RFC 4791 §5.3.2)."""

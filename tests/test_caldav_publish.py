@@ -5,6 +5,7 @@ as careloop meant them. A failed write is tried again until the calendar takes i
 
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     run_rq_until_settled,
     wait_until,
 )
+from tests.log_leaks import every_log_line, leaks
 from tests.peers.radicale_peer import free_port, start_radicale
 from tests.test_invites import SECOND_TUESDAYS, series_data
 
@@ -106,7 +108,11 @@ def test_check_ins_published_moved_cancelled_by_rq(rq_caldav, radicale, caplog):
     moved["recurrence"] = None
     api.event(nb["id"], "checkin.updated", moved)
     api.event(nb["id"], "checkin.cancelled", {"checkin_id": "monthly", "occurrence": may.isoformat()})
-    run_rq_until_settled(runtime)
+    with every_log_line() as lines:
+        run_rq_until_settled(runtime)
+    credentials = base64.b64encode(f"{radicale.user}:{radicale.password}".encode()).decode()
+    secrets = {"password": [radicale.password, credentials], "title": ["Monthly team check-in"]}
+    assert lines and not leaks(lines, secrets)
     events = [e for e in read_back(url, radicale.user, radicale.password) if e.uid.value == uid]
     master = next(e for e in events if not hasattr(e, "recurrence_id"))
     overrides = {e.recurrence_id.value: e for e in events if hasattr(e, "recurrence_id")}

@@ -10,7 +10,9 @@ import vobject
 from icalendar import Calendar
 
 from careloop.checkins import checkin_uid
+from careloop.service.redaction import redact
 from tests.conftest import drain
+from tests.log_leaks import every_log_line, leaks
 from tests.peers import ical_js
 from tests.test_invites import SECOND_TUESDAYS, sent_calendar, series_data, unix
 
@@ -51,7 +53,11 @@ def test_a_members_feed_holds_their_check_ins_as_every_reader_sees_them(app, api
     drain(app)
 
     path = feed_path(api, mom, settings)
-    response = api.client.get(path)  # no key: the URL is the secret
+    token = path.removeprefix("/calendar/").removesuffix(".ics")
+    assert token not in redact(f'127.0.0.1 - - "GET {path} HTTP/1.1" 200 -')  # never in a request log
+    with every_log_line() as lines:
+        response = api.client.get(path)  # no key: the URL is the secret
+    assert lines and not leaks(lines, {"token": [token]})
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/calendar; charset=utf-8"
     assert response.headers["Cache-Control"] == "no-store"
