@@ -14,6 +14,7 @@ from careloop.workers.caldav_jobs import publish_checkin
 from careloop.workers.digests import send_digest
 from careloop.workers.jobs import deliver, deliver_many, route_event, route_many
 from careloop.workers.relay import relay_once
+from careloop.workers.reminders import send_reminder
 
 JOBS = Jobs(
     route=route_event,
@@ -23,6 +24,7 @@ JOBS = Jobs(
     digest=send_digest,
     route_many=route_many,
     publish=publish_checkin,
+    reminder=send_reminder,
 )
 """careloop's jobs, as the dispatcher hands them out."""
 

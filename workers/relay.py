@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop import digests as dg
+from careloop import reminders as rm
 from careloop.calendar_publishing import CALDAV_TOPIC
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
@@ -26,6 +27,7 @@ from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
+from careloop.workers.reminders import recover_stale_reminder
 from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
@@ -117,6 +119,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             dg.mark_enqueued(session, [job.digest_id for job in due_jobs])
             digests = len(lost)
 
+        # --- reminders (issue 12): re-plan check-ins, hand over due ones Redis lost, settle stale ---
+        counts_reminders = rm.relay_sweep(session, runtime)
+        for reminder_id, token, called in rm.stale_claims(session, settings.claim_timeout):
+            recover_stale_reminder(runtime, reminder_id, token, called)
+            counts["stale"] += 1
+
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             with request_id_bound(None):  # its lines carry the id of the event it is about
                 recover_stale(runtime, delivery_id, token)
@@ -126,11 +134,11 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
-    if any(counts.values()) or digests or published:
+    if any(counts.values()) or digests or counts_reminders or published:
         log.info(
-            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, "
-            "%(publishes)d CalDAV publishes handed over, %(stale)d stale sends checked",
-            {**counts, "digests": digests, "publishes": published},
+            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, %(reminders)d "
+            "reminders, %(publishes)d CalDAV publishes handed over, %(stale)d stale sends checked",
+            {**counts, "digests": digests, "reminders": counts_reminders, "publishes": published},
         )
     return counts
 
@@ -142,6 +150,7 @@ def forget_hand_overs(session: Session) -> None:
     session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
     dl.forget_enqueued(session)
     dg.forget_enqueued(session)
+    rm.forget_enqueued(session)
     session.commit()
 
 

@@ -2,7 +2,7 @@
 calendar_feed_generation and calendar_feed_hash
 
 Revision ID: 0013_caldav_feed
-Revises: 0009_preferences
+Revises: 0014_reminders
 Create Date: 2026-11-29 15:00:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_caldav_feed"
-down_revision = "0009_preferences"
+down_revision = "0014_reminders"
 branch_labels = None
 depends_on = None
 
