@@ -23,6 +23,7 @@ TABLES = {
     "api_key_notebooks", "audit_log", "signin_links", "webhook_endpoints", "webhook_endpoint_notebooks",
     "webhook_attempts", "sources", "inbound_records", "digests",
     "reminders",
+    "caldav_calendars",
 }
 
 
