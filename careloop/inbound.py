@@ -187,7 +187,8 @@ class MappingEvents(SourceKind):
 
 
 KIND_HANDLERS: dict[str, SourceKind] = {
-    handler.kind: handler for handler in (CareloopEvents(), FhirEvents(), MappingEvents())  # type: ignore[misc]
+    handler.kind: handler
+    for handler in (CareloopEvents(), FhirEvents(), MappingEvents())  # type: ignore[misc]
 }
 """Every source kind careloop reads, by the ``kind`` a source is registered with."""
 
@@ -301,6 +302,13 @@ def _handler(source: Source, content_type: str | None) -> SourceKind:
 def _drafts(source: Source, body: bytes, content_type: str | None) -> list[EventDraft]:
     """What ``body`` means to ``source``'s kind. Raises Unmappable."""
     return _handler(source, content_type).events(source, body)
+
+
+def preview(source: Source, body: bytes, content_type: str | None) -> list[EventDraft]:
+    """The events ``body`` would make if ``source`` posted it now; nothing is recorded (the
+    notebook's members are not looked at: those checks come when events are recorded).
+    Raises Unmappable."""
+    return _drafts(source, body, content_type)
 
 
 class RerunRefused(Exception):

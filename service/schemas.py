@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     RootModel,
     StrictBool,
     create_model,
@@ -913,6 +914,46 @@ class InboundList(_Out):
     model_config = ConfigDict(**examples({"items": [INBOUND_EXAMPLE], "next_cursor": None}))
     items: list[InboundOut]
     next_cursor: str | None
+
+
+class PreviewIn(_In):
+    model_config = ConfigDict(
+        **examples(
+            {"body": {"kind": "goal_progress", "student": {"id": "S-1042"},
+                      "goal": {"title": "Walks 10 m", "state": "achieved"}}},
+            {"body": {"kind": "goal_progress", "student": {"id": "S-1042"},
+                      "goal": {"title": "Walks 10 m", "state": "achieved"}}, "mapping": MAPPING_EXAMPLE},
+        )
+    )  # fmt: skip
+    body: JsonValue = Field(
+        description="a sample as the source would post it: any JSON value, or a string sent as it is "
+        "(a text body)"
+    )
+    content_type: Line200 = Field("application/json", description="the Content-Type it would be sent with")
+    mapping: MappingSpec | None = Field(
+        None,
+        description="a `mapping` source only: try this mapping instead of the saved one (nothing is saved)",
+    )
+
+
+EVENT_DRAFT_EXAMPLE = {
+    "notebook_id": NB, "type": "goal.updated", "data": {"goal": "Walks 10 m", "status": "met"},
+    "occurred_at": None, "author_member_id": None,
+}  # fmt: skip
+
+
+class EventDraftOut(_Out):
+    model_config = ConfigDict(**examples(EVENT_DRAFT_EXAMPLE))
+    notebook_id: str
+    type: str
+    data: dict[str, Any]
+    occurred_at: DateTimeText | None
+    author_member_id: str | None
+
+
+class PreviewOut(_Out):
+    model_config = ConfigDict(**examples({"events": [EVENT_DRAFT_EXAMPLE]}))
+    events: list[EventDraftOut] = Field(description="the events it would make; none was recorded")
 
 
 class RerunAllIn(_In):

@@ -10,8 +10,9 @@ inbound record with its outcome (``GET /v1/sources/{id}/inbound``); the work is 
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
@@ -29,6 +30,8 @@ from careloop.service.schemas import (
     InboundList,
     InboundOut,
     InboundQuery,
+    PreviewIn,
+    PreviewOut,
     RerunAllIn,
     RerunAllOut,
     SourceIn,
@@ -319,6 +322,60 @@ def list_inbound(source_id: str, query: InboundQuery):
     return {
         "items": [serialize.inbound_record(r) for r in rows],
         "next_cursor": encode_cursor(rows[-1].received_at, rows[-1].id) if more else None,
+    }
+
+
+@bp.post("/sources/<id:source_id>/preview")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(PreviewIn, arg_name="body")
+@bp.output(PreviewOut)
+@bp.doc(
+    operation_id="previewSource",
+    summary="What a sample body would become if the source posted it now; nothing is recorded (admin key)",
+    description="For every kind: the sample goes through the source's kind as a webhook's body would "
+    "(no signature), and the answer lists the events it would make, or says why it cannot be mapped "
+    "exactly as the webhook would. A `mapping` source may try an unsaved `mapping` (checked as when "
+    "saved). The notebook's members are not looked at (an unknown author is found when recorded).",
+    responses={
+        400: "The sample does not parse as the kind reads it",
+        403: "Not the admin key",
+        404: "No such source, or a notebook the tried mapping names does not exist",
+        415: "The content_type is not one the source's kind reads",
+        422: "The sample cannot be mapped (the fields say why), or the tried mapping is not valid",
+    },
+)
+def preview_source(source_id: str, body: PreviewIn):
+    source = _source_or_404(source_id)
+    trial = source
+    if body.mapping is not None:
+        if source.kind != "mapping":
+            abort(
+                422,
+                "only a mapping source takes a mapping",
+                detail={"json": {"mapping": ["not a mapping source"]}},
+            )
+        notebook_id = None if body.mapping.notebook_by is not None else source.notebook_id
+        mapping = _checked_config(source.kind, notebook_id, body.mapping)
+        trial = Source(
+            kind=source.kind, notebook_id=notebook_id, mapping=mapping
+        )  # never added to the session
+    raw = body.body.encode() if isinstance(body.body, str) else json.dumps(body.body).encode()
+    try:
+        drafts = inbound.preview(trial, raw, body.content_type)
+    except inbound.Unmappable as problem:
+        abort(problem.status, problem.reason, detail={"json": problem.fields} if problem.fields else None)
+    trail().target_id = source.id
+    return {
+        "events": [
+            {
+                "notebook_id": d.notebook_id,
+                "type": d.event_type,
+                "data": d.data,
+                "occurred_at": serialize.iso(d.occurred_at.astimezone(UTC)) if d.occurred_at else None,
+                "author_member_id": d.author_member_id,
+            }
+            for d in drafts
+        ]
     }
 
 

@@ -492,3 +492,47 @@ def test_records_rejected_again_are_not_run_again_on_the_way(client, api, admin,
             break
     assert seen == ["iep-0", "iep-1", "iep-2"]
     assert all(r["reruns"] == 1 for r in inbound(api, src["id"], "rejected"))
+
+
+# --- previewing -----------------------------------------------------------------------------
+
+
+def test_a_preview_shows_the_events_a_sample_would_make_and_records_nothing(app, client, api, admin, iep):
+    src, nb, _ = iep
+    url = f"/v1/sources/{src['id']}/preview"
+    sample = json.loads(goal_body())
+    answer = client.post(url, json={"body": sample}, headers=admin)
+    assert answer.status_code == 200, answer.get_json()
+    [event] = answer.get_json()["events"]
+    assert (event["notebook_id"], event["type"], event["data"]["status"]) == (nb["id"], "goal.updated", "met")
+    assert event["occurred_at"] == "2026-11-20T16:15:00Z"
+
+    stranger = json.loads(goal_body(student="S-2001"))
+    refused = client.post(url, json={"body": stranger}, headers=admin)
+    assert refused.status_code == 422 and "notebook_by" in refused.get_json()["fields"]
+    # An unsaved mapping, tried before it is saved: checked as when saved, applied to the sample.
+    trial = {**src["mapping"], "notebooks": {STUDENT: nb["id"], "S-2001": nb["id"]}}
+    tried = client.post(url, json={"body": stranger, "mapping": trial}, headers=admin)
+    assert tried.status_code == 200 and tried.get_json()["events"][0]["notebook_id"] == nb["id"]
+    broken = {**trial, "events": [{"type": "goal.updated", "data": {"goal": "$.g"}}]}
+    bad = client.post(url, json={"body": stranger, "mapping": broken}, headers=admin)
+    assert bad.status_code == 422 and "mapping.events.0.data.status" in bad.get_json()["fields"]
+    text = client.post(url, json={"body": "not json", "content_type": "text/plain"}, headers=admin)
+    assert text.status_code == 415
+
+    assert event_count(app, nb["id"]) == 0 and inbound(api, src["id"]) == []
+    assert api.get(f"/v1/sources/{src['id']}")["mapping"] == src["mapping"]  # the trial was not saved
+
+
+def test_a_preview_works_for_every_kind(client, api, admin, team):
+    nb, _ = team
+    src = api.post("/v1/sources", {"name": "EHR", "kind": "careloop", "notebook_id": nb["id"]})
+    sample = {"notebook_id": nb["id"], "type": "note.added", "data": {"text": "hi", "voice": "team"}}
+    url = f"/v1/sources/{src['id']}/preview"
+    answer = client.post(url, json={"body": sample}, headers=admin)
+    assert answer.status_code == 200 and answer.get_json()["events"][0]["type"] == "note.added"
+    wrong = client.post(url, json={"body": {**sample, "type": "lab.result"}}, headers=admin)
+    assert wrong.status_code == 422 and "type" in wrong.get_json()["fields"]
+    mapping = {"events": [{"type": "note.added", "data": {"text": "$.t", "voice": "team"}}]}
+    refused = client.post(url, json={"body": sample, "mapping": mapping}, headers=admin)
+    assert refused.status_code == 422 and "mapping" in refused.get_json()["fields"]
