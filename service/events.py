@@ -14,7 +14,7 @@ from careloop import metrics, serialize
 from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event, record_events
-from careloop.models import Delivery, Event
+from careloop.models import Delivery, Escalation, Event
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import auth, before_the_body, notebook_or_404, reach_or_404
@@ -239,4 +239,7 @@ def get_event(event_id: str):
         .where(Delivery.event_id == event.id, Delivery.channel != WEBHOOK_CHANNEL)
         .order_by(Delivery.created_at, Delivery.id)
     ).all()
-    return serialize.event(event, list(deliveries))
+    body = serialize.event(event, list(deliveries))
+    waits = g.db.get(Escalation, event.id)
+    body["escalation"] = serialize.escalation(waits, list(deliveries)) if waits is not None else None
+    return body

@@ -24,6 +24,7 @@ from careloop.models import OutboxEntry, utcnow
 from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
+from careloop.workers.escalation import run_due
 from careloop.workers.jobs import recover_stale
 from careloop.workers.webhook_sends import notify_disabled
 
@@ -101,11 +102,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
-    if any(counts.values()) or digests:
+    fired = run_due(runtime)  # escalation steps and urgent failovers: the database is their clock
+    if any(counts.values()) or digests or any(fired.values()):
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
-            "%(stale)d stale sends checked",
-            {**counts, "digests": digests},
+            "%(stale)d stale sends checked, %(steps)d escalation steps and %(failovers)d failovers fired",
+            {**counts, "digests": digests, **fired},
         )
     return counts
 
