@@ -11,9 +11,9 @@ Tokens never reach a log: request lines are redacted (``careloop.service.redacti
 module logs ids only, and the pages send no Referer and are never stored (``pages``).
 
 An alert whose event waits for an acknowledgement (``careloop.escalation``) has an "I have
-seen this" button: a form posted to ``/m/<token>/ack`` with the page's CSRF token (Flask-WTF,
-as the timeline's forms), which acknowledges the delivery as the member and stops the event's
-escalation; the page then shows who acknowledged it and when.
+seen this" button: a form posted to ``/m/<token>/ack`` with the page's CSRF token (Flask-WTF's,
+in the page session, as the timeline's forms have it), which acknowledges the delivery as the
+member and stops the event's escalation; the page then shows who acknowledged it and when.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, current_app, g, redirect, render_template, url_for
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError, validate_csrf
 from werkzeug.exceptions import HTTPException
+from wtforms import ValidationError
 
 from careloop.audit import ActorType
 from careloop.escalation import AckVia, acknowledge
@@ -41,7 +43,6 @@ from careloop.messages import (
 from careloop.models import Delivery, Escalation, Event, Member, Notebook
 from careloop.service.audit_trail import trail
 from careloop.service.pages import private_page
-from careloop.service.signin import csrf
 from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 log = logging.getLogger("careloop.service.member_pages")
@@ -157,12 +158,24 @@ def open_link(token: str):
 def acknowledge_link(token: str):
     """The "I have seen this" button: acknowledges this delivery as its member (idempotent),
     then shows the page again."""
-    csrf.protect()  # first: a missing or wrong token is a CSRFError, a 400 page (below)
+    _check_form()  # first: a missing or wrong token is a CSRFError, a 400 page (below)
     opened = _open(token, "member_link.acknowledge", "acknowledged")
     if opened is None:
         return _gone()
     acknowledge(g.db, opened.delivery, opened.member.id, AckVia.MEMBER_PAGE)
     return private_page(redirect(url_for(".open_link", token=token), code=303))
+
+
+def _check_form() -> None:
+    """The form's CSRF token must be the one this browser's session holds (Flask-WTF). Not
+    Flask-WTF's Referer check: a member page sends no Referer (its address is a token), so a
+    browser's ``Sec-Fetch-Site`` says instead where the post came from."""
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0]) from None
+    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
+        raise CSRFError("the form was not posted from this site")
 
 
 def _acknowledgement(opened: Opened, zone: str) -> dict | None:
