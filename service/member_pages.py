@@ -75,7 +75,7 @@ def record_view(
         seen.actor_type, seen.actor_id = ActorType.MEMBER, member_id
     seen.target_id = event_id
     seen.notebook_ids = [notebook_id] if notebook_id else []
-    seen.reason = None if outcome == "viewed" else outcome.removeprefix("refused: ")
+    seen.reason = None if outcome in ("viewed", "acknowledged") else outcome.removeprefix("refused: ")
 
 
 # --- Pages ----------------------------------------------------------------------------------------

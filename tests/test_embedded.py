@@ -379,6 +379,11 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert timing.count("digest:   Dana Rivera (parent), email: waits for the daily digest") == 3
     assert timing.count("skipped:  Sam Rivera (parent), email: preference_off") == 3
     assert "her digest sent, one email for 3 therapy logs: outbox:email/dig_" in timing
+    # escalation: nobody acknowledged the urgent concern; step 1 alerts Sam again; he acknowledges
+    escalation = output.split("Escalation until someone answers", 1)[1].split("Member links:", 1)[0]
+    assert "step 1 (parent, guardian): Sam Rivera (parent) alerted again: sms sent, email sent" in escalation
+    assert 'presses "I have seen this": acknowledged by Sam Rivera (parent)' in escalation
+    assert "step 2 (neurology, developmental pediatrics) will not fire" in escalation
     (digest,) = (outbox / "email").glob("dig_*.eml")
     assert "Subject: Daily digest for Maya" in digest.read_text(encoding="utf-8")
     # each person's own link to each event, pointing at the demo's app (what --serve serves)
@@ -390,9 +395,10 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert len(set(urls)) == len(urls) and all(u.startswith("http://127.0.0.1:8000/m/") for u in urls)
     # the outbox holds what was sent
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
-    assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
+    assert len(sms) == 1 + 2 + 1  # Sam for the medication; Sam and Alex for the concern; Sam's escalation
+    assert "not yet acknowledged" in sms[-1]
     # invites are .eml too; and Dana's daily digest (preferences and timing, below)
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 1  # and Sam's escalation
     (ics,) = (outbox / "calendar").glob("*.ics")
     cal = icalendar.Calendar.from_ical(ics.read_bytes())
     assert str(cal["METHOD"]) == "REQUEST"

@@ -31,6 +31,7 @@ from careloop.routing import EventView, MemberView, plan_acknowledgement, plan_f
 from careloop.rules import RulesError, load_rules, parse_rules
 from tests.conftest import build_app, build_team, close_app, drain, make_settings, peer_settings, wait_until
 from tests.peers.twilio_peer import TEST_AUTH_TOKEN, Fault
+from tests.test_member_page_browser import browser  # noqa: F401 - the module's Chromium, a fixture
 
 T0 = datetime(2027, 3, 3, 15, 0, tzinfo=UTC)  # 9:00 am in Chicago: nobody's quiet hours
 PUBLIC = "https://careloop.test"
@@ -426,29 +427,29 @@ def test_the_member_pages_button_acknowledges_as_the_member_and_fires_no_step(
     loop, pg_only_url, smtp, twilio_proxy
 ):
     app, runtime, api = loop
-    browser = app.test_client()
+    page_client = app.test_client()
     with _travel(T0):
         nb, m = build_team(api)
         event = _urgent(api, nb, m)
         _run_worker(runtime)
         (text,) = _rows(pg_only_url, event["id"])
         page_url = "/m/" + runtime.links.token(text.id, 0, text.link_issued_at)
-        page = browser.get(page_url, base_url=PUBLIC)
+        page = page_client.get(page_url, base_url=PUBLIC)
         assert page.status_code == 200
         html = page.get_data(as_text=True)
         assert "I have seen this" in html and "waiting for someone to say they have seen this" in html
         token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-        forged = browser.post(f"{page_url}/ack", data={}, base_url=PUBLIC)
+        forged = page_client.post(f"{page_url}/ack", data={}, base_url=PUBLIC)
         assert forged.status_code == 400  # no CSRF token: nothing acknowledged
         elsewhere = {"Sec-Fetch-Site": "cross-site"}  # a form on another site, with a stolen token
-        crossed = browser.post(
+        crossed = page_client.post(
             f"{page_url}/ack", data={"csrf_token": token}, base_url=PUBLIC, headers=elsewhere
         )
         assert crossed.status_code == 400
         assert _event_escalation(pg_only_url, event["id"]).acknowledged_at is None
-        done = browser.post(f"{page_url}/ack", data={"csrf_token": token}, base_url=PUBLIC)
+        done = page_client.post(f"{page_url}/ack", data={"csrf_token": token}, base_url=PUBLIC)
         assert done.status_code == 303 and done.headers["Location"].endswith(page_url)
-        again = browser.get(page_url, base_url=PUBLIC).get_data(as_text=True)
+        again = page_client.get(page_url, base_url=PUBLIC).get_data(as_text=True)
         assert "You said you have seen this on Wed 3 Mar 2027, 9:00 am CST" in again
         assert "I have seen this" not in again
     escalation = _nothing_fires_later(runtime, api, pg_only_url, event["id"], twilio_proxy, smtp)
@@ -563,3 +564,53 @@ def test_several_workers_sweeping_at_once_fire_each_step_and_each_failover_once(
     ]  # fmt: skip
     (fired,) = _event_escalation(pg_only_url, event["id"]).fired
     assert fired["member_ids"] == [m["neuro"]["id"]]
+
+
+# --- The button in a real browser ---------------------------------------------------------------
+
+
+@pytest.fixture
+def served_http(tmp_path):
+    """The embedded app with the shipped rules on a live HTTP server on 127.0.0.1, its public
+    URL http too (a Secure cookie never comes back over http)."""
+    from werkzeug.serving import make_server
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'browser.db'}", tmp_path, public_url="http://127.0.0.1")
+    app, api = build_app(settings)
+    nb, m = build_team(api)
+    event = _urgent(api, nb, m)
+    drain(app)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", app, api, m, event
+    finally:
+        server.shutdown()
+        server.server_close()
+        close_app(app)
+
+
+def test_i_have_seen_this_in_chromium_acknowledges_with_no_referer_and_no_console_errors(
+    browser,  # noqa: F811 - the fixture imported above
+    served_http,
+):
+    from tests.test_member_page_browser import console, open_page
+
+    base, app, api, m, event = served_http
+    runtime = app.extensions["careloop"].runtime
+    (text,) = [
+        d
+        for d in _rows(runtime.database_url, event["id"])
+        if (d.member_id, d.channel) == (m["dad"]["id"], "sms")
+    ]
+    console(browser)
+    open_page(browser, f"{base}/m/{runtime.links.token(text.id, 0, text.link_issued_at)}")
+    browser.find_element("id", "acknowledge").click()
+    assert browser.execute_script("return document.readyState") == "complete"
+    body = browser.find_element("tag name", "body").text
+    assert "You said you have seen this on" in body, body
+    escalation = api.get(f"/v1/events/{event['id']}")["escalation"]
+    assert (escalation["acknowledged_by"], escalation["acknowledged_via"]) == (m["dad"]["id"], "member_page")
+    errors = [entry for entry in console(browser) if entry["level"] in ("SEVERE", "WARNING")]
+    assert errors == [], errors

@@ -131,7 +131,7 @@ def fail_over(session: Session, runtime: Runtime, delivery_id: str, now: datetim
     tried = esc.tried_channels(session, event.id, member.id, delivery.escalation_step)
     planned = plan_failover(_event_view(event), _member_view(member, zone), tried)
     if delivery.status in esc.FAILED_NOW:
-        why = f"the {delivery.channel} alert could not get through ({delivery.status}: {delivery.error})"
+        why = f"the {delivery.channel} alert could not get through ({delivery.status})"
     else:
         after = _minutes(runtime.settings.urgent_failover_after)
         why = f"the {delivery.channel} alert had not got through after {after}"

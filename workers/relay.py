@@ -36,7 +36,8 @@ BATCH = 500
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
     """One sweep: pending events to route, due deliveries and digests to send, stale sends to
-    check. Returns how many events and deliveries were handed over and stale sends checked.
+    check, escalation steps and urgent failovers to fire (``careloop.workers.escalation``).
+    Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
     only when Redis no longer has its job (a job merely waiting in a long queue is left
