@@ -11,7 +11,7 @@ deliveries: of several workers sweeping at once, one fires it, once.
 Acknowledging any delivery of the event (the API, the member page, an "OK" text) stamps the
 delivery and, the first time, the event's row: ``due_at`` goes, and no further step fires.
 
-An urgent alert (an urgent concern's, or an escalation step's) carries ``failover_due_at``:
+An urgent concern's alert carries ``failover_due_at``:
 not through by then (still queued or retrying, failed, undelivered, skipped), it fails over
 — new deliveries for the same member and event on their other channels, with the reason —
 once: the sweep's conditional UPDATE clears ``failover_due_at`` before it plans them.
@@ -151,13 +151,11 @@ def alert_rows(
     *,
     step: int,
     reason: str,
-    failover_after: float,
     failover_of: str | None = None,
 ) -> list[dict]:
     """Delivery rows for urgent alerts (an escalation step's, or a failover's): due now, on the
-    urgent queues, each failing over in turn after ``failover_after`` seconds (0: never) — a
-    failover's own do not."""
-    fail_over_at = now + timedelta(seconds=failover_after) if failover_after and not failover_of else None
+    urgent queues. They do not fail over in turn: a step plans every channel already, and a
+    failover is the other channel."""
     return [
         {
             "id": new_id("dlv"),
@@ -178,7 +176,6 @@ def alert_rows(
             "escalation_step": step,
             "reason": reason,
             "failover_of": failover_of,
-            "failover_due_at": fail_over_at if not p.skip_reason else None,
         }
         for p in planned
     ]

@@ -96,7 +96,6 @@ def fire_step(session: Session, runtime: Runtime, event_id: str, now: datetime) 
         now,
         step=number,
         reason=reason,
-        failover_after=runtime.settings.urgent_failover_after,
     )
     member_ids = list(dict.fromkeys(p.member_id for p in planned))
     if not esc.claim_step(session, event_id, index, now, member_ids, [r["id"] for r in rows]):
@@ -142,7 +141,6 @@ def fail_over(session: Session, runtime: Runtime, delivery_id: str, now: datetim
         now,
         step=delivery.escalation_step,
         reason=f"failover from {delivery.id}: {why}",
-        failover_after=0,
         failover_of=delivery.id,
     )
     inserted = esc.insert_deliveries(session, rows)
