@@ -606,10 +606,14 @@ def test_i_have_seen_this_in_chromium_acknowledges_with_no_referer_and_no_consol
     ]
     console(browser)
     open_page(browser, f"{base}/m/{runtime.links.token(text.id, 0, text.link_issued_at)}")
-    browser.find_element("id", "acknowledge").click()
-    assert browser.execute_script("return document.readyState") == "complete"
-    body = browser.find_element("tag name", "body").text
-    assert "You said you have seen this on" in body, body
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button = browser.find_element("id", "acknowledge")
+    button.click()
+    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda driver: "You said you have seen this on" in driver.find_element("tag name", "body").text
+    )  # the form posted, and the page came back saying so
     escalation = api.get(f"/v1/events/{event['id']}")["escalation"]
     assert (escalation["acknowledged_by"], escalation["acknowledged_via"]) == (m["dad"]["id"], "member_page")
     errors = [entry for entry in console(browser) if entry["level"] in ("SEVERE", "WARNING")]
