@@ -6,12 +6,12 @@ enough, no slow KDF is needed). Each key has a role:
 
 ==============  ===================================================================================
 ``family``      everything on its notebook: the notebook, members (with contact details), events,
-                deliveries (and retrying them), member links, keys, the audit log, webhook
-                endpoints
+                deliveries (retrying and acknowledging them), member links, keys, the audit
+                log, webhook endpoints
 ``clinician``   read the notebook; read and record events; read members with their contact
-                details; read deliveries and retry dead letters
-``integration`` read the notebook; record and read events; read delivery status; read members'
-                ids, names and roles — never their phone numbers or emails
+                details; read deliveries, retry dead letters, acknowledge alerts
+``integration`` read the notebook; record and read events; read delivery status and acknowledge
+                alerts; read members' ids, names and roles — never their phone numbers or emails
 ``clinic``      what ``clinician`` may, on each notebook it was given (minted by the admin only)
 ==============  ===================================================================================
 
@@ -81,6 +81,8 @@ class Action(StrEnum):
     RECORD_EVENTS = "events.record"
     READ_DELIVERIES = "deliveries.read"
     RETRY_DELIVERIES = "deliveries.retry"
+    ACKNOWLEDGE_DELIVERIES = "deliveries.acknowledge"
+    """Say that an alert was seen (it stops the event's escalation)."""
     MANAGE_KEYS = "keys.manage"
     """Mint, list and revoke the notebook's keys."""
     MANAGE_WEBHOOKS = "webhooks.manage"
@@ -97,6 +99,7 @@ _CLINICAL = frozenset(
         Action.RECORD_EVENTS,
         Action.READ_DELIVERIES,
         Action.RETRY_DELIVERIES,
+        Action.ACKNOWLEDGE_DELIVERIES,
     }
 )
 
@@ -110,6 +113,7 @@ GRANTS: dict[KeyRole, frozenset[Action]] = {
             Action.READ_EVENTS,
             Action.RECORD_EVENTS,
             Action.READ_DELIVERIES,
+            Action.ACKNOWLEDGE_DELIVERIES,
         }
     ),
     KeyRole.CLINIC: _CLINICAL,

@@ -7,6 +7,7 @@ page; ``--serve`` then serves the demo's app on 127.0.0.1 so those links open in
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -20,10 +21,11 @@ from werkzeug.serving import make_server
 from careloop.config.settings import Settings
 from careloop.db import dispose, session_scope, upgrade
 from careloop.messages import local_time
-from careloop.models import Delivery, Digest, Member, utcnow
+from careloop.models import Delivery, Digest, Escalation, Member, utcnow
 from careloop.queues import DigestJob
 from careloop.service import create_app
 from careloop.vocabulary import DONE_STATUSES, ChannelKind
+from careloop.workers.escalation import run_due
 from careloop.workers.jobs import member_link
 
 CHECKIN_ATTENDEES = ("Dana Rivera", "Sam Rivera", "Jordan Lee", "Ms. Ortiz")
@@ -124,6 +126,9 @@ def run_demo(
         shown = _record_and_show(app, admin, outbox_dir, echo)
         shown["timing"] = _show_timing(app, admin, shown, echo)
         shown["reminders"] = _show_reminders(app, admin, shown, echo)  # reminders (issue 12)
+        # --- escalation (issue 12): see _show_escalation --------------------------------------
+        shown["escalation"] = _show_escalation(app, admin, shown, echo)
+        # --- end of escalation ------------------------------------------------------------------
         shown["links"] = _show_links(app, shown["events"], echo, serve)
         if serve:
             _serve(app, port, echo)
@@ -264,6 +269,62 @@ def _show_timing(app, admin: str, shown: dict, echo: Callable[[str], None]) -> d
             f"{len(events) - 1} therapy logs: {sent['provider_id']}"
         )
     return {"events": events, "digest": sent}
+
+
+# --- Escalation until someone answers (issue 12) -------------------------------------------------
+
+
+def _show_escalation(app, admin: str, shown: dict, echo: Callable[[str], None]) -> dict:
+    """Escalation until someone answers: the urgent concern waits for an acknowledgement.
+
+    The demo moves its clock 15 minutes on: nobody acknowledged it, so the shipped rule's first
+    step alerts the parents again on every channel (Sam; Dana wrote it). Sam opens his link
+    and presses "I have seen this": the second step (neurology) never fires.
+    """
+    runtime = app.extensions["careloop"].runtime
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin}"}
+    concern = next(e for e in shown["events"] if e["type"] == "concern.raised")
+    members = shown["members"]
+    names = {m["id"]: f"{m['name']} ({m['role'].replace('_', ' ')})" for m in members.values()}
+    zone = shown["notebook"]["timezone"]
+    with session_scope(runtime.database_url) as session:
+        row = session.get(Escalation, concern["id"])
+        shift = row.due_at - utcnow()  # as if the concern came in 15 minutes ago
+        row.acknowledge_by, row.due_at = row.acknowledge_by - shift, row.due_at - shift
+        row.steps = [
+            {**s, "due_at": (datetime.fromisoformat(s["due_at"]) - shift).isoformat()} for s in row.steps
+        ]
+        session.commit()
+    echo("")
+    echo("Escalation until someone answers (an urgent concern waits for someone to acknowledge it):")
+    echo(f"● {concern['type']}  ({concern['id']}): not acknowledged in 15 minutes (the demo moves its clock)")
+    run_due(runtime)  # what every worker's relay sweep does (the demo's own queue may be first)
+    runtime.dispatcher.drain(timeout=30)
+    event = client.get(f"/v1/events/{concern['id']}", headers=headers).get_json()
+    step1, step2 = event["escalation"]["steps"]
+    order = tuple(ChannelKind)
+    alerts = [d for d in event["deliveries"] if d["escalation_step"] == 1]
+    alerts.sort(key=lambda d: order.index(d["channel"]))
+    for member_id in step1["member_ids"]:
+        how = ", ".join(f"{d['channel']} {d['status']}" for d in alerts if d["member_id"] == member_id)
+        roles = ", ".join(r.replace("_", " ") for r in step1["roles"])
+        echo(f"    step 1 ({roles}): {names[member_id]} alerted again: {how}")
+    sam = members["Sam Rivera"]["id"]
+    text = next(d for d in alerts if d["member_id"] == sam and d["status"] in DONE_STATUSES)
+    with session_scope(runtime.database_url) as session:
+        url = member_link(runtime, session.get(Delivery, text["id"]), session.get(Member, sam)).url
+    path = "/m/" + url.rsplit("/m/", 1)[1]
+    page = client.get(path).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post(f"{path}/ack", data={"csrf_token": token})
+    event = client.get(f"/v1/events/{concern['id']}", headers=headers).get_json()
+    escalation = event["escalation"]
+    at = local_time(datetime.fromisoformat(escalation["acknowledged_at"]), zone)
+    echo(f"    Sam opens his link and presses \"I have seen this\": acknowledged by {names[sam]}, {at}")
+    roles = ", ".join(r.replace("_", " ") for r in step2["roles"])
+    echo(f"    step 2 ({roles}) will not fire: someone has it")
+    return {"event": event, "escalation": escalation}
 
 
 # --- reminders (issue 12) ---------------------------------------------------------------------

@@ -202,6 +202,14 @@ SMS_FORMS = (
 the kind of update and the child's first name, never what the update says."""
 
 
+ESCALATION_SMS_FORMS = (
+    "careloop: not yet acknowledged: {label} in {child}'s care notebook. Reply OK if you have it: {link}",
+    "careloop: not yet acknowledged: {label} for {child}. Reply OK: {link}",
+    "careloop: not yet acknowledged: {label}: {link}",
+)
+"""The text of an escalation step's SMS (nobody acknowledged the alert in time), longest first."""
+
+
 def field_label(event_type: str, field_name: str) -> str:
     """How a message labels a data field: its title in the event type's model."""
     info = EVENT_DATA[event_type].model_fields.get(field_name)
@@ -284,11 +292,11 @@ def detail_lines(event_type: str, data: dict, fields: tuple[str, ...], zone: str
     return lines
 
 
-def sms_text(label: str, child: str, link: str) -> str:
+def sms_text(label: str, child: str, link: str, forms: tuple[str, ...] = SMS_FORMS) -> str:
     """The text of an SMS, in GSM-7 (names transliterated), in one segment wherever the
     link leaves room for it."""
     text = ""
-    for form in SMS_FORMS:
+    for form in forms:
         text = to_gsm7(form.format(label=label, child=child, link=link))
         if gsm7_length(text) <= SEGMENT:
             return text
@@ -310,6 +318,7 @@ def render(
     detail_fields: tuple[str, ...],
     mail_from: str,
     created_at: datetime | None = None,
+    escalated: bool = False,
 ) -> OutgoingMessage:
     """Build the message for one delivery. Pure: no I/O.
 
@@ -318,6 +327,8 @@ def render(
         detail_fields: the data fields an email body may list — what the recipient's role
             may see, and only where the notebook turned ``email_detail`` on (else empty).
             Texts and subjects never carry details, whatever this says.
+        escalated: an escalation step's alert: it says nobody has acknowledged it yet and
+            how to (reply OK; the page's button).
     """
     child = first_name(notebook.child_name)
     label = event_label(event_type, data)
@@ -331,7 +342,7 @@ def render(
             to=kind.address(recipient) or "",
             to_name=recipient.name,
             subject="",
-            text=sms_text(label, child, link.url),
+            text=sms_text(label, child, link.url, ESCALATION_SMS_FORMS if escalated else SMS_FORMS),
             created_at=created_at,
         )
 
@@ -350,6 +361,12 @@ def render(
     else:
         subject = f"{label[0].upper()}{label[1:]} for {child}"
         intro = f"There is {label} in {child}'s care notebook."
+        if escalated:
+            subject = f"Not yet acknowledged: {label} for {child}"
+            intro = (
+                f"No one on the care team has acknowledged {label} in {child}'s care notebook yet. "
+                'Open your link and press "I have seen this", or reply OK to the text.'
+            )
         details = detail_lines(event_type, data, detail_fields, zone)
     until = local_date(link.expires_at, zone)
     text_lines = [f"Hello {recipient.name},", "", intro]

@@ -214,13 +214,21 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("event_id", "member_id", "channel", name="uq_deliveries_event_member_channel"),
+        # One per (event, member, channel) and escalation step (0: the rules' own alerts).
+        UniqueConstraint(
+            "event_id",
+            "member_id",
+            "channel",
+            "escalation_step",
+            name="uq_deliveries_event_member_channel_step",
+        ),
         Index("ix_deliveries_status_due", "status", "next_attempt_at"),
         Index("ix_deliveries_queue_due", "queue", "status", "next_attempt_at"),
         Index("ix_deliveries_notebook_status", "notebook_id", "status"),
         Index("ix_deliveries_provider_id", "provider_id"),
         # A webhook message's number among its endpoint's (``member_id`` is the endpoint's id).
         Index("uq_deliveries_endpoint_sequence", "member_id", "sequence", unique=True),
+        Index("ix_deliveries_failover_due", "failover_due_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dlv"))
@@ -260,6 +268,44 @@ class Delivery(Base):
     hold: Mapped[str | None] = mapped_column(String(16))
     # The digest that carries it (then only the digest's job sends it, never its own).
     digest_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # Escalation (careloop.escalation): the step that sent it (0: routing by the rules), why it
+    # exists when not by a rule (an escalation step, a failover), the delivery it failed over
+    # from, when an urgent alert not through by then fails over to the member's other channels.
+    escalation_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text)
+    failover_of: Mapped[str | None] = mapped_column(String(40))
+    failover_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who acknowledged it ("I have seen this"): a member id, a key id or "admin"; and how.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(40))
+    acknowledged_via: Mapped[str | None] = mapped_column(String(16))
+
+
+class Escalation(Base):
+    """An event that waits for someone to acknowledge it (careloop.escalation): until when, its
+    escalation steps as planned at routing, the ones fired, and who acknowledged it. ``due_at``
+    is when the next step fires — None once acknowledged or when no step is left; firing is
+    one conditional UPDATE on ``next_step``, so each step fires once however many sweep."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (Index("ix_escalations_due", "due_at"),)
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"), index=True)
+    rule: Mapped[str | None] = mapped_column(String(200))
+    acknowledge_within: Mapped[int] = mapped_column(Integer)
+    acknowledge_by: Mapped[datetime] = mapped_column(UTCDateTime)
+    # [{"step": 1, "targets": [...], "due_at": ISO}], as planned
+    steps: Mapped[list] = mapped_column(JSON, default=list)
+    # [{"step": 1, "at": ISO, "member_ids": [...], "delivery_ids": [...]}], as fired
+    fired: Mapped[list] = mapped_column(JSON, default=list)
+    next_step: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(40))
+    acknowledged_via: Mapped[str | None] = mapped_column(String(16))
+    acknowledged_delivery_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Digest(Base):

@@ -3,7 +3,9 @@
 Twilio's opt-out keywords set the member's SMS opt-out (texts to them are then ``skipped``,
 reason ``opted_out``) and its opt-in keywords clear it; HELP gets a short help text; any other
 text from a known member becomes a ``note.added`` on their notebook, authored by them and
-routed as usual. A number careloop does not know records nothing.
+routed as usual — except "OK" or "1" while the member has an alert waiting for an
+acknowledgement (``careloop.escalation``): that acknowledges their most recent one. A number
+careloop does not know records nothing.
 
 Keywords match as Twilio matches them: the whole message, trimmed, in any case.
 """
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from careloop import escalation
 from careloop.events import EVENT_KINDS, EventType
 from careloop.intake import IdempotencyConflict, record_event
 from careloop.models import Delivery, Member, Notebook
@@ -33,15 +36,15 @@ HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 """Twilio's default help keywords."""
 
 ACKNOWLEDGE_KEYWORDS = frozenset({"OK", "1"})
-"""Replies that will acknowledge the member's latest alert once escalation exists (see
-:func:`acknowledge_latest_alert`); until then they are kept as notes."""
+"""Replies that acknowledge the member's latest alert (:func:`acknowledge_latest_alert`); with
+nothing to acknowledge they are kept as notes."""
 
 HELP_TEXT = (
     "careloop: texts about your child's care notebook. Reply STOP to stop texts, START to resume. "
     "Any other reply is added to the notebook as a note."
 )
 NOTE_ADDED_TEXT = "careloop: thanks, your note was added to the care notebook."
-ACKNOWLEDGED_TEXT = "careloop: thanks, acknowledged."
+ACKNOWLEDGED_TEXT = "careloop: thanks, acknowledged. The care team can see you have it."
 OPTED_IN_TEXT = "careloop: texts are back on. Reply STOP to stop them."
 
 NOTE_MAX = 2000
@@ -109,10 +112,14 @@ def _note_text(body: str) -> str:
 
 
 def acknowledge_latest_alert(session: Session, member: Member) -> bool:
-    """HOOK for escalation (the care-rhythm issue): acknowledge ``member``'s most recent
-    unacknowledged alert and return True. careloop has no escalation and no acknowledgement
-    yet, so this returns False and an "OK" or "1" is kept as a note like any other text."""
-    return False
+    """Acknowledge ``member``'s most recent unacknowledged alert — sent in the last day, of an
+    event that waits (or waited) for an acknowledgement — and return True; the event's
+    escalation stops. False when there is none: the "OK" is then kept as a note."""
+    alert = escalation.latest_unacknowledged_alert(session, member.id)
+    if alert is None:
+        return False
+    escalation.acknowledge(session, alert, member.id, escalation.AckVia.SMS)
+    return True
 
 
 def set_sms_opt_out(session: Session, phone: str, opted_out: bool) -> int:
@@ -144,8 +151,10 @@ def handle_reply(session: Session, phone: str, body: str, message_id: str) -> Re
     if word in HELP_KEYWORDS:
         return Reply(ReplyKind.HELP, HELP_TEXT, notebook_ids=notebooks)
     author = _author(session, members)
-    if word in ACKNOWLEDGE_KEYWORDS and acknowledge_latest_alert(session, author):
-        return Reply(ReplyKind.ACKNOWLEDGED, ACKNOWLEDGED_TEXT, notebook_ids=(author.notebook_id,))
+    if word in ACKNOWLEDGE_KEYWORDS:
+        for member in sorted(members, key=lambda m: m.id != author.id):  # the author's first
+            if acknowledge_latest_alert(session, member):
+                return Reply(ReplyKind.ACKNOWLEDGED, ACKNOWLEDGED_TEXT, notebook_ids=(member.notebook_id,))
     notebook = session.get(Notebook, author.notebook_id)
     text = _note_text(body)
     try:

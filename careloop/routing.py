@@ -6,17 +6,23 @@ each member's preferences (part of the team passed in) decide *how and when*: a 
 member turned off for the event's category is skipped, a message in their quiet hours waits
 until the window ends on their clock, and low-priority events for a member on digest join
 their daily digest. Urgent concerns and rules marked ``bypass_quiet_hours`` go at once.
+
+Escalation is planned here too, as pure functions: whether an event waits for an
+acknowledgement and its steps (:func:`plan_acknowledgement`), whom a step alerts and by which
+channels (:func:`plan_step`), and the other channels an urgent alert fails over to
+(:func:`plan_failover`). When a step is due, and whether anyone acknowledged, is the
+database's (``careloop.escalation``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from careloop import preferences as prefs
 from careloop.events import EVENT_KINDS, EventType, is_urgent
-from careloop.rules import Rule, Rules
+from careloop.rules import DEFAULT_ACKNOWLEDGE_WITHIN, Rule, Rules
 from careloop.vocabulary import ChannelKind, Hold, preference_off_reason
 
 
@@ -67,10 +73,14 @@ def rule_matches(rule: Rule, event: EventView) -> bool:
 
 
 def _targets(rule: Rule, event: EventView, members: list[MemberView]) -> list[MemberView]:
+    return _chosen(rule.notify, event, members)
+
+
+def _chosen(targets: tuple[str, ...], event: EventView, members: list[MemberView]) -> list[MemberView]:
     attendees = set(event.data.get("attendees") or ()) | set(event.previous_attendees)
     chosen = []
     for member in members:
-        for target in rule.notify:
+        for target in targets:
             if (
                 target == member.role
                 or target == member.id
@@ -156,3 +166,99 @@ def _planned(
     if until is not None:
         return PlannedDelivery(member.id, channel, rule_names, None, until, Hold.QUIET_HOURS)
     return PlannedDelivery(member.id, channel, rule_names)
+
+
+# --- Acknowledgement, escalation and failover ------------------------------------------------
+
+ALERT_CHANNELS: tuple[ChannelKind, ...] = (ChannelKind.SMS, ChannelKind.EMAIL)
+"""The channels an escalation step and a failover use: every one a person reads (a calendar
+invite is no alert)."""
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    number: int
+    """1 for the first step (its deliveries' ``escalation_step``)."""
+    targets: tuple[str, ...]
+    """Roles, member ids, ``team`` or ``everyone``."""
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class PlannedAcknowledgement:
+    """An event that waits for someone to acknowledge it, and what happens while nobody does."""
+
+    within: float
+    """Seconds it may wait."""
+    acknowledge_by: datetime
+    rule: str | None
+    """The rule that asked for it (its steps' rule, else the one with ``acknowledge_within``);
+    None for an urgent concern's default."""
+    steps: tuple[PlannedStep, ...] = ()
+
+
+def plan_acknowledgement(event: EventView, rules: Rules, now: datetime) -> PlannedAcknowledgement | None:
+    """Whether an event waits for an acknowledgement, until when, and its escalation steps.
+
+    An event needs one when a matching rule says ``acknowledge_within`` (the shortest wins), and
+    an urgent concern always does (within 15 minutes unless a rule says otherwise). The steps
+    are the first matching rule's ``escalate_to`` that has one, due ``after`` their time from
+    ``now`` (the routing time). An event no rule matches alerts nobody and waits for nothing.
+    """
+    matching = [r for r in rules.candidates(event.type, event.data) if rule_matches(r, event)]
+    if not matching:
+        return None
+    explicit = [r for r in matching if r.acknowledge_within is not None]
+    if explicit:
+        within = min(r.acknowledge_within for r in explicit if r.acknowledge_within is not None)
+    elif is_urgent(event.type, event.data):
+        within = DEFAULT_ACKNOWLEDGE_WITHIN
+    else:
+        return None
+    escalating = next((r for r in matching if r.escalate_to), None)
+    steps = ()
+    if escalating is not None:
+        steps = tuple(
+            PlannedStep(number, step.roles, now + timedelta(seconds=step.after))
+            for number, step in enumerate(escalating.escalate_to, start=1)
+        )
+    named = escalating or (explicit[0] if explicit else None)
+    return PlannedAcknowledgement(
+        within, now + timedelta(seconds=within), named.name if named else None, steps
+    )
+
+
+def _alert(
+    member: MemberView, channel: ChannelKind, category: str, rules: tuple[str, ...]
+) -> PlannedDelivery:
+    if not member.preferences.allows(category, channel):
+        return PlannedDelivery(member.id, channel, rules, preference_off_reason(channel, category))
+    return PlannedDelivery(member.id, channel, rules, channel.unreachable_reason(member))
+
+
+def plan_step(
+    event: EventView, members: list[MemberView], targets: tuple[str, ...], rule: str | None = None
+) -> list[PlannedDelivery]:
+    """An escalation step's alerts: each active member the step names (never the event's
+    author) on every channel people read, at once — no quiet hours, no digest: it is urgent. A
+    channel the member turned off for the event's category, or cannot be reached on, is
+    planned ``skipped`` with the reason, as routing plans it."""
+    category = EVENT_KINDS[EventType(event.type)].category
+    names = (rule,) if rule else ()
+    return [
+        _alert(member, channel, category, names)
+        for member in _chosen(targets, event, members)
+        if member.active and member.id != event.author_member_id
+        for channel in ALERT_CHANNELS
+    ]
+
+
+def plan_failover(event: EventView, member: MemberView, tried: set[str]) -> list[PlannedDelivery]:
+    """The other channels an urgent alert to ``member`` can go by when one cannot get through:
+    those not ``tried`` yet for it that the member has and has not turned off (only deliveries
+    that can go are planned)."""
+    if not member.active:
+        return []
+    category = EVENT_KINDS[EventType(event.type)].category
+    planned = [_alert(member, channel, category, ()) for channel in ALERT_CHANNELS if channel not in tried]
+    return [p for p in planned if p.skip_reason is None]

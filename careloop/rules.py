@@ -13,12 +13,27 @@ holds roles, member ids, ``attendees`` (a check-in's attendees), ``team`` (every
 the child) or ``everyone``. ``channels`` are ``sms``, ``email`` and ``calendar``.
 ``bypass_quiet_hours: true`` sends at once even in a member's quiet hours (never into a digest).
 
+Acknowledgement and escalation (see README, "Escalation until someone answers"):
+
+      - name: serious-concerns-to-whole-team
+        ...
+        acknowledge_within: 15m          # optional; urgent concerns need one within 15m anyway
+        escalate_to:                     # steps, in order, while nobody has acknowledged
+          - {roles: [parent, guardian], after: 15m}
+          - {roles: [neurology], after: 30m}
+
+``acknowledge_within`` is a duration (``90s``, ``15m``, ``2h``, ``1d``). ``escalate_to`` steps
+name ``roles`` as ``notify`` does (roles, member ids, ``team``, ``everyone``) and ``after``, the
+time since the event was routed (default: the step before it plus ``acknowledge_within``);
+the ``after`` values only grow, and none comes before ``acknowledge_within``.
+
 Each rule is a pydantic model; every problem in a file is reported at once, one line each,
 named by the rule (``rule 'meds': when.change values ['paused'] are not among [...]``).
 """
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -38,6 +53,18 @@ CHANNELS = tuple(ChannelKind)
 TARGET_KEYWORDS = ("attendees", "team", "everyone")
 """Targets that are not a role or a member id."""
 
+ESCALATION_TARGET_KEYWORDS = ("team", "everyone")
+"""Targets an escalation step may name besides roles and member ids (not ``attendees``)."""
+
+DEFAULT_ACKNOWLEDGE_WITHIN = 15 * 60.0
+"""Seconds an urgent concern waits for an acknowledgement when no rule says otherwise."""
+
+MAX_DURATION = 7 * 86400.0
+"""The longest ``acknowledge_within`` or ``after`` a rule may give (a week)."""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
 PROBLEM_TYPE = "rules"
 """The pydantic error type of careloop's own messages (one or more lines each)."""
 
@@ -52,6 +79,16 @@ class RulesError(ValueError):
 
 def _problems(*messages: str) -> PydanticCustomError:
     return PydanticCustomError(PROBLEM_TYPE, "\n".join(messages))
+
+
+def parse_duration(value, name: str) -> float:
+    """A rule's duration (``90s``, ``15m``, ``2h``, ``1d``) in seconds; raises a problem naming
+    ``name`` otherwise (a bare number is refused: minutes or seconds?)."""
+    found = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    seconds = float(found.group(1)) * _UNITS[found.group(2)] if found else 0.0
+    if not found or not 0 < seconds <= MAX_DURATION:
+        raise _problems(f"{name} must be a duration such as 15m, 2h or 90s, up to 7d (not {value!r})")
+    return seconds
 
 
 def _as_tuple(value) -> tuple:
@@ -150,6 +187,23 @@ class When(BaseModel):
             return False
         return all(data.get(name) in values for name, values in self.match)
 
+    def may_match_urgent(self) -> bool:
+        """Whether an urgent concern can match this clause (only those need an acknowledgement
+        when a rule does not say ``acknowledge_within``)."""
+        if EventType.CONCERN_RAISED not in self.types:
+            return False
+        return all("urgent" in values for name, values in self.match if name == "severity")
+
+
+class EscalationStep(BaseModel):
+    """One step of a rule's ``escalate_to``: whom to alert, on every channel they have, when
+    nobody has acknowledged the event ``after`` seconds after it was routed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    roles: tuple[str, ...]
+    after: float
+
 
 class Rule(BaseModel):
     """One routing rule, as the file gives it and as routing reads it."""
@@ -164,6 +218,11 @@ class Rule(BaseModel):
     bypass_quiet_hours: bool = False
     """Its messages go at once, in quiet hours too and never into a digest (``urgent``
     concerns always do)."""
+    acknowledge_within: float | None = None
+    """Seconds within which someone must acknowledge the events it matches (None: only urgent
+    concerns need an acknowledgement, within :data:`DEFAULT_ACKNOWLEDGE_WITHIN`)."""
+    escalate_to: tuple[EscalationStep, ...] = ()
+    """Whom to alert, step by step, while nobody has acknowledged (``after`` resolved)."""
 
     @property
     def types(self) -> tuple[EventType, ...]:
@@ -186,6 +245,63 @@ class Rule(BaseModel):
         if not isinstance(value, bool):
             raise _problems("bypass_quiet_hours must be true or false")
         return value
+
+    @field_validator("acknowledge_within", mode="before")
+    @classmethod
+    def _window(cls, value):
+        return None if value is None else parse_duration(value, "acknowledge_within")
+
+    @field_validator("escalate_to", mode="before")
+    @classmethod
+    def _steps(cls, value, info):
+        if not isinstance(value, list) or not value:
+            raise _problems(
+                "escalate_to must be a non-empty list of steps such as {roles: [neurology], after: 15m}"
+            )
+        when, window = info.data.get("when"), info.data.get("acknowledge_within")
+        problems = []
+        window_valid = "acknowledge_within" in info.data  # else it is reported on its own
+        if window is None and window_valid and when is not None and not when.may_match_urgent():
+            problems.append(
+                "escalate_to needs acknowledge_within here: without it only urgent concerns "
+                "wait for an acknowledgement, and this rule never matches one"
+            )
+        steps, previous = [], 0.0
+        for number, raw in enumerate(value, start=1):
+            label = f"escalate_to step {number}"
+            if not isinstance(raw, dict):
+                problems.append(f"{label} must be a mapping with roles and after")
+                continue
+            unknown = sorted(set(raw) - {"roles", "after"}, key=str)
+            if unknown:
+                problems.append(f"{label} has unknown keys {unknown} (use roles and after)")
+            roles = raw.get("roles")
+            if not isinstance(roles, list) or not roles:
+                problems.append(f"{label}: roles must be a non-empty list")
+                roles = []
+            for target in roles:
+                known = isinstance(target, str) and (
+                    target in ROLES or target in ESCALATION_TARGET_KEYWORDS or target.startswith("mem_")
+                )
+                if not known:
+                    problems.append(f"{label}: roles has unknown role or target {target!r}")
+            if "after" in raw:
+                try:
+                    after = parse_duration(raw["after"], f"{label}: after")
+                except PydanticCustomError as exc:
+                    problems.append(str(exc))
+                    continue
+            else:
+                after = previous + (window or DEFAULT_ACKNOWLEDGE_WITHIN)
+            if after <= previous:
+                problems.append(f"{label}: after must come later than the step before it")
+            elif number == 1 and window is not None and after < window:
+                problems.append(f"{label}: after must not come before acknowledge_within")
+            previous = max(previous, after)
+            steps.append(EscalationStep(roles=tuple(r for r in roles if isinstance(r, str)), after=after))
+        if problems:
+            raise _problems(*problems)
+        return tuple(steps)
 
     @field_validator("description", mode="before")
     @classmethod
@@ -277,7 +393,17 @@ _MISSING = {
     "notify": "notify must be a non-empty list",
     "channels": "channels must be a non-empty list",
 }
-_ORDER = ("name", "unknown keys", "description", "when", "notify", "channels", "bypass_quiet_hours")
+_ORDER = (
+    "name",
+    "unknown keys",
+    "description",
+    "when",
+    "notify",
+    "channels",
+    "bypass_quiet_hours",
+    "acknowledge_within",
+    "escalate_to",
+)
 
 
 def _messages(error: ValidationError) -> list[str]:

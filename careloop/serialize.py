@@ -9,12 +9,14 @@ from careloop.models import (
     ApiKey,
     AuditEntry,
     Delivery,
+    Escalation,
     Event,
     InboundRecord,
     Member,
     Notebook,
     Reminder,
     Source,
+    utcnow,
 )
 from careloop.vocabulary import DeliveryStatus, ReminderStatus
 
@@ -110,6 +112,56 @@ def delivery(d: Delivery) -> dict:
         "digest_id": d.digest_id,
         "sent_at": iso(d.sent_at),
         "delivered_at": iso(d.delivered_at),
+        "escalation_step": d.escalation_step or 0,
+        "reason": d.reason,
+        "failover_of": d.failover_of,
+        "acknowledged_at": iso(d.acknowledged_at),
+        "acknowledged_by": d.acknowledged_by,
+        "acknowledged_via": d.acknowledged_via,
+    }
+
+
+def escalation(row: Escalation, deliveries: list[Delivery]) -> dict:
+    """An event's wait for an acknowledgement: until when, who acknowledged it, its escalation
+    steps (planned and fired) and its urgent alerts' failovers (from ``deliveries``)."""
+    fired = {f["step"]: f for f in row.fired or []}
+    if row.acknowledged_at is not None:
+        status = "acknowledged"
+    else:
+        status = "overdue" if utcnow() > row.acknowledge_by else "waiting"
+    return {
+        "status": status,
+        "rule": row.rule,
+        "acknowledge_within": row.acknowledge_within,
+        "acknowledge_by": iso(row.acknowledge_by),
+        "acknowledged_at": iso(row.acknowledged_at),
+        "acknowledged_by": row.acknowledged_by,
+        "acknowledged_via": row.acknowledged_via,
+        "acknowledged_delivery_id": row.acknowledged_delivery_id,
+        "next_step_at": iso(row.due_at),
+        "steps": [
+            {
+                "step": step["step"],
+                "roles": list(step["targets"]),
+                "due_at": step["due_at"],
+                "fired_at": fired.get(step["step"], {}).get("at"),
+                "member_ids": fired.get(step["step"], {}).get("member_ids", []),
+                "delivery_ids": fired.get(step["step"], {}).get("delivery_ids", []),
+            }
+            for step in row.steps or []
+        ],
+        "failovers": [
+            {
+                "at": iso(d.created_at),
+                "member_id": d.member_id,
+                "from_delivery_id": d.failover_of,
+                "delivery_id": d.id,
+                "channel": d.channel,
+                "reason": d.reason,
+            }
+            for d in deliveries
+            if d.failover_of
+        ],
     }
 
 

@@ -56,6 +56,10 @@ attempts over about 27 hours, so an outage of minutes or hours dead-letters noth
 DEFAULT_WEBHOOK_DISABLE_AFTER = 5 * 86400.0
 """Seconds an outbound webhook endpoint may fail without one success before it is disabled."""
 
+DEFAULT_URGENT_FAILOVER_AFTER = 300.0
+"""Seconds an urgent alert may take to get through on one channel before the member's other
+channels are tried at once (5 minutes)."""
+
 DEFAULT_REMINDER_OFFSETS = (24 * 60, 60)
 """Minutes before each check-in occurrence its attendees are reminded (24 h and 1 h)."""
 
@@ -150,6 +154,20 @@ class Settings(BaseSettings):
         if seconds <= 0:
             raise ValueError("CARELOOP_WEBHOOK_DISABLE_AFTER must be a positive duration such as 5d")
         return seconds
+    urgent_failover_after: Annotated[float, NoDecode] = Field(
+        DEFAULT_URGENT_FAILOVER_AFTER, validation_alias=_env("CARELOOP_URGENT_FAILOVER_AFTER")
+    )
+
+    @field_validator("urgent_failover_after", mode="before")
+    @classmethod
+    def _parse_failover_after(cls, value):
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+        if seconds < 0:
+            raise ValueError(
+                "CARELOOP_URGENT_FAILOVER_AFTER must be a duration such as 5m (0: never fail over)"
+            )
+        return seconds
+
     webhook_secret_grace: Annotated[float, NoDecode] = Field(
         DEFAULT_WEBHOOK_SECRET_GRACE, ge=0, validation_alias=_env("CARELOOP_WEBHOOK_SECRET_GRACE")
     )

@@ -67,6 +67,9 @@ FROM_EVENTS = {
 FROM_EVENT = {
     "GetDelivery": _link("getDelivery", "Its first delivery", delivery_id="$response.body#/deliveries/0/id"),
     "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/deliveries/0/id"),
+    "AcknowledgeDelivery": _link(
+        "acknowledgeDelivery", "Say it was seen", delivery_id="$response.body#/deliveries/0/id"
+    ),
 }
 FROM_DELIVERIES = {
     "GetDelivery": _link("getDelivery", "The newest delivery", delivery_id="$response.body#/items/0/id"),
@@ -75,6 +78,7 @@ FROM_DELIVERIES = {
 FROM_DELIVERY = {
     "GetDelivery": _link("getDelivery", "The delivery as it is now", delivery_id="$response.body#/id"),
     "RetryDelivery": _link("retryDelivery", "Send it again", delivery_id="$response.body#/id"),
+    "AcknowledgeDelivery": _link("acknowledgeDelivery", "Say it was seen", delivery_id="$response.body#/id"),
     "GetEvent": _link("getEvent", "The event it belongs to", event_id="$response.body#/event_id"),
 }
 FROM_CREATED_KEY = {

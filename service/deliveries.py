@@ -1,4 +1,4 @@
-"""Deliveries: look at them, list dead letters, send a failed one again."""
+"""Deliveries: look at them, list dead letters, send a failed one again, acknowledge an alert."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy import and_, or_, select
 from careloop import serialize
 from careloop.access import Action
 from careloop.deliveries import retry_failed
+from careloop.escalation import AckVia, acknowledge
 from careloop.handover import hand_over_deliveries
 from careloop.models import Delivery
 from careloop.service import api_links
@@ -111,3 +112,24 @@ def send_again(delivery: Delivery) -> dict:
     if requeued:
         hand_over_deliveries(g.db, current_app.extensions["careloop"].runtime.dispatcher, [delivery.id])
     return body
+
+
+@bp.post("/deliveries/<id:delivery_id>/ack")
+@bp.auth_required(auth)
+@bp.output(DeliveryOut, links=api_links.FROM_DELIVERY)
+@bp.doc(
+    operation_id="acknowledgeDelivery",
+    summary="Acknowledge an alert: someone has seen it",
+    description="Records who acknowledged the delivery (`acknowledged_by`: the key's id, or `admin`) and, "
+    "the first time any delivery of its event is acknowledged, stops the event's escalation: no further "
+    "step is alerted, and its urgent alerts no longer fail over (`GET /v1/events/{id}`, `escalation`). "
+    "Idempotent: acknowledging it again answers 200 with the first acknowledgement unchanged. Members "
+    "acknowledge on their own page or by texting OK.",
+    responses={200: "Acknowledged (now or before)", 404: "No such delivery"},
+)
+def acknowledge_delivery(delivery_id: str):
+    delivery = _delivery_or_404(delivery_id, Action.ACKNOWLEDGE_DELIVERIES)
+    who = principal()
+    acknowledge(g.db, delivery, who.key_id or "admin", AckVia.API)
+    trail().target_id = delivery.id
+    return serialize.delivery(delivery)

@@ -14,7 +14,7 @@ from careloop import metrics, reminders, serialize
 from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event, record_events
-from careloop.models import Delivery, Event
+from careloop.models import Delivery, Escalation, Event
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import auth, before_the_body, notebook_or_404, reach_or_404
@@ -240,6 +240,8 @@ def get_event(event_id: str):
         .order_by(Delivery.created_at, Delivery.id)
     ).all()
     body = serialize.event(event, list(deliveries))
+    waits = g.db.get(Escalation, event.id)
+    body["escalation"] = serialize.escalation(waits, list(deliveries)) if waits is not None else None
     # --- reminders (issue 12): a check-in event shows its check-in's reminders ---
     body["reminders"] = [
         serialize.reminder(r) for r in reminders.of_checkin(g.db, event.notebook_id, event.context)

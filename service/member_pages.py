@@ -9,6 +9,11 @@ no longer works" page (404), which says nothing about why or about whom.
 
 Tokens never reach a log: request lines are redacted (``careloop.service.redaction``), this
 module logs ids only, and the pages send no Referer and are never stored (``pages``).
+
+An alert whose event waits for an acknowledgement (``careloop.escalation``) has an "I have
+seen this" button: a form posted to ``/m/<token>/ack`` with the page's CSRF token (Flask-WTF's,
+in the page session, as the timeline's forms have it), which acknowledges the delivery as the
+member and stops the event's escalation; the page then shows who acknowledged it and when.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, current_app, g, render_template
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError, validate_csrf
 from werkzeug.exceptions import HTTPException
+from wtforms import ValidationError
 
 from careloop.audit import ActorType
+from careloop.escalation import AckVia, acknowledge
 from careloop.events import CHECKIN_TYPES, EventType
 from careloop.links import LinkRefused
 from careloop.messages import (
@@ -32,7 +40,7 @@ from careloop.messages import (
     local_span,
     local_time,
 )
-from careloop.models import Delivery, Event, Member, Notebook
+from careloop.models import Delivery, Escalation, Event, Member, Notebook
 from careloop.service.audit_trail import trail
 from careloop.service.pages import private_page
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -54,6 +62,7 @@ def record_view(
     member_id: str | None = None,
     event_id: str | None = None,
     notebook_id: str | None = None,
+    action: str = "member_link.view",
 ) -> None:
     """Record a member-link view in the audit log: who (the member, when known), what (the
     event), whose (the notebook), from where and how it ended (the page's status, written
@@ -61,12 +70,12 @@ def record_view(
     every refusal. Never the token."""
     log.info("member link %s: member=%s event=%s", outcome, member_id or "-", event_id or "-")
     seen = trail()
-    seen.action = "member_link.view"
+    seen.action = action
     if member_id:
         seen.actor_type, seen.actor_id = ActorType.MEMBER, member_id
     seen.target_id = event_id
     seen.notebook_ids = [notebook_id] if notebook_id else []
-    seen.reason = None if outcome == "viewed" else outcome.removeprefix("refused: ")
+    seen.reason = None if outcome in ("viewed", "acknowledged") else outcome.removeprefix("refused: ")
 
 
 # --- Pages ----------------------------------------------------------------------------------------
@@ -94,32 +103,96 @@ def not_a_link(_rest: str = ""):
     return _gone()
 
 
-@bp.get("/<token>")
-def open_link(token: str):
+@dataclass(frozen=True)
+class Opened:
+    """What a working member link opens: its delivery, member, event and notebook."""
+
+    delivery: Delivery
+    member: Member
+    event: Event
+    notebook: Notebook
+    issued_at: datetime
+
+
+def _open(token: str, action: str, outcome: str) -> Opened | None:
+    """Read a member link; None (after recording why) when it does not work."""
     runtime = current_app.extensions["careloop"].runtime
     try:
         claim = runtime.links.read(token)
     except LinkRefused as refused:
-        record_view(f"refused: {refused.reason}")
-        return _gone()
+        record_view(f"refused: {refused.reason}", action=action)
+        return None
     delivery = g.db.get(Delivery, claim.delivery_id)
     member = g.db.get(Member, delivery.member_id) if delivery is not None else None
     if delivery is None or member is None:
-        record_view("refused: no such delivery or member")
-        return _gone()
+        record_view("refused: no such delivery or member", action=action)
+        return None
     nb_id = member.notebook_id
     if not member.active or member.link_generation != claim.generation:
-        record_view("refused: revoked", member_id=member.id, event_id=delivery.event_id, notebook_id=nb_id)
-        return _gone()
+        ids = {"member_id": member.id, "event_id": delivery.event_id, "notebook_id": nb_id}
+        record_view("refused: revoked", **ids, action=action)
+        return None
     event = g.db.get(Event, delivery.event_id)
     notebook = g.db.get(Notebook, delivery.notebook_id)
     if event is None or notebook is None:
-        record_view("refused: no such event", member_id=member.id, notebook_id=member.notebook_id)
+        record_view("refused: no such event", member_id=member.id, notebook_id=nb_id, action=action)
+        return None
+    record_view(outcome, member_id=member.id, event_id=event.id, notebook_id=notebook.id, action=action)
+    return Opened(delivery, member, event, notebook, claim.issued_at)
+
+
+@bp.get("/<token>")
+def open_link(token: str):
+    runtime = current_app.extensions["careloop"].runtime
+    opened = _open(token, "member_link.view", "viewed")
+    if opened is None:
         return _gone()
-    record_view("viewed", member_id=member.id, event_id=event.id, notebook_id=notebook.id)
-    page = _event_page(runtime, event, notebook, member)
-    page["expires"] = local_date(runtime.links.expires_at(claim.issued_at), page["zone"])
+    page = _event_page(runtime, opened.event, opened.notebook, opened.member)
+    page["expires"] = local_date(runtime.links.expires_at(opened.issued_at), page["zone"])
+    page["acknowledgement"] = _acknowledgement(opened, page["zone"])
+    page["ack_url"] = url_for(".acknowledge_link", token=token)
     return private_page(current_app.make_response(render_template("member/event.html", **page)))
+
+
+@bp.post("/<token>/ack")
+def acknowledge_link(token: str):
+    """The "I have seen this" button: acknowledges this delivery as its member (idempotent),
+    then shows the page again."""
+    _check_form()  # first: a missing or wrong token is a CSRFError, a 400 page (below)
+    opened = _open(token, "member_link.acknowledge", "acknowledged")
+    if opened is None:
+        return _gone()
+    acknowledge(g.db, opened.delivery, opened.member.id, AckVia.MEMBER_PAGE)
+    return private_page(redirect(url_for(".open_link", token=token), code=303))
+
+
+def _check_form() -> None:
+    """The form's CSRF token must be the one this browser's session holds (Flask-WTF). Not
+    Flask-WTF's Referer check: a member page sends no Referer (its address is a token), so a
+    browser's ``Sec-Fetch-Site`` says instead where the post came from."""
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0]) from None
+    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
+        raise CSRFError("the form was not posted from this site")
+
+
+def _acknowledgement(opened: Opened, zone: str) -> dict | None:
+    """The page's acknowledgement section: None unless the event waits (or waited) for one."""
+    waits = g.db.get(Escalation, opened.event.id)
+    if waits is None:
+        return None
+    delivery = opened.delivery
+    by = None
+    if waits.acknowledged_at is not None and waits.acknowledged_by != opened.member.id:
+        other = g.db.get(Member, waits.acknowledged_by) if waits.acknowledged_by else None
+        by = other.name if other is not None else "a member of the care team"
+    return {
+        "yours": local_time(delivery.acknowledged_at, zone) if delivery.acknowledged_at else None,
+        "by": by,
+        "at": local_time(waits.acknowledged_at, zone) if waits.acknowledged_at else None,
+    }
 
 
 def _event_page(runtime, event: Event, notebook: Notebook, member: Member) -> dict:

@@ -530,12 +530,16 @@ DELIVERY_EXAMPLES = (
     {"id": DLV, "event_id": EVT, "notebook_id": NB, "member_id": MEM2, "channel": "sms",
      "status": "delivered", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef", "error": None,
      "rules": ["parents-hear-everything"], "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None,
-     "sent_at": WHEN, "delivered_at": LATER, "held_for": None, "digest_id": None},
+     "sent_at": WHEN, "delivered_at": LATER, "held_for": None, "digest_id": None, "escalation_step": 0,
+     "reason": None, "failover_of": None, "acknowledged_at": "2026-11-29T14:06:00Z", "acknowledged_by": MEM2,
+     "acknowledged_via": "sms"},
     {"id": "dlv_0d9c8b7a6f5e4d3c2b1a", "event_id": EVT, "notebook_id": NB, "member_id": MEM,
      "channel": "email", "status": "failed", "attempts": 1, "provider_id": None,
      "error": "SMTP 550: 5.1.1 mailbox unavailable", "rules": ["neurology-hears-medication"],
      "created_at": WHEN, "updated_at": LATER, "next_attempt_at": None, "sent_at": None, "delivered_at": None,
-     "held_for": None, "digest_id": None},
+     "held_for": None, "digest_id": None, "escalation_step": 1,
+     "reason": "escalation step 1: nobody acknowledged the alert within 15 minutes", "failover_of": None,
+     "acknowledged_at": None, "acknowledged_by": None, "acknowledged_via": None},
 )  # fmt: skip
 
 
@@ -585,6 +589,20 @@ class DeliveryOut(_Out):
     digest_id: str | None = Field(description="the daily digest that carries it, if any")
     sent_at: DateTimeText | None
     delivered_at: DateTimeText | None
+    escalation_step: int = Field(
+        0, description="0: sent by the rules; n: sent by the event's escalation step n (nobody acknowledged)"
+    )
+    reason: str | None = Field(
+        None, description="why it exists when not by a rule alone: an escalation step, or a failover"
+    )
+    failover_of: str | None = Field(
+        None, description="the urgent delivery on another channel that had not got through, for a failover"
+    )
+    acknowledged_at: DateTimeText | None = Field(None, description="when someone said they have seen it")
+    acknowledged_by: str | None = Field(
+        None, description="who: the member's id (member page, SMS), or the key's id or `admin` (API)"
+    )
+    acknowledged_via: Literal["api", "member_page", "sms"] | None = Field(None, description="how")
 
 
 class DeliveryList(_Out):
@@ -611,6 +629,61 @@ class EventOut(_Out):
     author_member_id: str | None
     status: Literal["accepted", "routed"]
     routed_at: DateTimeText | None
+
+
+ESCALATION_EXAMPLE = {
+    "status": "acknowledged", "rule": "serious-concerns-to-whole-team", "acknowledge_within": 900,
+    "acknowledge_by": "2026-11-29T14:15:00Z", "acknowledged_at": "2026-11-29T14:21:00Z",
+    "acknowledged_by": MEM2, "acknowledged_via": "sms", "acknowledged_delivery_id": DLV,
+    "next_step_at": None,
+    "steps": [
+        {"step": 1, "roles": ["parent", "guardian"], "due_at": "2026-11-29T14:15:00Z",
+         "fired_at": "2026-11-29T14:15:02Z", "member_ids": [MEM2], "delivery_ids": [DLV]},
+        {"step": 2, "roles": ["neurology"], "due_at": "2026-11-29T14:30:00Z", "fired_at": None,
+         "member_ids": [], "delivery_ids": []},
+    ],
+    "failovers": [
+        {"at": "2026-11-29T14:05:03Z", "member_id": MEM, "from_delivery_id": "dlv_5e4d3c2b1a0f9e8d7c6b",
+         "delivery_id": "dlv_0d9c8b7a6f5e4d3c2b1a", "channel": "email",
+         "reason": "failover from dlv_5e4d3c2b1a0f9e8d7c6b: the sms alert had not got through after "
+                   "5 minutes"},
+    ],
+}  # fmt: skip
+
+
+class EscalationStepOut(_Out):
+    step: int = Field(description="1 for the first step")
+    roles: list[str] = Field(description="whom it alerts: roles, member ids, `team` or `everyone`")
+    due_at: DateTimeText
+    fired_at: DateTimeText | None = Field(description="when it fired (None: not yet, or never: acknowledged)")
+    member_ids: list[str] = Field(description="the members it alerted, on every channel they have")
+    delivery_ids: list[str]
+
+
+class FailoverOut(_Out):
+    at: DateTimeText
+    member_id: str
+    from_delivery_id: str = Field(description="the urgent delivery that had not got through")
+    delivery_id: str = Field(description="the new delivery on another of the member's channels")
+    channel: Literal[tuple(c.value for c in ChannelKind)]  # type: ignore[valid-type]
+    reason: str | None
+
+
+class EscalationOut(_Out):
+    """An event that waits for someone to acknowledge it (see README, "Rules")."""
+
+    model_config = ConfigDict(**examples(ESCALATION_EXAMPLE))
+    status: Literal["waiting", "overdue", "acknowledged"]
+    rule: str | None = Field(description="the rule that asked for it (None: an urgent concern's default)")
+    acknowledge_within: int = Field(description="seconds")
+    acknowledge_by: DateTimeText
+    acknowledged_at: DateTimeText | None
+    acknowledged_by: str | None = Field(description="a member's id, a key's id or `admin`")
+    acknowledged_via: Literal["api", "member_page", "sms"] | None
+    acknowledged_delivery_id: str | None
+    next_step_at: DateTimeText | None = Field(description="when the next step fires if nobody acknowledges")
+    steps: list[EscalationStepOut]
+    failovers: list[FailoverOut]
 
 
 # --- reminders (issue 12) ---
@@ -651,9 +724,15 @@ class ReminderOut(_Out):
 
 class EventWithDeliveries(EventOut):
     model_config = ConfigDict(
-        **examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES), "reminders": []})
+        **examples(
+            {**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES), "escalation": ESCALATION_EXAMPLE,
+             "reminders": []}
+        )
     )
     deliveries: list[DeliveryOut]
+    escalation: EscalationOut | None = Field(
+        None, description="its wait for an acknowledgement, if it needs one (urgent concerns always do)"
+    )
     reminders: list[ReminderOut] = Field(
         default_factory=list,
         description="for a check-in event: every reminder of its check-in, by due time (moved and "

@@ -61,8 +61,9 @@ SESSION_LIFETIME = timedelta(hours=12)
 SESSION_COOKIE = "careloop_session"
 """The page session's cookie."""
 
-PAGE_PATHS = ("/signin", "/signout", "/timeline")
-"""Where a page session is opened; everywhere else (the API) a cookie is not even read."""
+PAGE_PATHS = ("/signin", "/signout", "/timeline", "/m")
+"""Where a page session is opened (on member pages only for the CSRF token of their "I have
+seen this" form); everywhere else (the API) a cookie is not even read."""
 
 _SESSION_SALT = b"careloop.page-session.v1"
 

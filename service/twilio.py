@@ -108,9 +108,10 @@ TWIML = "text/xml"
     summary="Twilio incoming-message webhook (two-way SMS)",
     description="Point the Twilio number's \"A message comes in\" webhook here (HTTP POST). Needs a valid "
     "X-Twilio-Signature. STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT (and OPTOUT, REVOKE) stop texts to "
-    "the member; START, YES, UNSTOP resume them; HELP answers a help text; any other text from a "
-    "member becomes a `note.added` on their notebook, authored by them. A number careloop does not "
-    "know records nothing. Answers TwiML.",
+    "the member; START, YES, UNSTOP resume them; HELP answers a help text; OK or 1 acknowledges the "
+    "member's most recent alert that waits for an acknowledgement (its escalation stops); any other text "
+    "from a member (and OK with nothing to acknowledge) becomes a `note.added` on their notebook, authored "
+    "by them. A number careloop does not know records nothing. Answers TwiML.",
     security=[],
     responses={
         200: {

@@ -200,6 +200,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/deliveries/<id:delivery_id>/retry"): Row(
         "/v1/deliveries/{delivery}/retry", notebook_route(200, CLINICAL)
     ),
+    # Anyone who reaches the notebook may say an alert was seen; a second time changes nothing.
+    ("POST", "/v1/deliveries/<id:delivery_id>/ack"): Row(
+        "/v1/deliveries/{delivery}/ack", notebook_route(200, EVERY_ROLE)
+    ),
     # Sources are the admin's; their webhook URL takes no key but a Standard Webhooks signature.
     ("POST", "/v1/sources"): Row(
         "/v1/sources", admin_route(201), {"name": "EHR", "kind": "careloop", "notebook_id": "{nb}"}
@@ -265,6 +269,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/m/<token>"): Row("{link}", everyone(200)),
     # A calendar feed opens with no key (the URL is the secret); a key changes nothing about it.
     ("GET", "/calendar/<token>.ics"): Row("{feed}", everyone(200)),
+    # Its "I have seen this" button: a form post without the page's CSRF token is a 400.
+    ("POST", "/m/<token>/ack"): Row("{link}/ack", everyone(400)),
     ("GET", "/m/"): Row("/m/", everyone(404)),
     ("GET", "/m/<path:_rest>"): Row("/m/a/b", everyone(404)),
     # The timeline's pages take a signed-in session, never a Bearer key: without a session a
@@ -422,6 +428,7 @@ def test_the_role_table_is_what_the_readme_says():
         Action.RECORD_EVENTS,
         Action.READ_DELIVERIES,
         Action.RETRY_DELIVERIES,
+        Action.ACKNOWLEDGE_DELIVERIES,
     }
     assert GRANTS[KeyRole.INTEGRATION] == {
         Action.READ_NOTEBOOK,
@@ -429,6 +436,7 @@ def test_the_role_table_is_what_the_readme_says():
         Action.READ_EVENTS,
         Action.RECORD_EVENTS,
         Action.READ_DELIVERIES,
+        Action.ACKNOWLEDGE_DELIVERIES,
     }
 
 

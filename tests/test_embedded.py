@@ -379,6 +379,11 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert timing.count("digest:   Dana Rivera (parent), email: waits for the daily digest") == 3
     assert timing.count("skipped:  Sam Rivera (parent), email: preference_off") == 3
     assert "her digest sent, one email for 3 therapy logs: outbox:email/dig_" in timing
+    # escalation: nobody acknowledged the urgent concern; step 1 alerts Sam again; he acknowledges
+    escalation = output.split("Escalation until someone answers", 1)[1].split("Member links:", 1)[0]
+    assert "step 1 (parent, guardian): Sam Rivera (parent) alerted again: sms sent, email sent" in escalation
+    assert 'presses "I have seen this": acknowledged by Sam Rivera (parent)' in escalation
+    assert "step 2 (neurology, developmental pediatrics) will not fire" in escalation
     (digest,) = (outbox / "email").glob("dig_*.eml")
     assert "Subject: Daily digest for Maya" in digest.read_text(encoding="utf-8")
     # each person's own link to each event, pointing at the demo's app (what --serve serves)
@@ -390,17 +395,19 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert len(set(urls)) == len(urls) and all(u.startswith("http://127.0.0.1:8000/m/") for u in urls)
     # the outbox holds what was sent
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
-    # Sam for the medication; Sam and Alex for the concern; Dana's check-in reminder (reminders)
-    assert len(sms) == 1 + 2 + 1
+    # Sam for the medication; Sam and Alex for the concern; Dana's check-in reminder (reminders);
+    # Sam's escalation alert (escalation)
+    assert len(sms) == 1 + 2 + 1 + 1
+    assert any("not yet acknowledged" in line for line in sms)
     # invites are .eml too; and Dana's daily digest (preferences and timing, below); the reminders'
-    # check-in: two invites and Jordan's reminder email
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 2 + 1
+    # check-in: two invites and Jordan's reminder email; Sam's escalation email
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 2 + 1 + 1
     # --- reminders (issue 12): a check-in tomorrow, its 24 h reminders sent by each one's channel ---
     reminders = output.split("Reminders (24 h, 1 h before each check-in", 1)[1].split("Member links:", 1)[0]
     assert reminders.count("pending: ") == 4, reminders
     assert "sent:    Dana Rivera (parent), sms: outbox:sms.log" in reminders
     assert "sent:    Jordan Lee (speech therapy), email: outbox:email/rem_" in reminders
-    assert "careloop reminder: Maya's check-in tomorrow" in sms[-1]
+    assert any("careloop reminder: Maya's check-in tomorrow" in line for line in sms)
     (reminder,) = (outbox / "email").glob("rem_*.eml")
     assert "Subject: Reminder: PT planning call tomorrow" in reminder.read_text(encoding="utf-8")
     ics = next(p for p in (outbox / "calendar").glob("*.ics") if b"IEP team meeting" in p.read_bytes())

@@ -108,7 +108,8 @@ def test_free_text_becomes_a_note_by_the_member_routed_as_usual(sms):
         receiver.close()
 
 
-def test_ok_is_kept_as_a_note_until_escalation_exists(sms):
+def test_ok_with_nothing_to_acknowledge_is_kept_as_a_note(sms):
+    """(With an alert waiting for an acknowledgement, "OK" acknowledges it: tests/test_escalation.py.)"""
     app, api, nb, mom = sms
     text_in(app.test_client(), "OK")
     [note] = api.get(f"/v1/notebooks/{nb['id']}/events")["items"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop import digests as dg
-from careloop import metrics, reminders, webhooks
+from careloop import escalation, metrics, reminders, webhooks
 from careloop import preferences as prefs
 from careloop.db import session_scope
 from careloop.events import is_urgent
@@ -36,7 +36,14 @@ from careloop.logs import request_id_bound, reset_request_id, set_request_id
 from careloop.messages import MemberLink, NotebookView, OutgoingMessage, ProviderReceipt, Recipient, render
 from careloop.models import Delivery, Digest, Event, Member, Notebook, OutboxEntry, new_id, utcnow
 from careloop.queues import BATCH_SIZE, DigestJob, delivery_queue, is_urgent_queue
-from careloop.routing import EventView, MemberView, PlannedDelivery, plan_deliveries
+from careloop.routing import (
+    ALERT_CHANNELS,
+    EventView,
+    MemberView,
+    PlannedDelivery,
+    plan_acknowledgement,
+    plan_deliveries,
+)
 from careloop.runtime import Runtime
 from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind, DeliveryStatus, DigestStatus
 from careloop.workers import webhook_sends
@@ -90,7 +97,7 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
     stmt = (
         insert(Delivery)
         .values(rows)
-        .on_conflict_do_nothing(index_elements=["event_id", "member_id", "channel"])
+        .on_conflict_do_nothing(index_elements=["event_id", "member_id", "channel", "escalation_step"])
         .returning(Delivery.channel, Delivery.status)
     )
     inserted = session.execute(stmt).all()  # only the rows inserted now: a second routing counts none
@@ -188,15 +195,16 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
         preferences = {m.id: prefs.from_stored(m.preferences) for m in members}
         now = utcnow()
         urgent = is_urgent(event.type, event.data)
+        event_view = EventView(
+            id=event.id,
+            type=event.type,
+            data=event.data,
+            author_member_id=event.author_member_id,
+            previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
+            invite_holders=tuple((event.context or {}).get("invite_holders", ())),
+        )
         planned = plan_deliveries(
-            EventView(
-                id=event.id,
-                type=event.type,
-                data=event.data,
-                author_member_id=event.author_member_id,
-                previous_attendees=tuple((event.context or {}).get("previous_attendees", ())),
-                invite_holders=tuple((event.context or {}).get("invite_holders", ())),
-            ),
+            event_view,
             [
                 MemberView(
                     id=m.id,
@@ -214,6 +222,10 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             now,
         )
         digest_of = _open_digests(session, event.notebook_id, planned, zones, preferences)
+        acknowledgement = plan_acknowledgement(event_view, runtime.rules, now)
+        if acknowledgement is not None:  # committed with the deliveries: its clock is this row
+            escalation.open_escalation(session, event.id, event.notebook_id, acknowledgement)
+        fail_over_at = _failover_time(runtime, now) if urgent else None
         _insert_ignoring_duplicates(
             session,
             [
@@ -235,6 +247,8 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
                     "link_issued_at": now,
                     "hold": p.hold,
                     "digest_id": digest_of[(p.member_id, p.channel)][0] if p.digest_window else None,
+                    # an urgent alert not through by then fails over to the member's other channels
+                    "failover_due_at": fail_over_at if p.channel in ALERT_CHANNELS else None,
                 }
                 for p in planned
             ],
@@ -291,6 +305,12 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             len(to_send),
         )
         return len(to_send)
+
+
+def _failover_time(runtime: Runtime, now: datetime) -> datetime | None:
+    """When an urgent alert routed ``now`` fails over if it is not through (None: never)."""
+    after = runtime.settings.urgent_failover_after
+    return now + timedelta(seconds=after) if after else None
 
 
 def _request_id(event: Event | None) -> str | None:
@@ -446,6 +466,7 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
         detail_fields=detail_fields,
         mail_from=runtime.settings.mail_from,
         created_at=delivery.created_at,
+        escalated=bool(delivery.escalation_step),
     )
 
 

@@ -26,6 +26,7 @@ from careloop.models import OutboxEntry, utcnow
 from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
+from careloop.workers.escalation import run_due
 from careloop.workers.jobs import recover_stale
 from careloop.workers.reminders import recover_stale_reminder
 from careloop.workers.webhook_sends import notify_disabled
@@ -38,7 +39,8 @@ BATCH = 500
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
     """One sweep: pending events to route, due deliveries and digests to send, stale sends to
-    check. Returns how many events and deliveries were handed over and stale sends checked.
+    check, escalation steps and urgent failovers to fire (``careloop.workers.escalation``).
+    Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
     only when Redis no longer has its job (a job merely waiting in a long queue is left
@@ -139,11 +141,13 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
-    if any(counts.values()) or digests or counts_reminders or published:
+    fired = run_due(runtime)  # escalation steps and urgent failovers: the database is their clock
+    if any(counts.values()) or digests or counts_reminders or published or any(fired.values()):
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, %(reminders)d "
-            "reminders, %(publishes)d CalDAV publishes handed over, %(stale)d stale sends checked",
-            {**counts, "digests": digests, "reminders": counts_reminders, "publishes": published},
+            "reminders, %(publishes)d CalDAV publishes handed over, %(stale)d stale sends checked, "
+            "%(steps)d escalation steps and %(failovers)d failovers fired",
+            {**counts, "digests": digests, "reminders": counts_reminders, "publishes": published, **fired},
         )
     return counts
 
