@@ -18,6 +18,7 @@ from careloop.runtime import Runtime
 from careloop.service import (
     audit_log,
     audit_trail,
+    checkins,
     deliveries,
     docs,
     endpoints,
@@ -113,8 +114,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, preferences, keys, events, deliveries, endpoints, audit_log, sources, twilio, health,
-        metrics, pages, member_pages, signin, timeline,
+        notebooks, preferences, keys, events, checkins, deliveries, endpoints, audit_log, sources, twilio,
+        health, metrics, pages, member_pages, signin, timeline,
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -108,3 +108,19 @@ FROM_SOURCES = {
     "GetSource": _link("getSource", "The first source", source_id="$response.body#/items/0/id"),
     "ListInbound": _link("listInbound", "What it posted", source_id="$response.body#/items/0/id"),
 }
+FROM_CHECKIN = {
+    "ReplyToCheckin": _link(
+        "replyToCheckin",
+        "Record an attendee's RSVP to it",
+        notebook_id="$response.body#/notebook_id",
+        checkin_id="$response.body#/checkin_id",
+    ),
+}
+FROM_REPLIES = {
+    "GetCheckin": _link(
+        "getCheckin",
+        "The check-in with every attendee's answer",
+        notebook_id="$response.body#/checkin/notebook_id",
+        checkin_id="$response.body#/checkin/checkin_id",
+    ),
+}

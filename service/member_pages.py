@@ -7,6 +7,11 @@ detail only as far as the member's role may see it (``careloop.policy``). A tamp
 expired or revoked link, or one of a member since deactivated, gets the same plain "this link
 no longer works" page (404), which says nothing about why or about whom.
 
+A check-in's page shows each attendee's RSVP and offers the member Accept / Decline (for the
+occurrence, when the event is about one occurrence of a series): a POST form with a CSRF token
+(Flask-WTF's, in the page session), recorded as the answer a mail client's REPLY would be
+(``careloop.rsvp``), then back to the page.
+
 Tokens never reach a log: request lines are redacted (``careloop.service.redaction``), this
 module logs ids only, and the pages send no Referer and are never stored (``pages``).
 """
@@ -17,9 +22,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, current_app, g, render_template
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from careloop import rsvp
 from careloop.audit import ActorType
 from careloop.events import CHECKIN_TYPES, EventType
 from careloop.links import LinkRefused
@@ -32,9 +39,10 @@ from careloop.messages import (
     local_span,
     local_time,
 )
-from careloop.models import Delivery, Event, Member, Notebook
+from careloop.models import Checkin, Delivery, Event, Member, Notebook
 from careloop.service.audit_trail import trail
 from careloop.service.pages import private_page
+from careloop.service.signin import csrf
 from careloop.vocabulary import ChannelKind, DeliveryStatus
 
 log = logging.getLogger("careloop.service.member_pages")
@@ -76,6 +84,14 @@ def record_view(
 class Person:
     name: str
     role: str
+    answer: str | None = None
+
+
+ANSWER_WORDS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "maybe"}
+"""How a page says an attendee's RSVP (nothing until they answer)."""
+
+PAGE_ANSWERS = {"accept": "ACCEPTED", "decline": "DECLINED"}
+"""The member page's buttons and the PARTSTAT each one sets."""
 
 
 def _person(member: Member | None) -> Person | None:
@@ -94,8 +110,9 @@ def not_a_link(_rest: str = ""):
     return _gone()
 
 
-@bp.get("/<token>")
-def open_link(token: str):
+def _opened(token: str):
+    """What a link opens: (runtime, claim, delivery, member, event, notebook), or the dead-link
+    page (every refusal recorded, as a view)."""
     runtime = current_app.extensions["careloop"].runtime
     try:
         claim = runtime.links.read(token)
@@ -116,10 +133,66 @@ def open_link(token: str):
     if event is None or notebook is None:
         record_view("refused: no such event", member_id=member.id, notebook_id=member.notebook_id)
         return _gone()
+    return runtime, claim, delivery, member, event, notebook
+
+
+@bp.get("/<token>")
+def open_link(token: str):
+    opened = _opened(token)
+    if not isinstance(opened, tuple):
+        return opened
+    runtime, claim, _delivery, member, event, notebook = opened
     record_view("viewed", member_id=member.id, event_id=event.id, notebook_id=notebook.id)
     page = _event_page(runtime, event, notebook, member)
     page["expires"] = local_date(runtime.links.expires_at(claim.issued_at), page["zone"])
+    page["token"] = token
     return private_page(current_app.make_response(render_template("member/event.html", **page)))
+
+
+@bp.post("/<token>/rsvp")
+def answer_checkin(token: str):
+    """Accept / Decline on a check-in's page: the member's RSVP, then back to the page."""
+    csrf.protect()  # a refused token is a plain 400 page (the error handler below)
+    opened = _opened(token)
+    if not isinstance(opened, tuple):
+        return opened
+    _runtime, _claim, _delivery, member, event, notebook = opened
+    nb_id = notebook.id
+    partstat = PAGE_ANSWERS.get(request.form.get("answer", ""))
+    checkin = _current_checkin(event)
+    if partstat is None or checkin is None or event.type not in CHECKIN_TYPES:
+        record_view("refused: no answer to give", member_id=member.id, event_id=event.id, notebook_id=nb_id)
+        return _broken(400)
+    occurrence = ((event.context or {}).get("checkin") or {}).get("occurrence") or {}
+    try:
+        outcome = rsvp.answer_on_page(g.db, checkin, member, partstat, occurrence.get("recurrence_id"))
+    except rsvp.ReplyError as refused:
+        g.db.rollback()
+        log.info("member page answer refused: member=%s event=%s (%s)", member.id, event.id, refused.field)
+        record_view("refused: cannot answer", member_id=member.id, event_id=event.id, notebook_id=nb_id)
+        return _broken(409)
+    g.db.commit()
+    log.info("member page answer: member=%s event=%s %s", member.id, event.id, outcome.partstat)
+    seen = trail()
+    seen.action = "member_link.rsvp"
+    seen.actor_type, seen.actor_id = ActorType.MEMBER, member.id
+    seen.target_id = event.id
+    seen.notebook_ids = [notebook.id]
+    return private_page(redirect(url_for("member_pages.open_link", token=token), code=303))
+
+
+def _broken(status: int):
+    page = render_template("member/broken.html", status=status)
+    return private_page(current_app.make_response((page, status)))
+
+
+def _current_checkin(event: Event) -> Checkin | None:
+    checkin_id = (event.data or {}).get("checkin_id")
+    if not checkin_id:
+        return None
+    return g.db.scalars(
+        select(Checkin).where(Checkin.notebook_id == event.notebook_id, Checkin.checkin_id == checkin_id)
+    ).first()
 
 
 def _event_page(runtime, event: Event, notebook: Notebook, member: Member) -> dict:
@@ -171,10 +244,16 @@ def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
     if not fields:
         return None
     attendee_ids = list(snapshot.get("attendees") or [])
+    current = _current_checkin(event)
+    answers = _answers(current, occurrence.get("recurrence_id") if occurrence else None)
     attendees = []
     if "attendees" in fields and attendee_ids:
         by_id = {m.id: m for m in g.db.query(Member).filter(Member.id.in_(attendee_ids))}
-        attendees = [_person(by_id[i]) for i in attendee_ids if i in by_id]
+        attendees = [
+            Person(by_id[i].name, by_id[i].role.replace("_", " "), ANSWER_WORDS.get(answers.get(i, "")))
+            for i in attendee_ids
+            if i in by_id
+        ]
     when = None
     if {"start", "end"} <= fields and snapshot.get("start") and snapshot.get("end"):
         start, end = (datetime.fromisoformat(snapshot[k]) for k in ("start", "end"))
@@ -186,7 +265,26 @@ def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
         "attendees": attendees,
         "invited": member.id in attendee_ids,
         "cancelled": event.type == EventType.CHECKIN_CANCELLED,
+        # Accept / Decline while the member is invited to the check-in as it is now.
+        "can_answer": current is not None
+        and not current.cancelled
+        and event.type != EventType.CHECKIN_CANCELLED
+        and not (occurrence and occurrence.get("cancelled"))
+        and member.id in ((current.details or {}).get("attendees") or ()),
+        "answer": ANSWER_WORDS.get(answers.get(member.id, "")),
+        "about_occurrence": bool(occurrence),
     }
+
+
+def _answers(checkin: Checkin | None, occurrence: str | None) -> dict[str, str]:
+    """Each attendee's RSVP now: member id → PARTSTAT (for the occurrence, when one is named)."""
+    if checkin is None or checkin.cancelled:
+        return {}
+    kept = rsvp.answers(g.db, checkin)
+    found = {m: a.partstat for m, a in kept.get("", {}).items()}
+    if occurrence:
+        found.update({m: a.partstat for m, a in kept.get(occurrence, {}).items()})
+    return found
 
 
 def _others_told(event: Event, member: Member) -> list[tuple[Person, str]]:

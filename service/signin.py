@@ -61,8 +61,9 @@ SESSION_LIFETIME = timedelta(hours=12)
 SESSION_COOKIE = "careloop_session"
 """The page session's cookie."""
 
-PAGE_PATHS = ("/signin", "/signout", "/timeline")
-"""Where a page session is opened; everywhere else (the API) a cookie is not even read."""
+PAGE_PATHS = ("/signin", "/signout", "/timeline", "/m")
+"""Where a page session is opened; everywhere else (the API) a cookie is not even read. Member
+pages (``/m/…``) keep only their forms' CSRF token in it: the link itself says who it is."""
 
 _SESSION_SALT = b"careloop.page-session.v1"
 

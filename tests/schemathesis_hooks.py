@@ -52,3 +52,9 @@ EMAIL_DOMAINS = ("example.org", "clinic.example.com", "xn--bcher-kva.example", "
 """Domains email-validator accepts (none special-use), an internationalised one among them."""
 
 schemathesis.openapi.format("email", st.emails(domains=st.sampled_from(EMAIL_DOMAINS)).filter(_accepted))
+
+
+@schemathesis.serializer("message/rfc822")
+def _email(ctx, value) -> bytes:
+    """An RSVP posted as the whole email (``replyToCheckin``): the generated text, as bytes."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)

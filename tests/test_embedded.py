@@ -392,11 +392,16 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
     assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
     # invites are .eml too; and Dana's daily digest (preferences and timing, below)
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1
-    (ics,) = (outbox / "calendar").glob("*.ics")
+    # (and the recurring check-in's 3 invites, RSVPs below)
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 3
+    (ics,) = [p for p in (outbox / "calendar").glob("*.ics") if b"IEP team meeting" in p.read_bytes()]
     cal = icalendar.Calendar.from_ical(ics.read_bytes())
     assert str(cal["METHOD"]) == "REQUEST"
     assert str(cal.walk("VEVENT")[0]["SUMMARY"]) == "IEP team meeting"
+    # RSVPs read back (issue #12): a recurring check-in whose invite asks; Dr. Shah's REPLY accepts
+    rsvp = output.split("A recurring check-in with RSVPs", 1)[1].split("Member links:", 1)[0]
+    assert "every month on the second Tuesday, 6 times" in rsvp
+    assert "Dr. Priya Shah: ACCEPTED" in rsvp and "Ms. Ortiz: NEEDS-ACTION" in rsvp, rsvp
 
 
 def test_demo_command_runs_the_whole_loop_in_process(tmp_path, no_network, monkeypatch):

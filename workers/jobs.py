@@ -441,6 +441,7 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
         detail_fields=detail_fields,
         mail_from=runtime.settings.mail_from,
         created_at=delivery.created_at,
+        organizer=runtime.settings.organizer_email,
     )
 
 

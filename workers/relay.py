@@ -25,6 +25,7 @@ from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
+from careloop.workers.mailbox import schedule as schedule_mailbox_poll
 from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
@@ -35,7 +36,9 @@ BATCH = 500
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
     """One sweep: pending events to route, due deliveries and digests to send, stale sends to
-    check. Returns how many events and deliveries were handed over and stale sends checked.
+    check, the RSVP mailbox to read when its poll is due.
+
+    Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
     only when Redis no longer has its job (a job merely waiting in a long queue is left
@@ -101,6 +104,7 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
+    schedule_mailbox_poll(runtime)  # RSVP replies, when CARELOOP_IMAP_URL is set
     if any(counts.values()) or digests:
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
