@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from careloop import preferences as prefs
-from careloop.models import ApiKey, AuditEntry, Delivery, Event, InboundRecord, Member, Notebook, Source
-from careloop.vocabulary import DeliveryStatus
+from careloop.models import (
+    ApiKey,
+    AuditEntry,
+    Delivery,
+    Event,
+    InboundRecord,
+    Member,
+    Notebook,
+    Reminder,
+    Source,
+)
+from careloop.vocabulary import DeliveryStatus, ReminderStatus
 
 
 def iso(value: datetime | None) -> str | None:
@@ -103,6 +113,26 @@ def delivery(d: Delivery) -> dict:
     }
 
 
+# --- reminders (issue 12) ---
+def reminder(r: Reminder) -> dict:
+    pending = r.status == ReminderStatus.PENDING
+    return {
+        "id": r.id,
+        "member_id": r.member_id,
+        "channel": r.channel,
+        "occurrence": r.occurrence or None,
+        "starts_at": iso(r.starts_at),
+        "offset_minutes": r.offset_minutes,
+        "due_at": iso(r.due_at),
+        "held_for": r.hold if pending else None,
+        "status": r.status,
+        "attempts": r.attempts,
+        "provider_id": r.provider_id,
+        "error": r.error,
+        "sent_at": iso(r.sent_at),
+    }
+
+
 def event(e: Event, deliveries: list[Delivery] | None = None) -> dict:
     body = {
         "id": e.id,
@@ -126,10 +156,12 @@ def source(s: Source, public_url: str) -> dict:
         "name": s.name,
         "kind": s.kind,
         "notebook_id": s.notebook_id,
+        "patients": (s.config or {}).get("patients"),
         "webhook_url": f"{public_url}/v1/webhooks/{s.id}",
         "created_at": iso(s.created_at),
         "secret_rotated_at": iso(s.secret_rotated_at),
         "previous_secret_expires_at": iso(s.previous_secret_expires_at),
+        "mapping": s.mapping,
     }
 
 
@@ -144,4 +176,7 @@ def inbound_record(r: InboundRecord) -> dict:
         "reason": r.reason,
         "event_ids": list(r.event_ids or []),
         "duplicate_of": r.duplicate_of,
+        "notification": (r.details or {}).get("notification"),
+        "reruns": r.reruns or 0,
+        "reran_at": iso(r.reran_at),
     }

@@ -19,7 +19,10 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import KIND as FHIR_KIND
+from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
+from careloop.mapping_inbound import MappingSpec
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
 from careloop.text import identifier, text_type
@@ -609,9 +612,52 @@ class EventOut(_Out):
     routed_at: DateTimeText | None
 
 
+# --- reminders (issue 12) ---
+REMINDER_EXAMPLE = {
+    "id": "rem_5e4d3c2b1a0f9e8d7c6b", "member_id": MEM, "channel": "sms",
+    "occurrence": "2027-01-12T23:00:00+00:00", "starts_at": "2027-01-12T23:00:00Z", "offset_minutes": 1440,
+    "due_at": "2027-01-11T23:00:00Z",
+    "held_for": None, "status": "sent", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef",
+    "error": None, "sent_at": "2027-01-11T23:00:01Z",
+}  # fmt: skip
+
+
+class ReminderOut(_Out):
+    """One reminder of a check-in: one occurrence, one attendee, one time before it, one channel."""
+
+    model_config = ConfigDict(**examples(REMINDER_EXAMPLE))
+    id: str
+    member_id: str
+    channel: Literal["sms", "email"]
+    occurrence: str | None = Field(
+        description="the occurrence's original start (its RECURRENCE-ID) in a recurring check-in"
+    )
+    starts_at: DateTimeText = Field(description="when the occurrence starts (as it stood when planned)")
+    offset_minutes: int = Field(description="how long before the start it goes (1440: 24 h)")
+    due_at: DateTimeText = Field(description="when it goes (later than start − offset only for quiet hours)")
+    held_for: Literal["quiet_hours"] | None = Field(
+        description="a pending 24 h reminder moved to the end of the member's quiet hours"
+    )
+    status: Literal["pending", "sending", "sent", "failed", "cancelled"] = Field(
+        description="`cancelled`: dropped (the check-in moved or was cancelled, the attendee was removed, "
+        "or it had begun); `error` says which"
+    )
+    attempts: int
+    provider_id: str | None
+    error: str | None
+    sent_at: DateTimeText | None
+
+
 class EventWithDeliveries(EventOut):
-    model_config = ConfigDict(**examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES)}))
+    model_config = ConfigDict(
+        **examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES), "reminders": []})
+    )
     deliveries: list[DeliveryOut]
+    reminders: list[ReminderOut] = Field(
+        default_factory=list,
+        description="for a check-in event: every reminder of its check-in, by due time (moved and "
+        "cancelled ones too); empty for other events",
+    )
 
 
 class EventList(_Out):
@@ -692,35 +738,111 @@ InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: igno
 SOURCE_EXAMPLE = {
     "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
     "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
-    "secret_rotated_at": None, "previous_secret_expires_at": None,
+    "secret_rotated_at": None, "previous_secret_expires_at": None, "mapping": None,
 }  # fmt: skip
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
+    "notification": None, "reruns": 0, "reran_at": None,
 }  # fmt: skip
+NOTIFICATION_EXAMPLE = {
+    "type": "event-notification", "subscription": "https://ehr.clinic.example/fhir/Subscription/admission",
+    "topic": "http://hl7.org/SubscriptionTopic/admission", "events_since_start": 5, "event_numbers": [5],
+    "gap": {"first": 3, "last": 4}, "late": False,
+}  # fmt: skip
+FHIR_SOURCE_EXAMPLE = {
+    **SOURCE_EXAMPLE, "name": "Northside FHIR", "kind": "fhir", "notebook_id": None,
+    "patients": {"Patient/123": NB, "http://hospital.example.org/mrn|4711": NB},
+}  # fmt: skip
+
+PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_KEY_PATTERN)]
+"""A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
+
+
+MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
+_ONE_NOTEBOOK = {"notebook_id": {"type": "string"}, "patients": {"type": "null"}}
+_BY_PATIENT = {"patients": {"type": "object"}, "notebook_id": {"type": "null"}}
+_OTHER_KINDS = [k for k in KIND_HANDLERS if k not in (FHIR_KIND, "mapping")]
+SOURCE_TARGETS = [
+    {"properties": {"kind": {"enum": _OTHER_KINDS}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT}, "required": ["patients"]},
+    {"properties": {"kind": {"const": "mapping"}, "patients": {"type": "null"}}, "required": ["mapping"]},
+]  # fmt: skip
+"""Where a source's events go, in the schema as the API checks it: any kind names its notebook,
+a ``fhir`` source may map patients instead (never both), a ``mapping`` source has its mapping
+(which may choose the notebook)."""
+
+Patients = Annotated[
+    dict[PatientKey, NotebookId],  # type: ignore[valid-type]
+    Field(min_length=1, max_length=MAX_PATIENTS, json_schema_extra={"additionalProperties": False}),
+]
 
 
 class SourceIn(_In):
-    model_config = ConfigDict(**examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}))
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+                {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+                {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+            ],
+            "anyOf": SOURCE_TARGETS,
+        }
+    )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
+        "resources, Bundles and R4B/R5 (or backport) subscription notifications; `mapping` is the clinic's "
+        "own JSON, read through `mapping`"
     )
-    notebook_id: NotebookId = Field(description="the notebook its events go to")
+    notebook_id: NotebookId | None = Field(
+        None,
+        description="the notebook its events go to; required unless a `fhir` source gives `patients` or a "
+        "mapping chooses notebooks (`notebook_by`)",
+    )
+    patients: Patients | None = Field(
+        None,
+        description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
+        "or by an identifier's `<system>|<value>`",
+    )
+    mapping: MappingSpec | None = Field(
+        None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
+    )
+
+
+class SourcePatch(_In):
+    """A source's name, notebook, patients or mapping, fixed (then re-run what it rejected)."""
+
+    model_config = ConfigDict(
+        **examples(
+            {"mapping": MAPPING_EXAMPLE},
+            {"name": "Northside EHR (new)"},
+            {"patients": FHIR_SOURCE_EXAMPLE["patients"]},
+        )
+    )
+    name: Line200 = None  # type: ignore[assignment]
+    notebook_id: NotebookId | None = Field(
+        None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
+    )
+    patients: Patients | None = Field(None, description="`fhir` only: replaces the patients map")
+    mapping: MappingSpec = None  # type: ignore[assignment]
 
 
 class SourceOut(_Out):
-    model_config = ConfigDict(**examples(SOURCE_EXAMPLE))
+    model_config = ConfigDict(**examples(SOURCE_EXAMPLE, FHIR_SOURCE_EXAMPLE))
     id: str
     name: str
     kind: SourceKindName
     notebook_id: str | None
+    patients: dict[str, str] | None = Field(None, description="a `fhir` source's patients' notebooks")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None
     previous_secret_expires_at: DateTimeText | None = Field(
         description="until when the secret before the last rotation still verifies"
     )
+    mapping: MappingSpec | None = Field(description="a `mapping` source's field mapping, as saved")
 
 
 class SourceWithSecretOut(SourceOut):
@@ -741,8 +863,35 @@ class InboundQuery(_In):
     cursor: Cursor | None = None
 
 
+class NotificationGapOut(_Out):
+    first: int = Field(description="the first event number never received")
+    last: int = Field(description="the last one")
+
+
+class InboundNotificationOut(_Out):
+    model_config = ConfigDict(**examples(NOTIFICATION_EXAMPLE))
+    type: str = Field(
+        description="handshake, heartbeat, event-notification, query-status or query-event (only "
+        "event-notification and query-event carry events)"
+    )
+    subscription: str | None = Field(description="the Subscription that sent it")
+    topic: str | None
+    events_since_start: int | None = Field(description="the sender's count of events so far")
+    event_numbers: list[int] = Field(description="the numbers of the events it carries")
+    gap: NotificationGapOut | None = Field(
+        description="event numbers no earlier request carried, between the highest before and this one: "
+        "missed notifications (fetch them from the sender)"
+    )
+    late: bool = Field(description="it carries a number at or below the highest seen before (out of order)")
+
+
 class InboundOut(_Out):
-    model_config = ConfigDict(**examples(INBOUND_EXAMPLE))
+    model_config = ConfigDict(
+        **examples(
+            INBOUND_EXAMPLE,
+            {**INBOUND_EXAMPLE, "webhook_id": "msg_2hXa", "notification": NOTIFICATION_EXAMPLE},
+        )
+    )
     id: str
     source_id: str
     webhook_id: str | None = Field(
@@ -753,12 +902,45 @@ class InboundOut(_Out):
     reason: str | None = Field(description="why it was rejected, or which record it repeats")
     event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
     duplicate_of: str | None
+    notification: InboundNotificationOut | None = Field(
+        None, description="a FHIR subscription notification's type and event numbers, and any gap before them"
+    )
+    reruns: int = Field(description="how many times its kept body was run again after a fix")
+    reran_at: DateTimeText | None = Field(description="when it was last run again")
 
 
 class InboundList(_Out):
     model_config = ConfigDict(**examples({"items": [INBOUND_EXAMPLE], "next_cursor": None}))
     items: list[InboundOut]
     next_cursor: str | None
+
+
+class RerunAllIn(_In):
+    model_config = ConfigDict(**examples({"limit": 100}))
+    limit: int = Field(100, ge=1, le=200, description="at most this many records, oldest first")
+    cursor: Cursor | None = Field(
+        None, description="`next_cursor` of the previous call: go on after the records it ran"
+    )
+
+
+class RerunAllOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [{**INBOUND_EXAMPLE, "reruns": 1, "reran_at": LATER}],
+                "accepted": 1,
+                "rejected": 0,
+                "next_cursor": None,
+            }
+        )
+    )
+    items: list[InboundOut] = Field(description="the records run again, oldest first, as they are now")
+    accepted: int = Field(description="how many were accepted this time")
+    rejected: int = Field(description="how many were rejected again (each with its new reason)")
+    next_cursor: str | None = Field(
+        description="more rejected records are left beyond the limit: pass it as `cursor` to run them "
+        "(records rejected again here are not run again on the way)"
+    )
 
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()

@@ -17,10 +17,10 @@ from apiflask import APIBlueprint, abort
 from flask import current_app, g, request
 from sqlalchemy import and_, or_, select
 
-from careloop import inbound, serialize, sources
+from careloop import fhir_inbound, inbound, mapping_inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
-from careloop.models import InboundRecord, Source
+from careloop.models import Event, InboundRecord, Notebook, Source
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
@@ -29,11 +29,15 @@ from careloop.service.schemas import (
     InboundList,
     InboundOut,
     InboundQuery,
+    RerunAllIn,
+    RerunAllOut,
     SourceIn,
     SourceList,
     SourceOut,
+    SourcePatch,
     SourceWithSecretOut,
 )
+from careloop.vocabulary import InboundStatus
 
 log = logging.getLogger("careloop.service.sources")
 
@@ -61,13 +65,21 @@ WEBHOOK_HEADERS = [
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
-    "plus `notebook_id` (the source's notebook). The signature is checked over these exact bytes.",
+    "plus `notebook_id` (the source's notebook). For a `fhir` source: a FHIR R4 resource, a Bundle, or a "
+    "subscription notification, as `application/fhir+json` or `application/json`. For a `mapping` source: "
+    "the clinic's own JSON, read through the source's mapping. The signature is checked over these "
+    "exact bytes.",
     "content": {
         "application/json": {
             "schema": {"type": "object"},
             "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
                         "data": {"goal": "Walk 10 m", "status": "met"}},
-        }
+        },
+        "application/fhir+json": {
+            "schema": {"type": "object"},
+            "example": {"resourceType": "Flag", "status": "active", "code": {"text": "Seizure plan updated"},
+                        "subject": {"reference": "Patient/123"}},
+        },
     },
 }  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
@@ -86,9 +98,16 @@ def audit_webhook(source: Source, record: InboundRecord, reason: str | None = No
     seen = trail()
     seen.action = "webhooks.receive"
     seen.actor_type, seen.actor_id = ActorType.SOURCE, source.id
-    seen.notebook_ids = [source.notebook_id] if source.notebook_id else []
+    seen.notebook_ids = _notebooks(source, record)
     seen.target_id = record.id
     seen.reason = reason
+
+
+def _notebooks(source: Source, record: InboundRecord) -> list[str]:
+    """Whose audit log a record's request belongs in: the notebooks of the events it recorded,
+    else the source's notebook (none for a mapping that chooses notebooks and chose none)."""
+    notebooks = set(g.db.scalars(select(Event.notebook_id).where(Event.id.in_(record.event_ids or []))))
+    return sorted(notebooks) or ([source.notebook_id] if source.notebook_id else [])
 
 
 def _source_or_404(source_id: str) -> Source:
@@ -112,15 +131,81 @@ def _out(source: Source) -> dict:
     responses={
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
-        404: "No such notebook",
+        404: "No such notebook (`notebook_id`, or one a patient is mapped to)",
+        422: "A field is invalid: `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`",
     },
 )
 def create_source(body: SourceIn):
-    notebook = notebook_or_404(body.notebook_id)
-    source = Source(name=body.name, kind=body.kind, notebook_id=notebook.id, secret=sources.mint_secret())
+    patients = _checked_patients(body.kind, body.notebook_id, body.patients)
+    mapping = _checked_config(body.kind, body.notebook_id, body.mapping)
+    source = Source(
+        name=body.name,
+        kind=body.kind,
+        notebook_id=body.notebook_id,
+        config={"patients": patients} if patients else None,
+        mapping=mapping,
+        secret=sources.mint_secret(),
+    )
     g.db.add(source)
     g.db.commit()
     return {**_out(source), "secret": source.secret}, 201
+
+
+def _invalid(field: str, message: str):
+    abort(422, f"{field} {message}", detail={"json": {field: [message]}})
+
+
+def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None) -> dict[str, str] | None:
+    """Where a source's events go, checked before it is saved: a ``fhir`` source names one
+    notebook or maps patients to existing notebooks; any other kind names its notebook
+    (checked with its mapping, :func:`_checked_config`)."""
+    if kind != fhir_inbound.KIND:
+        if patients is not None:
+            _invalid("patients", "is only for a fhir source")
+        return None
+    if (notebook_id is None) == (patients is None):
+        _invalid("patients", "or notebook_id: a fhir source takes exactly one of them")
+    if patients is None:
+        return None
+    found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set(patients.values())))))
+    for key, target in patients.items():
+        if target not in found:
+            abort(404, f"patients.{key}: notebook not found")
+    return dict(patients)
+
+
+def _checked_config(
+    kind: str, notebook_id: str | None, mapping: mapping_inbound.MappingSpec | None
+) -> dict | None:
+    """A source's kind, notebook and mapping, checked together (422 naming the field; 404 for a
+    missing notebook_id); returns the mapping as it is stored."""
+    fields: dict[str, list[str]] = {}
+    chooses = mapping is not None and mapping.notebook_by is not None
+    if kind == "mapping":
+        if mapping is None:
+            fields["mapping"] = ["a mapping source needs its field mapping"]
+        else:
+            fields.update(mapping_inbound.problems(mapping))
+            known = set(
+                g.db.scalars(
+                    select(Notebook.id).where(Notebook.id.in_(set((mapping.notebooks or {}).values())))
+                )
+            )
+            for key, target in (mapping.notebooks or {}).items():
+                if target not in known:
+                    fields.setdefault(f"mapping.notebooks.{key}", []).append("no such notebook")
+    elif mapping is not None:
+        fields["mapping"] = [f"a {kind} source takes no mapping"]
+    if notebook_id is None and not chooses and kind != fhir_inbound.KIND:  # fhir: _checked_patients
+        fields["notebook_id"] = ["required (unless a mapping chooses notebooks with notebook_by)"]
+    elif notebook_id is not None and chooses:
+        fields["notebook_id"] = ["a mapping that chooses notebooks with notebook_by takes no notebook_id"]
+    if fields:
+        abort(422, "the source's configuration is not valid", detail={"json": fields})
+    if notebook_id is not None:
+        notebook_or_404(notebook_id)
+    return None if mapping is None else mapping.model_dump(mode="json", exclude_none=True)
 
 
 @bp.get("/sources")
@@ -146,6 +231,43 @@ def list_sources():
 )
 def get_source(source_id: str):
     return _out(_source_or_404(source_id))
+
+
+@bp.patch("/sources/<id:source_id>")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(SourcePatch, arg_name="body")
+@bp.output(SourceOut)
+@bp.doc(
+    operation_id="updateSource",
+    summary="Fix a source's name, notebook, patients or mapping (admin key); then re-run what it rejected",
+    description="The fields given replace the source's; the result is checked as when it was "
+    "registered (422 naming the field). Records it rejected stay rejected until re-run "
+    "(`POST /v1/sources/{id}/inbound/{record_id}/rerun`).",
+    responses={403: "Not the admin key", 404: "No such source, or no such notebook"},
+)
+def update_source(source_id: str, body: SourcePatch):
+    source = _source_or_404(source_id)
+    given = body.model_fields_set
+    name = body.name if "name" in given and body.name is not None else source.name
+    notebook_id = body.notebook_id if "notebook_id" in given else source.notebook_id
+    if "mapping" in given and body.mapping is not None:
+        mapping = body.mapping
+    elif source.mapping is not None:
+        mapping = mapping_inbound.MappingSpec.model_validate(source.mapping)
+    else:
+        mapping = None
+    if "patients" in given:
+        patients = body.patients
+    else:
+        patients = None if "notebook_id" in given and notebook_id else (source.config or {}).get("patients")
+    patients = _checked_patients(source.kind, notebook_id, patients)
+    source.mapping = _checked_config(source.kind, notebook_id, mapping)
+    config = {key: value for key, value in (source.config or {}).items() if key != "patients"}
+    source.config = {**config, "patients": patients} if patients else (config or None)
+    source.name, source.notebook_id = name, notebook_id
+    g.db.commit()
+    trail().target_id = source.id
+    return _out(source)
 
 
 @bp.post("/sources/<id:source_id>/secret/rotate")
@@ -198,6 +320,109 @@ def list_inbound(source_id: str, query: InboundQuery):
         "items": [serialize.inbound_record(r) for r in rows],
         "next_cursor": encode_cursor(rows[-1].received_at, rows[-1].id) if more else None,
     }
+
+
+@bp.post("/sources/<id:source_id>/inbound/rerun")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(RerunAllIn, arg_name="body")
+@bp.output(RerunAllOut)
+@bp.doc(
+    operation_id="rerunRejectedInbound",
+    summary="Run every rejected record of a source again, oldest first, after a fix (admin key)",
+    description="As `POST /v1/sources/{id}/inbound/{record_id}/rerun` for each rejected record that kept "
+    "a body, up to `limit`, oldest first (so a system's events keep their order): each is accepted at "
+    "most once, or keeps `rejected` with its new reason. `next_cursor` goes on after them.",
+    responses={403: "Not the admin key", 404: "No such source"},
+)
+def rerun_rejected(source_id: str, body: RerunAllIn):
+    source = _source_or_404(source_id)
+    waiting = (
+        select(InboundRecord)
+        .where(
+            InboundRecord.source_id == source.id,
+            InboundRecord.status == InboundStatus.REJECTED,
+            InboundRecord.body.is_not(None),
+        )
+        .order_by(InboundRecord.received_at, InboundRecord.id)
+    )
+    if body.cursor:
+        when, ident = decode_cursor(body.cursor)
+        waiting = waiting.where(
+            or_(
+                InboundRecord.received_at > when,
+                and_(InboundRecord.received_at == when, InboundRecord.id > ident),
+            )
+        )
+    rows = g.db.scalars(waiting.limit(body.limit + 1)).all()
+    more = len(rows) > body.limit
+    rows = rows[: body.limit]
+    last = encode_cursor(rows[-1].received_at, rows[-1].id) if more else None
+    items, created, accepted, notebooks = [], [], 0, set()
+    for record in rows:
+        try:
+            receipt = inbound.rerun(g.db, source, record)
+        except inbound.RerunRefused:  # a concurrent re-run took it
+            continue
+        items.append(serialize.inbound_record(receipt.record))
+        created.extend(receipt.created)
+        if receipt.problem is None:
+            accepted += 1
+            notebooks.update(_notebooks(source, receipt.record))
+    seen = trail()
+    seen.action, seen.target_id = "sources.inbound.rerun", source.id
+    seen.notebook_ids = sorted(notebooks) or ([source.notebook_id] if source.notebook_id else [])
+    log.info("inbound records re-run: source=%s accepted=%d of %d", source.id, accepted, len(items))
+    if created:
+        hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, created)
+    return {"items": items, "accepted": accepted, "rejected": len(items) - accepted, "next_cursor": last}
+
+
+@bp.post("/sources/<id:source_id>/inbound/<id:record_id>/rerun")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.output(InboundOut)
+@bp.doc(
+    operation_id="rerunInbound",
+    summary="Run a rejected record's kept body again, after a fix to the source (admin key)",
+    description="The body kept from the verified request goes through the source's kind as it is "
+    "configured now; its signature is not checked again. Accepted: the record becomes `accepted` with "
+    "its events, which are routed as any other — at most once, even if re-run twice at the same time. "
+    "Rejected again: the record keeps `rejected` with the new reason, and the answer says why.",
+    responses={
+        200: "Accepted now: the record, with its events",
+        403: "Not the admin key",
+        404: "No such source or record",
+        400: "Still a body that does not parse; the record keeps the reason",
+        409: "Not a rejected record with a kept body: already accepted (perhaps by a concurrent re-run), "
+        "a duplicate, or a request that did not verify",
+        415: "Still not a body of a type this source's kind reads; the record keeps the reason",
+        422: "Still cannot be mapped (the fields say why); the record keeps the new reason",
+    },
+)
+def rerun_inbound(source_id: str, record_id: str):
+    source = _source_or_404(source_id)
+    record = g.db.get(InboundRecord, record_id)
+    if record is None or record.source_id != source.id:
+        abort(404, "inbound record not found")
+    seen = trail()
+    seen.action, seen.target_id = "sources.inbound.rerun", record.id
+    seen.notebook_ids = _notebooks(source, record)
+    try:
+        receipt = inbound.rerun(g.db, source, record)
+    except inbound.RerunRefused as refused:
+        seen.reason = "not rejected"
+        seen.notebook_ids = _notebooks(source, g.db.get(InboundRecord, record_id))
+        abort(409, refused.reason)
+    log.info(
+        "inbound record re-run: source=%s record=%s status=%s", source.id, record.id, receipt.record.status
+    )
+    if receipt.created:
+        seen.notebook_ids = _notebooks(source, receipt.record)
+        hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, receipt.created)
+    if receipt.problem is not None:
+        seen.reason = "not mappable"
+        problem = receipt.problem
+        abort(problem.status, problem.reason, detail={"json": problem.fields} if problem.fields else None)
+    return serialize.inbound_record(receipt.record)
 
 
 @bp.post("/webhooks/<id:source_id>")

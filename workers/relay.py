@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop import digests as dg
+from careloop import reminders as rm
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.logs import request_id_bound
@@ -26,6 +27,7 @@ from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
 from careloop.workers.mailbox import schedule as schedule_mailbox_poll
+from careloop.workers.reminders import recover_stale_reminder
 from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
@@ -95,6 +97,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             dg.mark_enqueued(session, [job.digest_id for job in due_jobs])
             digests = len(lost)
 
+        # --- reminders (issue 12): re-plan check-ins, hand over due ones Redis lost, settle stale ---
+        counts_reminders = rm.relay_sweep(session, runtime)
+        for reminder_id, token, called in rm.stale_claims(session, settings.claim_timeout):
+            recover_stale_reminder(runtime, reminder_id, token, called)
+            counts["stale"] += 1
+
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             with request_id_bound(None):  # its lines carry the id of the event it is about
                 recover_stale(runtime, delivery_id, token)
@@ -105,11 +113,11 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
 
         notify_disabled(runtime, session)
     schedule_mailbox_poll(runtime)  # RSVP replies, when CARELOOP_IMAP_URL is set
-    if any(counts.values()) or digests:
+    if any(counts.values()) or digests or counts_reminders:
         log.info(
-            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
-            "%(stale)d stale sends checked",
-            {**counts, "digests": digests},
+            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, %(reminders)d "
+            "reminders handed over, %(stale)d stale sends checked",
+            {**counts, "digests": digests, "reminders": counts_reminders},
         )
     return counts
 
@@ -121,6 +129,7 @@ def forget_hand_overs(session: Session) -> None:
     session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
     dl.forget_enqueued(session)
     dg.forget_enqueued(session)
+    rm.forget_enqueued(session)
     session.commit()
 
 
