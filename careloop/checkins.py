@@ -14,6 +14,11 @@ occurrence only (its own SEQUENCE, beside its RECURRENCE-ID), and the series kee
   sent a CANCEL since): they get the CANCEL when it is cancelled or they are removed, even
   if deactivated meanwhile.
 
+Attendees' answers (RSVPs) are kept beside it (:class:`~careloop.models.CheckinAnswer`,
+``careloop.rsvp``); each event's snapshot carries them as ``partstat`` (member id → PARTSTAT,
+for the series, each override and the occurrence), so an update's invite carries each
+attendee's last answer instead of asking again. A check-in scheduled anew starts unanswered.
+
 A change to the whole series keeps the changes of single occurrences that are still
 occurrences of the new series, and drops the others.
 
@@ -28,12 +33,12 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from careloop import recurrence
 from careloop.messages import CalendarEntry, Occurrence, first_name
-from careloop.models import Checkin, Member, Notebook
+from careloop.models import Checkin, CheckinAnswer, Member, Notebook
 
 
 class CheckinError(ValueError):
@@ -114,6 +119,7 @@ def apply_event(session: Session, notebook: Notebook, event_type: str, data: dic
         details = _series(data, rule, sequence)
         details["holders"] = _active(session, notebook.id, details["attendees"])
         checkin.cancelled = False
+        session.execute(delete(CheckinAnswer).where(CheckinAnswer.checkin_pk == checkin.id))
     elif occurrence_at is not None:
         key = occurrence_key(occurrence_at)
         changes = dict(details.get("occurrences") or {})
@@ -153,19 +159,22 @@ def apply_event(session: Session, notebook: Notebook, event_type: str, data: dic
     checkin.details = details
     session.flush()
 
+    answered = _answers(session, checkin.id)
     snapshot = {
         "uid": checkin.uid,
         "sequence": int(details.get("series_sequence", sequence)),
         **{k: details.get(k) for k in ("title", "start", "end", "location", "attendees", "recurrence")},
         "exdates": sorted(k for k, o in (details.get("occurrences") or {}).items() if o.get("cancelled")),
         "overrides": [
-            {"recurrence_id": k, **o}
+            {"recurrence_id": k, **o, "partstat": {**answered.get("", {}), **answered.get(k, {})}}
             for k, o in sorted((details.get("occurrences") or {}).items())
             if not o.get("cancelled")
         ],
+        "partstat": answered.get("", {}),
     }
     if occurrence is not None:
-        snapshot["occurrence"] = occurrence
+        key = occurrence["recurrence_id"]
+        snapshot["occurrence"] = {**occurrence, "partstat": {**answered.get("", {}), **answered.get(key, {})}}
     cancelling = event_type == "checkin.cancelled"
     return {
         "checkin": snapshot,
@@ -177,6 +186,19 @@ def apply_event(session: Session, notebook: Notebook, event_type: str, data: dic
         else [m for m in previous_list if m not in (details.get("attendees") or [])],
         "invite_holders": holders_before,
     }
+
+
+def _answers(session: Session, checkin_pk: int) -> dict[str, dict[str, str]]:
+    """The attendees' kept answers: recurrence id ('' for the series) → member id → PARTSTAT."""
+    found: dict[str, dict[str, str]] = {}
+    rows = session.execute(
+        select(CheckinAnswer.recurrence_id, CheckinAnswer.member_id, CheckinAnswer.partstat).where(
+            CheckinAnswer.checkin_pk == checkin_pk
+        )
+    )
+    for recurrence_id, member_id, partstat in rows:
+        found.setdefault(recurrence_id, {})[member_id] = partstat
+    return found
 
 
 def _series(data: dict, rule: str | None, sequence: int) -> dict:

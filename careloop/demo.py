@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from icalendar import Calendar, Event, vCalAddress
 from sqlalchemy import update
 from werkzeug.serving import make_server
 
@@ -126,6 +127,7 @@ def run_demo(
         shown = _record_and_show(app, admin, outbox_dir, echo)
         shown["timing"] = _show_timing(app, admin, shown, echo)
         shown["reminders"] = _show_reminders(app, admin, shown, echo)  # reminders (issue 12)
+        shown["rsvp"] = _show_rsvp(app, admin, shown, outbox_dir, echo)  # RSVPs read back (issue #12)
         # --- escalation (issue 12): see _show_escalation --------------------------------------
         shown["escalation"] = _show_escalation(app, admin, shown, echo)
         # --- end of escalation ------------------------------------------------------------------
@@ -381,6 +383,89 @@ def _show_reminders(app, admin: str, shown: dict, echo: Callable[[str], None]) -
 
 def _offset_text(minutes: int) -> str:
     return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+# --- RSVPs read back (issue #12): a recurring check-in, and an attendee's answer -------------------
+
+RSVP_CHECKIN = "team-monthly"
+"""The demo's recurring check-in (its own id, as the sender gives it)."""
+
+RSVP_ATTENDEES = ("Dana Rivera", "Dr. Priya Shah", "Ms. Ortiz")
+"""Who the recurring check-in invites."""
+
+
+def _show_rsvp(app, admin: str, shown: dict, outbox_dir: Path, echo: Callable[[str], None]) -> dict:
+    """A monthly check-in (second Tuesday, 17:00, six times) whose invite asks for an answer;
+    Dr. Shah's mail client accepts (the iTIP REPLY it would send to the ORGANIZER address is
+    posted to the API), and the check-in shows each attendee's answer."""
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin}"}
+    runtime = app.extensions["careloop"].runtime
+    notebook, members = shown["notebook"], shown["members"]
+    zone = ZoneInfo(notebook["timezone"])
+    base = f"/v1/notebooks/{notebook['id']}"
+
+    def call(method: str, url: str, expect: int, **kwargs) -> dict:
+        response = client.open(url, method=method, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
+        if response.status_code != expect:
+            raise RuntimeError(f"{method} {url} answered {response.status_code}: {response.get_json()}")
+        return response.get_json()
+
+    day = datetime.now(zone).date().replace(day=1)
+    # The next second Tuesday at least 3 days off: no reminder of it falls due during the demo.
+    while True:
+        first_tuesday = day + timedelta(days=(1 - day.weekday()) % 7)
+        second_tuesday = first_tuesday + timedelta(days=7)
+        start = datetime(second_tuesday.year, second_tuesday.month, second_tuesday.day, 17, tzinfo=zone)
+        if start > datetime.now(zone) + timedelta(days=3):
+            break
+        day = (day + timedelta(days=32)).replace(day=1)
+    body = {
+        "type": "checkin.scheduled",
+        "author_member_id": members["Dana Rivera"]["id"],
+        "data": {
+            "checkin_id": RSVP_CHECKIN,
+            "title": "Monthly care team check-in",
+            "start": start.isoformat(),
+            "end": (start + timedelta(minutes=45)).isoformat(),
+            "location": "Video call",
+            "recurrence": "FREQ=MONTHLY;BYDAY=2TU;COUNT=6",
+            "attendees": [members[n]["id"] for n in RSVP_ATTENDEES],
+        },
+    }
+    call("POST", f"{base}/events", 202, json=body)
+    runtime.dispatcher.drain(timeout=30)
+    checkin = call("GET", f"{base}/checkins/{RSVP_CHECKIN}", 200)
+    invite_file = outbox_dir / "calendar" / f"{checkin['uid']}.0.ics"
+    (sent,) = Calendar.from_ical(invite_file.read_bytes()).walk("VEVENT")
+
+    # What Dr. Shah's mail client sends back when she presses "Accept".
+    answer = Event()
+    for name in ("UID", "SEQUENCE", "DTSTART", "DTEND", "SUMMARY", "ORGANIZER"):
+        answer.add(name, sent[name])
+    answer.add("DTSTAMP", utcnow())
+    attendee = vCalAddress(f"mailto:{members['Dr. Priya Shah']['email']}")
+    attendee.params["PARTSTAT"] = "ACCEPTED"
+    answer.add("ATTENDEE", attendee)
+    reply = Calendar()
+    reply.add("PRODID", "-//Example//Mail client//EN")
+    reply.add("VERSION", "2.0")
+    reply.add("METHOD", "REPLY")
+    reply.add_component(answer)
+    answered = call(
+        "POST", f"{base}/checkins/{RSVP_CHECKIN}/replies", 200,
+        data=reply.to_ical(), headers={"Content-Type": "text/calendar"},
+    )  # fmt: skip
+    echo("")
+    echo("A recurring check-in with RSVPs (invites ask each attendee to answer the ORGANIZER's address):")
+    first = local_time(start, zone.key)
+    echo(f"● {body['data']['title']}: every month on the second Tuesday, 6 times, from {first}")
+    echo(f"    invite: {invite_file} (organizer {sent['ORGANIZER']})")
+    echo("    Dr. Priya Shah's mail client sends an iTIP REPLY (PARTSTAT=ACCEPTED), posted to")
+    echo(f"    POST {base}/checkins/{RSVP_CHECKIN}/replies")
+    for who in answered["checkin"]["attendees"]:
+        echo(f"    {who['name']}: {who['partstat']}")
+    return answered["checkin"]
 
 
 def _show_links(app, events: list[dict], echo: Callable[[str], None], serving: bool) -> dict:

@@ -36,6 +36,7 @@ class Occurrence:
 
     ``recurrence_id`` is its original start (RECURRENCE-ID); ``sequence`` its own SEQUENCE;
     ``start``/``end`` where it is now. ``title``/``location`` None: the series' own.
+    ``partstats``: (email, PARTSTAT) of the attendees who answered for it (or the series).
     """
 
     recurrence_id: datetime
@@ -45,6 +46,7 @@ class Occurrence:
     title: str | None = None
     location: str | None = None
     cancelled: bool = False
+    partstats: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class CalendarInvite:
     series). ``occurrence`` makes the message about that one occurrence only (RECURRENCE-ID).
     ``uninvite``: a CANCEL that removes its attendees from a check-in that goes on (RFC 5546
     §3.2.5: it lists only them and has no STATUS:CANCELLED).
+    ``partstats``: (email, PARTSTAT) of the attendees who answered (RSVPs read back): a
+    REQUEST shows their last answer, everyone else NEEDS-ACTION.
     """
 
     method: str
@@ -108,6 +112,7 @@ class CalendarInvite:
     # Shown in an uninvite's email: when the check-in was, as the removed attendee had it.
     previous_start: datetime | None = None
     previous_end: datetime | None = None
+    partstats: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in ("REQUEST", "CANCEL"):
@@ -319,6 +324,7 @@ def render(
     mail_from: str,
     created_at: datetime | None = None,
     escalated: bool = False,
+    organizer: str | None = None,
 ) -> OutgoingMessage:
     """Build the message for one delivery. Pure: no I/O.
 
@@ -356,6 +362,7 @@ def render(
             recipient=recipient,
             attendees=attendees,
             mail_from=mail_from,
+            organizer=organizer,
         )
         subject, intro, details = _invite_wording(event_type, invite, child, zone, created_at)
     else:
@@ -545,16 +552,23 @@ def build_checkin_invite(
     recipient: Recipient,
     attendees: list[Recipient],
     mail_from: str,
+    organizer: str | None = None,
 ) -> CalendarInvite:
     """The iTIP object for one attendee: REQUEST while invited; the CANCEL of the check-in,
     or of one occurrence, when cancelled; an uninvite (a CANCEL listing only them) once they
-    are no longer invited or no longer on the team."""
+    are no longer invited or no longer on the team.
+
+    ``organizer``: the ORGANIZER address, where clients send their REPLY (the mailbox careloop
+    reads answers from); ``mail_from``'s address when not given."""
     checkin = context["checkin"]
     current = set(checkin.get("attendees") or ())
     active = {a.id for a in attendees if a.active}
     cancelled = event_type == EventType.CHECKIN_CANCELLED
     uninvite = not cancelled and (recipient.id not in current or not recipient.active)
     organizer_name, organizer_email = parseaddr(mail_from)
+    if organizer:
+        given_name, given_email = parseaddr(organizer)
+        organizer_name, organizer_email = given_name or organizer_name, given_email or organizer
     if uninvite:
         listed = (recipient,)
     elif cancelled:
@@ -562,6 +576,14 @@ def build_checkin_invite(
     else:
         listed = tuple(a for a in attendees if a.id in current and a.id in active)
     previous = context.get("previous") or {}
+    emails = {a.id: a.email for a in attendees if a.email}
+
+    def partstats(answers: dict | None) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((emails[m], p) for m, p in (answers or {}).items() if m in emails))
+
+    def occurrence(value: dict) -> Occurrence:
+        return _occurrence(value, partstats(value.get("partstat")))
+
     return CalendarInvite(
         method="CANCEL" if cancelled or uninvite else "REQUEST",
         uid=checkin["uid"],
@@ -576,16 +598,17 @@ def build_checkin_invite(
         description=f"Care team check-in for {first_name(notebook.child_name)}.",
         recurrence=checkin.get("recurrence"),
         exdates=tuple(datetime.fromisoformat(d) for d in checkin.get("exdates") or ()),
-        overrides=tuple(_occurrence(o) for o in checkin.get("overrides") or ()),
+        overrides=tuple(occurrence(o) for o in checkin.get("overrides") or ()),
         # An uninvite takes the check-in out whole: never about one occurrence.
-        occurrence=_occurrence(checkin["occurrence"]) if checkin.get("occurrence") and not uninvite else None,
+        occurrence=occurrence(checkin["occurrence"]) if checkin.get("occurrence") and not uninvite else None,
         uninvite=uninvite,
         previous_start=datetime.fromisoformat(previous["start"]) if previous.get("start") else None,
         previous_end=datetime.fromisoformat(previous["end"]) if previous.get("end") else None,
+        partstats=partstats(checkin.get("partstat")),
     )
 
 
-def _occurrence(value: dict) -> Occurrence:
+def _occurrence(value: dict, partstats: tuple[tuple[str, str], ...] = ()) -> Occurrence:
     return Occurrence(
         recurrence_id=datetime.fromisoformat(value["recurrence_id"]),
         sequence=int(value["sequence"]),
@@ -594,6 +617,7 @@ def _occurrence(value: dict) -> Occurrence:
         title=value.get("title"),
         location=value.get("location"),
         cancelled=bool(value.get("cancelled")),
+        partstats=partstats,
     )
 
 

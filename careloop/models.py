@@ -191,6 +191,28 @@ class Checkin(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class CheckinAnswer(Base):
+    """A member's RSVP to a check-in (``careloop.rsvp``): their PARTSTAT for the whole series
+    (``recurrence_id`` empty) or for one occurrence (its original start, UTC ISO 8601), with the
+    SEQUENCE and DTSTAMP of the answer, so an older answer arriving late changes nothing."""
+
+    __tablename__ = "checkin_answers"
+    __table_args__ = (
+        UniqueConstraint("checkin_pk", "member_id", "recurrence_id", name="uq_checkin_answers_member"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkin_pk: Mapped[int] = mapped_column(ForeignKey("checkins.id", ondelete="CASCADE"), index=True)
+    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"))
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    recurrence_id: Mapped[str] = mapped_column(String(40), default="")
+    partstat: Mapped[str] = mapped_column(String(16))
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    dtstamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    via: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class OutboxEntry(Base):
     """Work promised in the same transaction as the data it is about (transactional outbox).
 

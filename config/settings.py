@@ -53,6 +53,9 @@ DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds between attempts (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — Svix's schedule): eight
 attempts over about 27 hours, so an outage of minutes or hours dead-letters nothing."""
 
+DEFAULT_IMAP_POLL_INTERVAL = 60.0
+"""Seconds between two reads of the organizer's mailbox for RSVP replies (one minute)."""
+
 DEFAULT_WEBHOOK_DISABLE_AFTER = 5 * 86400.0
 """Seconds an outbound webhook endpoint may fail without one success before it is disabled."""
 
@@ -111,6 +114,13 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = Field(None, validation_alias=_env("SMTP_PASSWORD"))
     smtp_starttls: bool = Field(True, validation_alias=_env("SMTP_STARTTLS"))
     mail_from: str = Field("careloop@localhost", validation_alias=_env("MAIL_FROM"))
+    # Invites' ORGANIZER: where mail clients send RSVP replies (MAIL_FROM's address when unset).
+    organizer_email: str | None = Field(None, validation_alias=_env("CARELOOP_ORGANIZER_EMAIL"))
+    # The organizer's mailbox, read for RSVP replies: imap[s]://user:password@host[:port]/MAILBOX.
+    imap_url: SecretStr | None = Field(None, validation_alias=_env("CARELOOP_IMAP_URL"))
+    imap_poll_interval: Annotated[float, NoDecode] = Field(
+        DEFAULT_IMAP_POLL_INTERVAL, validation_alias=_env("CARELOOP_IMAP_POLL_INTERVAL")
+    )
 
     provider_timeout: float = Field(10.0, gt=0, validation_alias=_env("CARELOOP_PROVIDER_TIMEOUT"))
     retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
@@ -124,6 +134,32 @@ class Settings(BaseSettings):
     webhook_disable_after: Annotated[float, NoDecode] = Field(
         DEFAULT_WEBHOOK_DISABLE_AFTER, validation_alias=_env("CARELOOP_WEBHOOK_DISABLE_AFTER")
     )
+
+    @field_validator("imap_poll_interval", mode="before")
+    @classmethod
+    def _parse_poll_interval(cls, value):
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+        if seconds <= 0:
+            raise ValueError("CARELOOP_IMAP_POLL_INTERVAL must be a positive duration such as 60s or 5m")
+        return seconds
+
+    @field_validator("imap_url", mode="before")
+    @classmethod
+    def _imap_url(cls, value):
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or text == "":
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(str(text))
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+            # The value is never echoed: it holds a password.
+            raise ValueError("CARELOOP_IMAP_URL must be imap[s]://user:password@host[:port]/MAILBOX")
+        return text
 
     # --- reminders (issue 12) ---
     reminder_offsets: Annotated[tuple[int, ...], NoDecode] = Field(

@@ -19,6 +19,11 @@ A calendar's own copy (:func:`build_calendar`: a CalDAV resource, a member's fee
 message: no METHOD, no ORGANIZER or ATTENDEE (a CalDAV server that schedules, RFC 6638,
 would otherwise invite everyone a second time), the same UIDs and SEQUENCEs as the invites,
 and each occurrence cancelled alone kept as its own VEVENT with STATUS:CANCELLED.
+
+Every REQUEST asks each attendee to answer (``RSVP=TRUE``); an attendee who answered before
+is shown with their last answer as PARTSTAT (per occurrence where they answered for it),
+everyone else NEEDS-ACTION. :func:`read_reply` reads the answers clients send back (iTIP
+REPLY) for ``careloop.rsvp``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from icalendar import Calendar, Event, vCalAddress, vRecur
 from careloop.integrations.vtimezone import vtimezone
 from careloop.messages import CalendarEntry, CalendarInvite, Occurrence
 from careloop.recurrence import last_start
+from careloop.rsvp import PARTSTATS, Reply, ReplyError
 
 PRODID = "-//careloop//careloop calendar invites//EN"
 """Identifies careloop as the product that wrote the iCalendar object."""
@@ -104,6 +110,7 @@ def _occurrence_event(
         status="CANCELLED" if cancelled or occurrence.cancelled else "CONFIRMED",
         title=occurrence.title,
         location=occurrence.location,
+        partstats=dict(occurrence.partstats or invite.partstats),
     )
     event.add("RECURRENCE-ID", occurrence.recurrence_id.astimezone(zone))
     return event
@@ -120,8 +127,11 @@ def _event(
     status: str | None,
     title: str | None = None,
     location: str | None = None,
+    partstats: dict[str, str] | None = None,
 ) -> Event:
     requesting = invite.method == "REQUEST"
+    # A REQUEST shows each attendee's last answer: they are not asked again.
+    answered = (dict(invite.partstats) if partstats is None else partstats) if requesting else {}
     return Event.new(
         uid=invite.uid,
         sequence=sequence,
@@ -138,7 +148,7 @@ def _event(
                 cn=attendee.name,
                 cutype="INDIVIDUAL",
                 role="REQ-PARTICIPANT",
-                partstat="NEEDS-ACTION",
+                partstat=answered.get(attendee.email, "NEEDS-ACTION"),
                 # A cancellation asks for no reply.
                 rsvp=True if requesting else None,
             )
@@ -236,4 +246,65 @@ def _entry_event(
         summary=title or entry.title,
         location=location or entry.location or None,
         description=entry.description or None,
+    )
+
+
+def read_reply(data: bytes) -> list[Reply]:
+    """The answers in an iTIP REPLY (RFC 5546 §3.2.3): one :class:`~careloop.rsvp.Reply` per
+    VEVENT (the series, or one occurrence by its RECURRENCE-ID), each with its one ATTENDEE.
+
+    Raises:
+        ReplyError: naming the property that is missing or wrong (``body`` when it is not
+            iCalendar at all).
+    """
+    try:
+        calendar = Calendar.from_ical(data)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise ReplyError("body", f"is not an iCalendar object ({type(exc).__name__})") from None
+    if not isinstance(calendar, Calendar) or calendar.name != "VCALENDAR":
+        raise ReplyError("body", "is not a VCALENDAR")
+    method = str(calendar.get("METHOD", "")).upper()
+    if method != "REPLY":
+        raise ReplyError("METHOD", f"must be REPLY (an answer to an invite), not {method or 'missing'}")
+    events = calendar.walk("VEVENT")
+    if not events:
+        raise ReplyError("VEVENT", "a REPLY needs a VEVENT")
+    return [_reply(event) for event in events]
+
+
+def _reply(event: Event) -> Reply:
+    uid = str(event.get("UID", "")).strip()
+    if not uid:
+        raise ReplyError("UID", "is required")
+    attendees = event.get("ATTENDEE")
+    attendees = attendees if isinstance(attendees, list) else [attendees] if attendees is not None else []
+    if len(attendees) != 1:
+        raise ReplyError("ATTENDEE", f"a REPLY names exactly one attendee, not {len(attendees)}")
+    (attendee,) = attendees
+    partstat = str(attendee.params.get("PARTSTAT", "")).upper()
+    if partstat not in PARTSTATS:
+        raise ReplyError("PARTSTAT", f"must be one of {', '.join(PARTSTATS)}, not {partstat or 'missing'}")
+    stamp = event.get("DTSTAMP")
+    if stamp is None or not isinstance(stamp.dt, datetime):
+        raise ReplyError("DTSTAMP", "is required (a UTC date-time)")
+    dtstamp = stamp.dt if stamp.dt.tzinfo is not None else stamp.dt.replace(tzinfo=UTC)
+    try:
+        sequence = int(event.get("SEQUENCE", 0))
+    except (TypeError, ValueError):
+        raise ReplyError("SEQUENCE", "must be a whole number") from None
+    if sequence < 0:
+        raise ReplyError("SEQUENCE", "must not be negative")
+    recurrence_id = None
+    if "RECURRENCE-ID" in event:
+        value = event["RECURRENCE-ID"].dt
+        if not isinstance(value, datetime):
+            raise ReplyError("RECURRENCE-ID", "must be a date-time (the occurrence's original start)")
+        recurrence_id = value
+    return Reply(
+        uid=uid,
+        attendee=str(attendee),
+        partstat=partstat,
+        sequence=sequence,
+        dtstamp=dtstamp.astimezone(UTC),
+        recurrence_id=recurrence_id,
     )

@@ -1,4 +1,5 @@
-"""Emails as careloop sends them: plain notices and iMIP calendar invites, as MIME.
+"""Emails as careloop sends them: plain notices and iMIP calendar invites, as MIME; and the
+iMIP replies careloop reads back (:func:`replies_in_email`).
 
 The SMTP channels and the file outbox build every email here, so an outbox ``.eml`` is the
 exact message SMTP would have carried. Building never touches the network.
@@ -9,16 +10,22 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
+from email import message_from_bytes
+from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 from careloop.contacts import UNMAILABLE, deliverable_email
 from careloop.integrations.base import DeliveryError, NotConfigured
-from careloop.integrations.calendar_invite import build_invite
+from careloop.integrations.calendar_invite import build_invite, read_reply
 from careloop.messages import OutgoingMessage
+from careloop.rsvp import Reply, ReplyError
 
 log = logging.getLogger("careloop.integrations.mime")
+
+CALENDAR_TYPES = ("text/calendar", "application/ics")
+"""Content types of a calendar part in an email (iMIP's, and an attached ``.ics``)."""
 
 ICS_FILENAME = "invite.ics"
 """Name of the attached copy of an invite."""
@@ -129,3 +136,21 @@ def build_invite_email(message: OutgoingMessage, sender: Address) -> EmailMessag
 def _one_line(value: str | None) -> str:
     """Header values must not break lines (header injection); collapse whitespace."""
     return " ".join((value or "").split())
+
+
+def replies_in_email(raw: bytes) -> list[Reply]:
+    """The answers in an iMIP reply (RFC 6047): the email's first ``text/calendar`` part (an
+    attached ``.ics`` otherwise), read as an iTIP REPLY.
+
+    Raises:
+        ReplyError: when the email has no calendar part, or it is not a REPLY careloop reads.
+    """
+    message = message_from_bytes(raw, policy=email_policy.default)
+    parts = [p for p in message.walk() if p.get_content_type() in CALENDAR_TYPES]
+    parts.sort(key=lambda p: CALENDAR_TYPES.index(p.get_content_type()))
+    if not parts:
+        raise ReplyError("body", "the email has no text/calendar part")
+    data = parts[0].get_payload(decode=True)
+    if not data:
+        raise ReplyError("body", "the email's text/calendar part is empty")
+    return read_reply(data)

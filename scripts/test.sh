@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # careloop's test command (the README's second set-up command; .ci/run calls it too).
 # Installs what the tests need into .venv, starts Redis and PostgreSQL where they are not
-# running, installs the Twilio mock (Prism), ical.js (the invite tests) and Debian's
-# chromium + chromium-driver (the browser test), then runs pytest. Extra arguments go to pytest.
+# running, installs the Twilio mock (Prism), ical.js (the invite tests), Debian's
+# chromium + chromium-driver (the browser test) and dovecot-imapd (the RSVP mailbox test),
+# then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,20 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   else
     echo "The member-page browser test needs Debian's chromium and chromium-driver." >&2
     echo "Install them (as root: apt-get install chromium chromium-driver) and run this again." >&2
+    exit 1
+  fi
+fi
+
+# The RSVP test reads replies from a real IMAP server: Debian's Dovecot, run by the test
+# itself as its own process (its own config, port and maildir). Installed here when missing.
+if [ ! -x /usr/sbin/dovecot ] || [ ! -x /usr/lib/dovecot/imap ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's dovecot-imapd (for the RSVP mailbox test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dovecot-imapd >/dev/null
+  else
+    echo "The RSVP mailbox test needs Debian's dovecot-imapd (an IMAP server it runs itself)." >&2
+    echo "Install it (as root: apt-get install dovecot-imapd) and run this again." >&2
     exit 1
   fi
 fi

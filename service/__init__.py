@@ -21,6 +21,7 @@ from careloop.service import (
     audit_trail,
     caldav,
     calendar_feeds,
+    checkins,
     deliveries,
     docs,
     endpoints,
@@ -121,8 +122,8 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     openapi.init_app(app)
     signin.init_app(app)
     blueprints = (
-        notebooks, preferences, keys, events, deliveries, endpoints, audit_log, sources, twilio, health,
-        metrics, pages, member_pages, signin, timeline,
+        notebooks, preferences, keys, events, checkins, deliveries, endpoints, audit_log, sources, twilio,
+        health, metrics, pages, member_pages, signin, timeline,
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)

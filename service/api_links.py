@@ -127,3 +127,19 @@ FROM_CALDAV = {
 FROM_CALENDAR_FEED = {
     "GetMember": _link("getMember", "The member, with the new URL", member_id="$response.body#/member_id"),
 }
+FROM_CHECKIN = {
+    "ReplyToCheckin": _link(
+        "replyToCheckin",
+        "Record an attendee's RSVP to it",
+        notebook_id="$response.body#/notebook_id",
+        checkin_id="$response.body#/checkin_id",
+    ),
+}
+FROM_REPLIES = {
+    "GetCheckin": _link(
+        "getCheckin",
+        "The check-in with every attendee's answer",
+        notebook_id="$response.body#/checkin/notebook_id",
+        checkin_id="$response.body#/checkin/checkin_id",
+    ),
+}

@@ -14,6 +14,11 @@ An alert whose event waits for an acknowledgement (``careloop.escalation``) has 
 seen this" button: a form posted to ``/m/<token>/ack`` with the page's CSRF token (Flask-WTF's,
 in the page session, as the timeline's forms have it), which acknowledges the delivery as the
 member and stops the event's escalation; the page then shows who acknowledged it and when.
+
+A check-in's page shows each attendee's RSVP and offers the member Accept / Decline (for the
+occurrence, when the event is about one occurrence of a series): a form posted to
+``/m/<token>/rsvp`` with the same CSRF token, recorded as the answer a mail client's REPLY would
+be (``careloop.rsvp``), then back to the page.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from datetime import datetime
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError, validate_csrf
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from wtforms import ValidationError
 
+from careloop import rsvp
 from careloop.audit import ActorType
 from careloop.escalation import AckVia, acknowledge
 from careloop.events import CHECKIN_TYPES, EventType
@@ -40,7 +47,7 @@ from careloop.messages import (
     local_span,
     local_time,
 )
-from careloop.models import Delivery, Escalation, Event, Member, Notebook
+from careloop.models import Checkin, Delivery, Escalation, Event, Member, Notebook
 from careloop.service.audit_trail import trail
 from careloop.service.pages import private_page
 from careloop.vocabulary import ChannelKind, DeliveryStatus
@@ -75,7 +82,8 @@ def record_view(
         seen.actor_type, seen.actor_id = ActorType.MEMBER, member_id
     seen.target_id = event_id
     seen.notebook_ids = [notebook_id] if notebook_id else []
-    seen.reason = None if outcome in ("viewed", "acknowledged") else outcome.removeprefix("refused: ")
+    fine = outcome in ("viewed", "acknowledged", "answered")
+    seen.reason = None if fine else outcome.removeprefix("refused: ")
 
 
 # --- Pages ----------------------------------------------------------------------------------------
@@ -85,6 +93,14 @@ def record_view(
 class Person:
     name: str
     role: str
+    answer: str | None = None
+
+
+ANSWER_WORDS = {"ACCEPTED": "accepted", "DECLINED": "declined", "TENTATIVE": "maybe"}
+"""How a page says an attendee's RSVP (nothing until they answer)."""
+
+PAGE_ANSWERS = {"accept": "ACCEPTED", "decline": "DECLINED"}
+"""The member page's buttons and the PARTSTAT each one sets."""
 
 
 def _person(member: Member | None) -> Person | None:
@@ -151,6 +167,7 @@ def open_link(token: str):
     page["expires"] = local_date(runtime.links.expires_at(opened.issued_at), page["zone"])
     page["acknowledgement"] = _acknowledgement(opened, page["zone"])
     page["ack_url"] = url_for(".acknowledge_link", token=token)
+    page["token"] = token
     return private_page(current_app.make_response(render_template("member/event.html", **page)))
 
 
@@ -164,6 +181,46 @@ def acknowledge_link(token: str):
         return _gone()
     acknowledge(g.db, opened.delivery, opened.member.id, AckVia.MEMBER_PAGE)
     return private_page(redirect(url_for(".open_link", token=token), code=303))
+
+
+@bp.post("/<token>/rsvp")
+def answer_checkin(token: str):
+    """Accept / Decline on a check-in's page: the member's RSVP, then back to the page."""
+    _check_form()  # first: a missing or wrong token is a CSRFError, a 400 page (below)
+    opened = _open(token, "member_link.rsvp", "answered")
+    if opened is None:
+        return _gone()
+    member, event, nb_id = opened.member, opened.event, opened.notebook.id
+    partstat = PAGE_ANSWERS.get(request.form.get("answer", ""))
+    checkin = _current_checkin(event)
+    if partstat is None or checkin is None or event.type not in CHECKIN_TYPES:
+        record_view("refused: no answer to give", member_id=member.id, event_id=event.id, notebook_id=nb_id)
+        return _broken(400)
+    occurrence = ((event.context or {}).get("checkin") or {}).get("occurrence") or {}
+    try:
+        outcome = rsvp.answer_on_page(g.db, checkin, member, partstat, occurrence.get("recurrence_id"))
+    except rsvp.ReplyError as refused:
+        g.db.rollback()
+        log.info("member page answer refused: member=%s event=%s (%s)", member.id, event.id, refused.field)
+        record_view("refused: cannot answer", member_id=member.id, event_id=event.id, notebook_id=nb_id)
+        return _broken(409)
+    g.db.commit()
+    log.info("member page answer: member=%s event=%s %s", member.id, event.id, outcome.partstat)
+    return private_page(redirect(url_for(".open_link", token=token), code=303))
+
+
+def _broken(status: int):
+    page = render_template("member/broken.html", status=status)
+    return private_page(current_app.make_response((page, status)))
+
+
+def _current_checkin(event: Event) -> Checkin | None:
+    checkin_id = (event.data or {}).get("checkin_id")
+    if not checkin_id:
+        return None
+    return g.db.scalars(
+        select(Checkin).where(Checkin.notebook_id == event.notebook_id, Checkin.checkin_id == checkin_id)
+    ).first()
 
 
 def _check_form() -> None:
@@ -244,10 +301,16 @@ def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
     if not fields:
         return None
     attendee_ids = list(snapshot.get("attendees") or [])
+    current = _current_checkin(event)
+    answers = _answers(current, occurrence.get("recurrence_id") if occurrence else None)
     attendees = []
     if "attendees" in fields and attendee_ids:
         by_id = {m.id: m for m in g.db.query(Member).filter(Member.id.in_(attendee_ids))}
-        attendees = [_person(by_id[i]) for i in attendee_ids if i in by_id]
+        attendees = [
+            Person(by_id[i].name, by_id[i].role.replace("_", " "), ANSWER_WORDS.get(answers.get(i, "")))
+            for i in attendee_ids
+            if i in by_id
+        ]
     when = None
     if {"start", "end"} <= fields and snapshot.get("start") and snapshot.get("end"):
         start, end = (datetime.fromisoformat(snapshot[k]) for k in ("start", "end"))
@@ -259,7 +322,26 @@ def _checkin(runtime, event: Event, member: Member, zone: str) -> dict | None:
         "attendees": attendees,
         "invited": member.id in attendee_ids,
         "cancelled": event.type == EventType.CHECKIN_CANCELLED,
+        # Accept / Decline while the member is invited to the check-in as it is now.
+        "can_answer": current is not None
+        and not current.cancelled
+        and event.type != EventType.CHECKIN_CANCELLED
+        and not (occurrence and occurrence.get("cancelled"))
+        and member.id in ((current.details or {}).get("attendees") or ()),
+        "answer": ANSWER_WORDS.get(answers.get(member.id, "")),
+        "about_occurrence": bool(occurrence),
     }
+
+
+def _answers(checkin: Checkin | None, occurrence: str | None) -> dict[str, str]:
+    """Each attendee's RSVP now: member id → PARTSTAT (for the occurrence, when one is named)."""
+    if checkin is None or checkin.cancelled:
+        return {}
+    kept = rsvp.answers(g.db, checkin)
+    found = {m: a.partstat for m, a in kept.get("", {}).items()}
+    if occurrence:
+        found.update({m: a.partstat for m, a in kept.get(occurrence, {}).items()})
+    return found
 
 
 def _others_told(event: Event, member: Member) -> list[tuple[Person, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from apiflask import APIFlask
 
+from careloop.service.checkins import REPLY_BODY
 from careloop.service.events import IDEMPOTENCY_KEY
 from careloop.service.guards import ID_PATTERN
 from careloop.service.sources import WEBHOOK_BODY, WEBHOOK_HEADERS
@@ -47,8 +48,12 @@ def complete(spec: dict) -> dict:
                 replayed = operation["responses"]["200"]
                 replayed["content"] = operation["responses"]["202"]["content"]
                 replayed["headers"] = {"Idempotent-Replayed": CREATE_EVENT_HEADERS["Idempotent-Replayed"]}
+            if operation.get("operationId") == "replyToCheckin":  # read raw: an iTIP REPLY
+                operation["requestBody"] = REPLY_BODY
             for parameter in operation.get("parameters", []):
-                if parameter["in"] == "path" and parameter["name"].endswith("_id"):
+                if parameter["in"] == "path" and parameter["name"] == "checkin_id":  # the sender's own id
+                    parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 200}
+                elif parameter["in"] == "path" and parameter["name"].endswith("_id"):
                     parameter["schema"] = {"type": "string", "pattern": ID_PATTERN, "maxLength": 40}
             body = operation.get("requestBody")
             if body is not None:

@@ -1256,3 +1256,102 @@ class CalendarFeedOut(_Out):
     member_id: str
     calendar_feed_url: str = Field(description="the new feed URL")
     rotated_at: DateTimeText = Field(description="the member's previous feed URL answers 404 from this time")
+
+
+# --- Check-ins and their RSVPs (careloop.rsvp) ---------------------------------------------------
+
+PartStat = Literal["NEEDS-ACTION", "ACCEPTED", "DECLINED", "TENTATIVE"]
+AnsweredVia = Literal["api", "mailbox", "member_page"]
+
+CHECKIN_ATTENDEE_EXAMPLES = (
+    {"member_id": MEM, "name": "Dana Rivera", "partstat": "ACCEPTED", "answered_at": "2026-11-29T14:05:00Z",
+     "via": "mailbox"},
+    {"member_id": MEM2, "name": "Dr. Shah", "partstat": "NEEDS-ACTION", "answered_at": None, "via": None},
+)  # fmt: skip
+CHECKIN_EXAMPLE = {
+    "checkin_id": "team-monthly", "notebook_id": NB, "uid": f"{NB}.3f1a9c0d2b4e6f81@careloop", "sequence": 0,
+    "title": "Monthly team check-in", "start": "2027-01-12T17:00:00-06:00",
+    "end": "2027-01-12T17:45:00-06:00", "location": "Video call",
+    "recurrence": "FREQ=MONTHLY;COUNT=6;BYDAY=2TU", "cancelled": False,
+    "attendees": list(CHECKIN_ATTENDEE_EXAMPLES),
+    "occurrences": [
+        {"recurrence_id": "2027-02-09T23:00:00+00:00", "start": "2027-02-09T23:00:00+00:00",
+         "end": "2027-02-09T23:45:00+00:00", "title": "Monthly team check-in", "location": "Video call",
+         "sequence": 0, "cancelled": False,
+         "attendees": [{**CHECKIN_ATTENDEE_EXAMPLES[0], "partstat": "DECLINED", "via": "member_page"},
+                       CHECKIN_ATTENDEE_EXAMPLES[1]]},
+    ],
+}  # fmt: skip
+
+
+class CheckinAttendeeOut(_Out):
+    model_config = ConfigDict(**examples(*CHECKIN_ATTENDEE_EXAMPLES))
+    member_id: str
+    name: str | None
+    partstat: PartStat = Field(description="their last answer; NEEDS-ACTION until they answer")
+    answered_at: DateTimeText | None = Field(description="the DTSTAMP of the answer kept")
+    via: AnsweredVia | None = Field(
+        description="where the answer came from: a REPLY posted to the API, one read from the "
+        "organizer's mailbox, or the member page's Accept / Decline"
+    )
+
+
+class CheckinOccurrenceOut(_Out):
+    model_config = ConfigDict(**examples(CHECKIN_EXAMPLE["occurrences"][0]))
+    recurrence_id: DateTimeText = Field(description="the occurrence's original start (its RECURRENCE-ID)")
+    start: DateTimeText
+    end: DateTimeText
+    title: str | None
+    location: str | None
+    sequence: int
+    cancelled: bool
+    attendees: list[CheckinAttendeeOut] = Field(
+        description="each attendee's answer for this occurrence (their series answer unless they "
+        "answered for it alone)"
+    )
+
+
+class CheckinOut(_Out):
+    model_config = ConfigDict(**examples(CHECKIN_EXAMPLE))
+    checkin_id: str
+    notebook_id: str
+    uid: str = Field(description="the invites' UID")
+    sequence: int = Field(description="the series' SEQUENCE")
+    title: str | None
+    start: DateTimeText | None
+    end: DateTimeText | None
+    location: str | None
+    recurrence: str | None = Field(description="the RRULE, for a recurring check-in")
+    cancelled: bool
+    attendees: list[CheckinAttendeeOut] = Field(description="each attendee's answer for the whole series")
+    occurrences: list[CheckinOccurrenceOut] = Field(
+        description="the occurrences changed alone or answered for alone"
+    )
+
+
+REPLY_ICS_EXAMPLE = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Example Corp.//Mail//EN\r\nMETHOD:REPLY\r\n"
+    "BEGIN:VEVENT\r\nUID:nb_4f1c2a9e8b7d6c5a4f3e.3f1a9c0d2b4e6f81@careloop\r\nSEQUENCE:0\r\n"
+    "DTSTAMP:20261129T140500Z\r\nORGANIZER:mailto:careloop@example.org\r\n"
+    "ATTENDEE;PARTSTAT=ACCEPTED;CN=Dana Rivera:mailto:dana@example.org\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+"""A REPLY as a mail client sends it: one VEVENT, one ATTENDEE with their PARTSTAT."""
+
+REPLY_RESULT_EXAMPLE = {"member_id": MEM, "recurrence_id": None, "partstat": "ACCEPTED", "applied": True}
+
+
+class ReplyResultOut(_Out):
+    model_config = ConfigDict(**examples(REPLY_RESULT_EXAMPLE))
+    member_id: str
+    recurrence_id: DateTimeText | None = Field(description="the occurrence answered for; null: the series")
+    partstat: PartStat = Field(description="the answer kept now")
+    applied: bool = Field(
+        description="false when an answer at least as new was already kept (a higher SEQUENCE, "
+        "or the same one and a later DTSTAMP): this one was older and changed nothing"
+    )
+
+
+class RepliesOut(_Out):
+    model_config = ConfigDict(**examples({"results": [REPLY_RESULT_EXAMPLE], "checkin": CHECKIN_EXAMPLE}))
+    results: list[ReplyResultOut] = Field(description="one per VEVENT of the REPLY")
+    checkin: CheckinOut

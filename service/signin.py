@@ -62,8 +62,9 @@ SESSION_COOKIE = "careloop_session"
 """The page session's cookie."""
 
 PAGE_PATHS = ("/signin", "/signout", "/timeline", "/m")
-"""Where a page session is opened (on member pages only for the CSRF token of their "I have
-seen this" form); everywhere else (the API) a cookie is not even read."""
+"""Where a page session is opened; everywhere else (the API) a cookie is not even read. Member
+pages (``/m/…``) keep only their forms' CSRF token in it ("I have seen this", Accept/Decline):
+the link itself says who it is."""
 
 _SESSION_SALT = b"careloop.page-session.v1"
 

@@ -19,7 +19,7 @@ from careloop import access
 from careloop.access import GRANTS, Action, KeyRole
 from careloop.db import session_scope
 from careloop.models import Delivery, InboundRecord
-from tests.conftest import ADMIN_KEY, build_team, drain
+from tests.conftest import ADMIN_KEY, build_team, checkin_data, drain
 
 CALLERS = (
     "none",
@@ -192,6 +192,14 @@ MATRIX: dict[tuple[str, str], Row] = {
         "/v1/notebooks/{nb}/events", notebook_route(200, EVERY_ROLE)
     ),
     ("GET", "/v1/events/<id:event_id>"): Row("/v1/events/{event}", notebook_route(200, EVERY_ROLE)),
+    # A check-in and its RSVPs: read as events are; a reply is recorded as an event is (the
+    # body here is JSON, not the text/calendar a REPLY is: 415 once the key may post it).
+    ("GET", "/v1/notebooks/<id:notebook_id>/checkins/<checkin_id>"): Row(
+        "/v1/notebooks/{nb}/checkins/{checkin}", notebook_route(200, EVERY_ROLE)
+    ),
+    ("POST", "/v1/notebooks/<id:notebook_id>/checkins/<checkin_id>/replies"): Row(
+        "/v1/notebooks/{nb}/checkins/{checkin}/replies", notebook_route(415, EVERY_ROLE), {}
+    ),
     ("GET", "/v1/deliveries"): Row("/v1/deliveries?notebook_id={nb}", notebook_route(200, EVERY_ROLE)),
     ("GET", "/v1/deliveries/<id:delivery_id>"): Row(
         "/v1/deliveries/{delivery}", notebook_route(200, EVERY_ROLE)
@@ -273,6 +281,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/m/<token>/ack"): Row("{link}/ack", everyone(400)),
     ("GET", "/m/"): Row("/m/", everyone(404)),
     ("GET", "/m/<path:_rest>"): Row("/m/a/b", everyone(404)),
+    # Accept / Decline on a member page: a form post, refused without its CSRF token.
+    ("POST", "/m/<token>/rsvp"): Row("{link}/rsvp", everyone(400)),
     # The timeline's pages take a signed-in session, never a Bearer key: without a session a
     # page redirects to /signin, and every form post without its CSRF token is a 400.
     ("GET", "/signin"): Row("/signin", everyone(200)),
@@ -297,6 +307,7 @@ MISSING = {
     "endpoint": "ep_00000000000000000000",
     "fresh_endpoint": "ep_00000000000000000000",
     "source": "src_00000000000000000000",
+    "checkin": "no-such-checkin",
     "inbound": "inb_00000000000000000000",
 }
 """Ids of nothing: a 404 for something out of reach must look exactly like one of these."""
@@ -328,6 +339,7 @@ def world(app, client, api):
     nb, members = build_team(api)
     other, _ = build_team(api)
     event = api.event(nb["id"], "goal.updated", {"goal": "Walk 10 m", "status": "progress"})
+    api.event(nb["id"], "checkin.scheduled", checkin_data([members["mom"]["id"]], checkin_id="team-1"))
     drain(app)
     url = app.extensions["careloop"].settings.database_url
     with session_scope(url) as session:
@@ -344,6 +356,7 @@ def world(app, client, api):
             "member": members["school"]["id"],
             "event": event["id"],
             "delivery": delivery_id,
+            "checkin": "team-1",
             "source": api.post("/v1/sources", {"name": "EHR", "kind": "careloop", "notebook_id": nb["id"]})[
                 "id"
             ],

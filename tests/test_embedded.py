@@ -401,7 +401,8 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert any("not yet acknowledged" in line for line in sms)
     # invites are .eml too; and Dana's daily digest (preferences and timing, below); the reminders'
     # check-in: two invites and Jordan's reminder email; Sam's escalation email
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 2 + 1 + 1
+    # (and the recurring check-in's 3 invites, RSVPs below)
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 2 + 1 + 1 + 3
     # --- reminders (issue 12): a check-in tomorrow, its 24 h reminders sent by each one's channel ---
     reminders = output.split("Reminders (24 h, 1 h before each check-in", 1)[1].split("Member links:", 1)[0]
     assert reminders.count("pending: ") == 4, reminders
@@ -414,6 +415,10 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     cal = icalendar.Calendar.from_ical(ics.read_bytes())
     assert str(cal["METHOD"]) == "REQUEST"
     assert str(cal.walk("VEVENT")[0]["SUMMARY"]) == "IEP team meeting"
+    # RSVPs read back (issue #12): a recurring check-in whose invite asks; Dr. Shah's REPLY accepts
+    rsvp = output.split("A recurring check-in with RSVPs", 1)[1].split("Member links:", 1)[0]
+    assert "every month on the second Tuesday, 6 times" in rsvp
+    assert "Dr. Priya Shah: ACCEPTED" in rsvp and "Ms. Ortiz: NEEDS-ACTION" in rsvp, rsvp
 
 
 def test_demo_command_runs_the_whole_loop_in_process(tmp_path, no_network, monkeypatch):

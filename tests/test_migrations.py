@@ -21,7 +21,7 @@ from tests.conftest import PG_ADMIN_URL, close_app
 TABLES = {
     "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets",
     "api_key_notebooks", "audit_log", "signin_links", "webhook_endpoints", "webhook_endpoint_notebooks",
-    "webhook_attempts", "sources", "inbound_records", "digests",
+    "webhook_attempts", "sources", "inbound_records", "digests", "checkin_answers",
     "reminders", "caldav_calendars", "escalations",
 }
 

@@ -467,6 +467,7 @@ def build_message(session: Session, runtime: Runtime, claim: dl.Claim) -> Outgoi
         mail_from=runtime.settings.mail_from,
         created_at=delivery.created_at,
         escalated=bool(delivery.escalation_step),
+        organizer=runtime.settings.organizer_email,
     )
 
 

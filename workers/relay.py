@@ -28,6 +28,7 @@ from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
 from careloop.workers.escalation import run_due
 from careloop.workers.jobs import recover_stale
+from careloop.workers.mailbox import schedule as schedule_mailbox_poll
 from careloop.workers.reminders import recover_stale_reminder
 from careloop.workers.webhook_sends import notify_disabled
 
@@ -39,7 +40,9 @@ BATCH = 500
 
 def relay_once(runtime: Runtime) -> dict[str, int]:
     """One sweep: pending events to route, due deliveries and digests to send, stale sends to
-    check, escalation steps and urgent failovers to fire (``careloop.workers.escalation``).
+    check, escalation steps and urgent failovers to fire (``careloop.workers.escalation``), the
+    RSVP mailbox to read when its poll is due.
+
     Returns how many events and deliveries were handed over and stale sends checked.
 
     Work handed to the queue more than a claim timeout ago and not done is handed over again
@@ -141,6 +144,7 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
+    schedule_mailbox_poll(runtime)  # RSVP replies, when CARELOOP_IMAP_URL is set
     fired = run_due(runtime)  # escalation steps and urgent failovers: the database is their clock
     if any(counts.values()) or digests or counts_reminders or published or any(fired.values()):
         log.info(
