@@ -389,6 +389,11 @@ class Source(Base):
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    patients: Mapped[dict | None] = mapped_column(JSON)
+    """A patient's identifier (``"<authority>|<id>"``) → the notebook its events go to, for a
+    source that serves several notebooks (then ``notebook_id`` is None)."""
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    """The zone of times a source writes without an offset (HL7 v2); None: the notebook's."""
 
 
 class InboundRecord(Base):

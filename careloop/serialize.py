@@ -126,6 +126,8 @@ def source(s: Source, public_url: str) -> dict:
         "name": s.name,
         "kind": s.kind,
         "notebook_id": s.notebook_id,
+        "patients": s.patients,
+        "timezone": s.timezone,
         "webhook_url": f"{public_url}/v1/webhooks/{s.id}",
         "created_at": iso(s.created_at),
         "secret_rotated_at": iso(s.secret_rotated_at),

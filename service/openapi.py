@@ -14,7 +14,7 @@ from apiflask import APIFlask
 
 from careloop.service.events import IDEMPOTENCY_KEY
 from careloop.service.guards import ID_PATTERN
-from careloop.service.sources import WEBHOOK_BODY, WEBHOOK_HEADERS
+from careloop.service.sources import HL7_ACK, WEBHOOK_BODY, WEBHOOK_HEADERS
 
 ERROR = {"$ref": "#/components/schemas/HTTPError"}
 
@@ -47,6 +47,9 @@ def complete(spec: dict) -> dict:
                 replayed = operation["responses"]["200"]
                 replayed["content"] = operation["responses"]["202"]["content"]
                 replayed["headers"] = {"Idempotent-Replayed": CREATE_EVENT_HEADERS["Idempotent-Replayed"]}
+                for status in ("200", "202", "415", "422"):  # an hl7v2 source answers with an ACK
+                    answered = operation["responses"].setdefault(status, _error(""))
+                    answered["content"] = {**answered.get("content", {}), **HL7_ACK}
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"].endswith("_id"):
                     parameter["schema"] = {"type": "string", "pattern": ID_PATTERN, "maxLength": 40}

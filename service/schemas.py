@@ -22,7 +22,7 @@ from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
 from careloop.inbound import KIND_HANDLERS
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
-from careloop.text import identifier, text_type
+from careloop.text import identifier, line, text_type
 from careloop.timezones import TIME_ZONE_FORMAT, check_time_zone
 from careloop.vocabulary import ChannelKind, DeliveryStatus, InboundStatus, Role
 
@@ -692,7 +692,7 @@ InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: igno
 SOURCE_EXAMPLE = {
     "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
     "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
-    "secret_rotated_at": None, "previous_secret_expires_at": None,
+    "secret_rotated_at": None, "previous_secret_expires_at": None, "patients": None, "timezone": None,
 }  # fmt: skip
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
@@ -700,13 +700,40 @@ INBOUND_EXAMPLE = {
 }  # fmt: skip
 
 
+MAX_PATIENTS = 500
+"""Patients one source's ``patients`` map may name."""
+
+PatientKey = Annotated[
+    line(200),
+    Field(description="`<assigning authority>|<id>` (HL7 v2 PID-3; FHIR: `system|value` or `Patient/<id>`)"),
+]
+HL7_SOURCE_EXAMPLE = {
+    "name": "Northside scheduling (HL7 v2)", "kind": "hl7v2", "timezone": "America/Chicago",
+    "patients": {"NORTHSIDE|MRN12345": NB},
+}  # fmt: skip
+
+
 class SourceIn(_In):
-    model_config = ConfigDict(**examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}))
+    model_config = ConfigDict(
+        **examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}, HL7_SOURCE_EXAMPLE)
+    )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `hl7v2` is HL7 v2 "
+        "SIU scheduling messages (ER7), answered with an HL7 ACK"
     )
-    notebook_id: NotebookId = Field(description="the notebook its events go to")
+    notebook_id: NotebookId | None = Field(
+        None, description="the notebook its events go to (required unless `patients` maps patients)"
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(
+        None,
+        max_length=MAX_PATIENTS,
+        description="`hl7v2`: instead of `notebook_id`, the notebook of each patient, by a PID-3 "
+        "identifier as `<assigning authority>|<id>` (`|<id>` for one without an authority)",
+    )
+    timezone: TimeZone | None = Field(
+        None, description="`hl7v2`: the zone of times written without an offset (default: the notebook's)"
+    )
 
 
 class SourceOut(_Out):
@@ -715,6 +742,8 @@ class SourceOut(_Out):
     name: str
     kind: SourceKindName
     notebook_id: str | None
+    patients: dict[str, str] | None = Field(description="patient identifier → notebook, if it maps patients")
+    timezone: str | None = Field(description="the zone of times it writes without an offset, if set")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None

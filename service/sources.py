@@ -11,16 +11,17 @@ inbound record with its outcome (``GET /v1/sources/{id}/inbound``); the work is 
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 
 from apiflask import APIBlueprint, abort
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from sqlalchemy import and_, or_, select
 
 from careloop import inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
-from careloop.models import InboundRecord, Source
+from careloop.models import InboundRecord, Notebook, Source
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
@@ -58,16 +59,36 @@ WEBHOOK_HEADERS = [
 ]
 """The Standard Webhooks headers, as the OpenAPI document describes them."""
 
+HL7_EXAMPLE = "\r".join((
+    "MSH|^~\\&|SCHEDULER|NORTHSIDE|CARELOOP|FAMILY|20270112083000-0600||SIU^S12^SIU_S12|MSG00001|P|2.5",
+    "SCH||20345^SCHEDULER|||||FOLLOWUP^Neurology follow-up|ROUTINE|45|MIN|^^45^20270119093000",
+    "PID|1||MRN12345^^^NORTHSIDE^MR||RIVERA^MAYA",
+    "AIL|1|A|NEURO^201^^NORTHSIDE^^^^^Neurology clinic, room 201",
+)) + "\r"  # fmt: skip
+HL7_ACK_EXAMPLE = "\r".join((
+    "MSH|^~\\&|CARELOOP|FAMILY|SCHEDULER|NORTHSIDE|20270112143001+0000||ACK^S12^ACK|8a7b6c5d4e3f2a1b0c9d|P|2.5",
+    "MSA|AA|MSG00001",
+)) + "\r"  # fmt: skip
+HL7_ACK = {
+    "x-application/hl7-v2+er7": {
+        "schema": {"type": "string", "description": "an HL7 v2 ACK: MSA-1 AA, AE or AR; ERR says why"},
+        "example": HL7_ACK_EXAMPLE,
+    }
+}
+"""An `hl7v2` source's answer to a verified request, as the OpenAPI document describes it."""
+
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
-    "plus `notebook_id` (the source's notebook). The signature is checked over these exact bytes.",
+    "plus `notebook_id` (the source's notebook); for an `hl7v2` source: one HL7 v2 SIU message (S12, "
+    "S13, S14 or S15) in ER7, answered with an HL7 ACK. The signature is checked over these exact bytes.",
     "content": {
         "application/json": {
             "schema": {"type": "object"},
             "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
                         "data": {"goal": "Walk 10 m", "status": "met"}},
-        }
+        },
+        "x-application/hl7-v2+er7": {"schema": {"type": "string"}, "example": HL7_EXAMPLE},
     },
 }  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
@@ -116,11 +137,45 @@ def _out(source: Source) -> dict:
     },
 )
 def create_source(body: SourceIn):
-    notebook = notebook_or_404(body.notebook_id)
-    source = Source(name=body.name, kind=body.kind, notebook_id=notebook.id, secret=sources.mint_secret())
+    _check_patients(body)
+    notebook_id = notebook_or_404(body.notebook_id).id if body.notebook_id is not None else None
+    source = Source(
+        name=body.name,
+        kind=body.kind,
+        notebook_id=notebook_id,
+        patients=body.patients,
+        timezone=body.timezone,
+        secret=sources.mint_secret(),
+    )
     g.db.add(source)
     g.db.commit()
     return {**_out(source), "secret": source.secret}, 201
+
+
+PATIENT_KINDS = ("hl7v2",)
+"""Kinds whose sources may map patients to notebooks (``patients``) and set a ``timezone``."""
+
+
+def _check_patients(body: SourceIn) -> None:
+    """A source serves one notebook, or (a kind in PATIENT_KINDS) maps patients to notebooks
+    that exist: 422 naming the field otherwise."""
+    fields: dict[str, list[str]] = {}
+    if body.kind not in PATIENT_KINDS:
+        for name in ("patients", "timezone"):
+            if getattr(body, name) is not None:
+                fields[name] = [f"a {body.kind} source takes no {name}"]
+    if body.notebook_id is None and not body.patients:
+        fields["notebook_id"] = ["required, unless patients maps patients to notebooks"]
+    elif body.notebook_id is not None and body.patients:
+        fields["notebook_id"] = ["give notebook_id or patients, not both"]
+    known = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set((body.patients or {}).values())))))
+    for key, notebook_id in (body.patients or {}).items():
+        if body.kind == "hl7v2" and not re.fullmatch(r"[^|]*\|[^|]+", key):
+            fields.setdefault(f"patients.{key}", []).append("must be '<assigning authority>|<id>'")
+        if notebook_id not in known:
+            fields.setdefault(f"patients.{key}", []).append("no such notebook")
+    if fields:
+        abort(422, "the source's notebooks are not valid", detail={"json": fields})
 
 
 @bp.get("/sources")
@@ -208,7 +263,8 @@ def list_inbound(source_id: str, query: InboundQuery):
     description="No Bearer key: the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers "
     "must verify over the raw body with the source's secret (or, during a rotation's grace, the one "
     "before it), within 5 minutes of careloop's clock. A webhook-id seen before is answered 200 with "
-    "the first result and creates nothing. Every request is kept as an inbound record.",
+    "the first result and creates nothing. Every request is kept as an inbound record. An `hl7v2` "
+    "source's verified requests are answered with an HL7 ACK (`x-application/hl7-v2+er7`) instead of JSON.",
     security=[],
     responses={
         200: "A repeat of a webhook-id already received: the first result; nothing was created",
@@ -216,8 +272,11 @@ def list_inbound(source_id: str, query: InboundQuery):
         401: "The signature does not verify (missing or malformed headers, stale or future timestamp, "
         "no matching signature); recorded as rejected",
         404: "No such source",
-        415: "Verified, but the body is not of a type this source's kind reads; recorded as rejected",
-        422: "Verified, but the body cannot be mapped to events (the fields say why); recorded as rejected",
+        415: "Verified, but the body is not of a type this source's kind reads; recorded as rejected "
+        "(an `hl7v2` source answers with an HL7 ACK, AR)",
+        422: "Verified, but the body cannot be mapped to events (the fields say why); recorded as rejected. "
+        "An `hl7v2` source answers with an HL7 ACK: AE (unknown patient, a field it cannot use) or AR "
+        "(not an SIU message careloop reads)",
         503: "The database is unavailable: nothing was recorded; send it again after Retry-After",
     },
 )
@@ -237,6 +296,10 @@ def receive_webhook(source_id: str):
         audit_webhook(source, receipt.record, None if receipt.problem is None else "not mappable")
     if receipt.created:
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, receipt.created)
+    answer = inbound.answer(source, receipt)  # a kind's own answer: an HL7 ACK
+    if answer is not None:
+        replayed = {"Idempotent-Replayed": "true"} if receipt.replayed else {}
+        return Response(answer.body, answer.status, replayed, content_type=answer.content_type)
     if receipt.problem is not None:
         problem = receipt.problem
         abort(problem.status, problem.reason, detail={"json": problem.fields} if problem.fields else None)
