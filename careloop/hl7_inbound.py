@@ -69,7 +69,7 @@ def events(session: Session, source: Source, body: bytes) -> list[Hl7Event]:
     notebook = _notebook(session, source, appointment)
     if appointment.event_type == "checkin.cancelled":
         return [Hl7Event(notebook.id, appointment.event_type, {"checkin_id": appointment.checkin_id})]
-    zone = ZoneInfo(source.timezone or notebook.timezone)
+    zone = ZoneInfo((source.config or {}).get("timezone") or notebook.timezone)
     data = {
         "checkin_id": appointment.checkin_id,
         "title": appointment.title,
@@ -83,7 +83,7 @@ def events(session: Session, source: Source, body: bytes) -> list[Hl7Event]:
 
 
 def _notebook(session: Session, source: Source, appointment: hl7v2.Appointment) -> Notebook:
-    patients = source.patients or {}
+    patients = (source.config or {}).get("patients") or {}
     if patients:
         if not appointment.patient_keys:
             raise hl7v2.Hl7Problem(

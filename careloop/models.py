@@ -385,15 +385,12 @@ class Source(Base):
         ForeignKey("notebooks.id", ondelete="CASCADE"), index=True
     )
     secret: Mapped[str] = mapped_column(String(100))
+    config: Mapped[dict | None] = mapped_column(JSON)
+    """Settings of the source's kind (a ``fhir`` source's ``patients`` map), as saved."""
     previous_secret: Mapped[str | None] = mapped_column(String(100))
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    patients: Mapped[dict | None] = mapped_column(JSON)
-    """A patient's identifier (``"<authority>|<id>"``) → the notebook its events go to, for a
-    source that serves several notebooks (then ``notebook_id`` is None)."""
-    timezone: Mapped[str | None] = mapped_column(String(64))
-    """The zone of times a source writes without an offset (HL7 v2); None: the notebook's."""
 
 
 class InboundRecord(Base):

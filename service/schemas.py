@@ -727,6 +727,7 @@ class SourceIn(_In):
     )
     patients: dict[PatientKey, NotebookId] | None = Field(
         None,
+        min_length=1,
         max_length=MAX_PATIENTS,
         description="`hl7v2`: instead of `notebook_id`, the notebook of each patient, by a PID-3 "
         "identifier as `<assigning authority>|<id>` (`|<id>` for one without an authority)",

@@ -143,8 +143,7 @@ def create_source(body: SourceIn):
         name=body.name,
         kind=body.kind,
         notebook_id=notebook_id,
-        patients=body.patients,
-        timezone=body.timezone,
+        config={k: v for k, v in (("patients", body.patients), ("timezone", body.timezone)) if v} or None,
         secret=sources.mint_secret(),
     )
     g.db.add(source)

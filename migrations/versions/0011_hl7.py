@@ -1,4 +1,5 @@
-"""hl7v2 sources: sources.patients (patient identifier → notebook) and sources.timezone
+"""hl7v2 sources: sources.config, a source's kind settings (the patients map, a timezone), as
+0010_fhir adds it (one of the two goes when both are merged)
 
 Revision ID: 0011_hl7
 Revises: 0009_preferences
@@ -16,11 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("sources", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("patients", sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column("timezone", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("config", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sources", schema=None) as batch_op:
-        batch_op.drop_column("timezone")
-        batch_op.drop_column("patients")
+        batch_op.drop_column("config")
