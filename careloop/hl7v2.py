@@ -14,12 +14,15 @@ offset they are naive, and the caller decides their zone.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import hl7
+import hl7.containers
+import hl7.util
 
 MEDIA_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2")
 """The Content-Types an ER7 body may be sent with (the first is HL7's own, for HTTP)."""
@@ -64,8 +67,22 @@ UNIT_SECONDS = {
 }  # fmt: skip
 """Duration units as senders write them (SCH-10, AIS-8, TQ1-6; UCUM ``min``, ``h``, ``s``, ``d``)."""
 
+DELIMITERS = r"[!-/:-@\[-`{-~]{5,6}"
+"""MSH-1 and MSH-2: the field separator and four (v2.7+: five) encoding characters, all
+punctuation (``|^~\\&``, most often)."""
+
 LOCATION = re.compile(r"^(?P<segment>[A-Z][A-Z0-9]{2})(?:-(?P<field>[0-9]{1,3}))?(?= |$)")
 """A problem's location as a reason starts with it: ``PID-3``, ``SCH-11``, ``MSH``."""
+
+
+def _silent(record: logging.LogRecord) -> bool:
+    return False
+
+
+# The hl7 package logs a field's text when an escape sequence in it is malformed: a message's
+# content is health data, never a log line (its loggers are named by their files' paths).
+for _module in (hl7.containers, hl7.util):
+    logging.getLogger(_module.__file__).addFilter(_silent)
 
 
 class AckCode(StrEnum):
@@ -145,14 +162,20 @@ def parse(body: bytes) -> hl7.Message:
     except UnicodeDecodeError:
         raise _reject(None, "the body is not UTF-8 text", "102") from None
     # MLLP's frame bytes, if a sender kept them; segments end with CR, and CR LF or LF are read alike.
-    text = text.strip("\x0b\x1c\r\n\t ").replace("\r\n", "\r").replace("\n", "\r")
+    lines = text.strip("\x0b\x1c\r\n\t ").replace("\r\n", "\r").replace("\n", "\r").split("\r")
+    text = "\r".join(line for line in lines if line.strip())  # an empty segment is no segment
     if not text.startswith("MSH") or len(text) < 8:
         raise _reject(None, "the body is not an HL7 v2 message: it must start with an MSH segment", "100")
-    if text.count("\rMSH" + text[3]) or text.startswith(("BHS", "FHS")):
+    if text.count("\rMSH" + text[3]):
         raise _reject(None, "the body holds more than one message: send one per request", "100")
+    delimiters = text[3] + text[4 : text.find(text[3], 4)]
+    if not re.fullmatch(DELIMITERS, delimiters) or len(set(delimiters)) != len(delimiters):
+        raise _reject(
+            "MSH-2", "must hold the field separator and four or five distinct encoding characters", "102"
+        )
     try:
         return hl7.parse(text)
-    except (hl7.HL7Exception, ValueError, IndexError, KeyError, TypeError):
+    except (hl7.HL7Exception, ValueError, IndexError, KeyError, TypeError, AssertionError, RecursionError):
         raise _reject("MSH", "cannot be read: the body is not an HL7 v2 message in ER7", "100") from None
 
 

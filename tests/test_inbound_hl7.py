@@ -210,6 +210,19 @@ def test_s14_modifies_and_an_offset_in_the_message_is_kept(app, client, api, cli
     assert datetime.fromisoformat(event["data"]["end"]) - start == timedelta(minutes=45)
 
 
+def test_blank_lines_are_no_segments_and_a_malformed_escape_reaches_no_log_line(app, client, api, clinic):
+    source, nb, _ = clinic
+    # The hl7 package logs a field's text when an escape in it is one it cannot read (\\C…\\).
+    odd = replaced(
+        S12, "Neurology follow-up^LOCAL|ROUTINE", "Neurology \\C2842\\follow-up for RIVERA^LOCAL|ROUTINE"
+    )
+    with every_log_line() as lines:
+        response = post(client, source, er7(odd, "\r\n\r\n"))
+    assert response.status_code == 202 and str(ack(response)["MSA.1"]) == "AA"
+    assert event_count(app, nb["id"]) == 1
+    assert leaks(lines, {"message text": ["RIVERA", "C2842", "follow-up"]}) == []
+
+
 def test_a_source_serving_one_notebook_reads_times_in_its_own_zone(app, client, api, team):
     nb, members = team
     source = register(api, nb["id"], timezone="America/New_York")
@@ -274,8 +287,9 @@ def test_a_repeated_webhook_id_gets_the_first_aa_and_creates_nothing(app, client
         (er7(replaced(S12, "SIU^S12^SIU_S12", "ADT^A04^ADT_A01")), "200", "MSH^1^9"),
         (er7(replaced(S12, "SIU^S12^SIU_S12", "SIU^S26^SIU_S12")), "201", "MSH^1^9"),
         (er7(replaced(S12, "|P|2.5", "|P|3.0")), "203", "MSH^1^12"),
+        (er7(replaced(S12, "MSH|^~\\&|", "MSH|^~|&|")), "102", "MSH^1^2"),  # a delimiter given twice
     ],
-    ids=["garbage", "empty", "two messages", "ADT", "no-show", "version 3"],
+    ids=["garbage", "empty", "two messages", "ADT", "no-show", "version 3", "delimiters"],
 )
 def test_what_is_no_siu_message_careloop_reads_is_ar(app, client, api, clinic, body, error, location):
     source, nb, _ = clinic
