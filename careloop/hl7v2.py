@@ -124,7 +124,7 @@ class Appointment:
 
     ``start`` and ``end`` are None for a cancellation, naive when written without an offset.
     ``patient_keys`` are PID-3's identifiers as ``"<assigning authority>|<id>"`` (both the
-    authority's namespace id and its universal id when given; ``"|<id>"`` without one).
+    authority's namespace id and its universal id when given; one without an authority has none).
     ``phones`` (digits, ``+`` first when the country code is known) and ``emails`` are the
     contacts the message carries for its people (see :data:`CONTACT_FIELDS`).
     """
@@ -267,7 +267,7 @@ def _patient_keys(pid) -> tuple[str, ...]:
         if not value:
             continue
         authorities = [a for a in (_value(pid, 3, n, 4, 1), _value(pid, 3, n, 4, 2)) if a]
-        keys.extend(f"{authority}|{value}" for authority in authorities or [""])
+        keys.extend(f"{authority}|{value}" for authority in authorities)
     return tuple(dict.fromkeys(keys))
 
 

@@ -23,14 +23,15 @@ from datetime import datetime
 from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from careloop import hl7_inbound, hl7v2
+from careloop import hl7_inbound, hl7v2, mapping_inbound
 from careloop.events import EVENT_DATA, EVENT_KINDS, EventType, MemberId, Timestamp
+from careloop.fhir_inbound import FhirEvents
 from careloop.intake import FieldError, stage_event
-from careloop.models import InboundRecord, Notebook, Source
+from careloop.models import InboundRecord, Notebook, Source, utcnow
 from careloop.sources import Verified
 from careloop.text import identifier
 from careloop.vocabulary import InboundStatus
@@ -74,6 +75,12 @@ class SourceKind:
     def events(self, source: Source, body: bytes) -> list[EventDraft]:
         """The events ``body`` means. Raises Unmappable."""
         raise NotImplementedError
+
+    def details(self, source: Source, body: bytes) -> dict | None:
+        """What the request's record keeps about the body beside its events (a FHIR
+        notification's event numbers), read before mapping so a rejected record keeps it too.
+        Never raises: a body it cannot read has none."""
+        return None
 
     def answer(self, receipt: Receipt) -> Answer | None:
         """The kind's own HTTP answer to a verified request (an HL7 ACK), or None: careloop's
@@ -174,6 +181,26 @@ class CareloopEvents(SourceKind):
         ]
 
 
+class MappingEvents(SourceKind):
+    """``mapping``: a clinic's own JSON, read through the source's saved field mapping
+    (``careloop.mapping_inbound``, where the mapping language lives)."""
+
+    kind = "mapping"
+    media_types = ("application/json",)
+
+    def events(self, source: Source, body: bytes) -> list[EventDraft]:
+        document = strict_json(body)
+        try:
+            spec = mapping_inbound.MappingSpec.model_validate(source.mapping or {})
+            mapped = mapping_inbound.apply(spec, source.notebook_id, document)
+        except ValidationError:
+            message = "the source's mapping is missing or no longer valid"
+            raise Unmappable(message, {"mapping": [message]}) from None
+        except mapping_inbound.MappingError as exc:
+            raise Unmappable(exc.reason, exc.fields) from None
+        return [EventDraft(**vars(mapped))]
+
+
 class Hl7v2Appointments(SourceKind):
     """``hl7v2``: HL7 v2 SIU scheduling messages as ER7 text, answered with an HL7 ACK
     (``careloop.hl7_inbound``, over the reader in ``careloop.hl7v2``)."""
@@ -195,7 +222,8 @@ class Hl7v2Appointments(SourceKind):
 
 
 KIND_HANDLERS: dict[str, SourceKind] = {
-    handler.kind: handler for handler in (CareloopEvents(), Hl7v2Appointments())
+    handler.kind: handler
+    for handler in (CareloopEvents(), FhirEvents(), MappingEvents(), Hl7v2Appointments())  # type: ignore[misc]
 }
 """Every source kind careloop reads, by the ``kind`` a source is registered with."""
 
@@ -217,8 +245,8 @@ class Receipt:
 
 def answer(source: Source, receipt: Receipt) -> Answer | None:
     """The answer ``source``'s kind gives to a verified request, if it has its own."""
-    handler = KIND_HANDLERS.get(source.kind)
-    return handler.answer(receipt) if handler is not None else None
+    respond = getattr(KIND_HANDLERS.get(source.kind), "answer", None)  # FhirEvents is no SourceKind
+    return respond(receipt) if respond is not None else None
 
 
 def media_type(content_type: str | None) -> str:
@@ -275,18 +303,17 @@ def _decide(
             event_ids=[],
             content_type=(content_type or "")[:200] or None,
             body=body,
+            details=details,
         )
         session.add(row)
         session.flush()  # claims the webhook-id now: a concurrent twin fails here or waits
         return row
 
-    source_id, kind = source.id, source.kind
+    source_id = source.id
+    details = None
     try:
-        handler = KIND_HANDLERS.get(kind)
-        if handler is None:
-            raise Unmappable(f"careloop no longer reads sources of kind {kind!r}")
-        if media_type(content_type) not in handler.media_types:
-            raise Unmappable(f"the body must be {' or '.join(handler.media_types)}", status=415)
+        handler = _handler(source, content_type)
+        details = handler.details(source, body)
         drafts = handler.events(source, body)
         accepted = record(InboundStatus.ACCEPTED)
         created = [_stage(session, draft) for draft in drafts]
@@ -301,6 +328,92 @@ def _decide(
     rejected = record(InboundStatus.REJECTED, problem.reason)
     session.commit()
     return Receipt(rejected, problem=problem)
+
+
+def _handler(source: Source, content_type: str | None) -> SourceKind:
+    """``source``'s kind, if it reads a body of this type. Raises Unmappable."""
+    handler = KIND_HANDLERS.get(source.kind)
+    if handler is None:
+        raise Unmappable(f"careloop no longer reads sources of kind {source.kind!r}")
+    if media_type(content_type) not in handler.media_types:
+        raise Unmappable(f"the body must be {' or '.join(handler.media_types)}", status=415)
+    return handler
+
+
+def _drafts(source: Source, body: bytes, content_type: str | None) -> list[EventDraft]:
+    """What ``body`` means to ``source``'s kind. Raises Unmappable."""
+    return _handler(source, content_type).events(source, body)
+
+
+class RerunRefused(Exception):
+    """A record that cannot be run again (→ 409): already accepted, a duplicate, or kept
+    without a body (its request did not verify)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def rerun(session: Session, source: Source, record: InboundRecord) -> Receipt:
+    """Run a rejected record's kept body through ``source``'s kind again, as it is configured
+    now (after a fix to its mapping or notebook); commit.
+
+    The signature was verified when the body arrived, so it is not checked again (its
+    timestamp would be stale by now). The record becomes ``accepted`` with its events at most
+    once: the change from rejected to accepted is a conditional update in the transaction that
+    records the events, so of two concurrent reruns one wins and the other is refused. A rerun
+    that fails again keeps the record rejected with the new reason. Either way ``reruns``
+    counts it and ``reran_at`` says when.
+
+    Raises:
+        RerunRefused: the record is accepted (or became so just now), a duplicate, or has no body.
+    """
+    if record.status == InboundStatus.DUPLICATE:
+        raise RerunRefused(f"a duplicate of {record.duplicate_of}: run that record again instead")
+    if record.status != InboundStatus.REJECTED:
+        raise RerunRefused("the record was already accepted")
+    if record.body is None:
+        raise RerunRefused("the request did not verify, so no body was kept to run again")
+    record_id, body, content_type = record.id, record.body, record.content_type
+    still_rejected = (InboundRecord.id == record_id) & (InboundRecord.status == InboundStatus.REJECTED)
+    counted = {"reruns": InboundRecord.reruns + 1, "reran_at": utcnow()}
+    try:
+        drafts = _drafts(source, body, content_type)
+        claimed = session.execute(
+            update(InboundRecord)
+            .where(still_rejected)
+            .values(status=InboundStatus.ACCEPTED, reason=None, **counted)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # a concurrent rerun accepted it first
+            session.rollback()
+            raise RerunRefused("the record was already accepted")
+        created = [_stage(session, draft) for draft in drafts]
+        session.execute(
+            update(InboundRecord)
+            .where(InboundRecord.id == record_id)
+            .values(event_ids=created)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        session.refresh(record)
+        return Receipt(record, created=created)
+    except FieldError as exc:
+        problem = Unmappable(f"{exc.field} {exc.message}", {exc.field: [exc.message]})
+    except Unmappable as exc:
+        problem = exc
+    session.rollback()
+    session.execute(
+        update(InboundRecord)
+        .where(still_rejected)
+        .values(reason=problem.reason, **counted)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(record)
+    if record.status != InboundStatus.REJECTED:
+        raise RerunRefused("the record was already accepted")
+    return Receipt(record, problem=problem)
 
 
 def _stage(session: Session, draft: EventDraft) -> str:

@@ -391,6 +391,8 @@ class Source(Base):
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mapping: Mapped[dict | None] = mapped_column(JSON)
+    """A ``mapping`` source's field mapping (``careloop.mapping_inbound.MappingSpec``), as saved."""
 
 
 class InboundRecord(Base):
@@ -419,3 +421,9 @@ class InboundRecord(Base):
     duplicate_of: Mapped[str | None] = mapped_column(String(40))
     content_type: Mapped[str | None] = mapped_column(String(200))
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    details: Mapped[dict | None] = mapped_column(JSON)
+    """What the kind read from the body beside its events (a FHIR subscription notification's
+    type and event numbers, and a gap before them), kept whether it was accepted or rejected."""
+    reruns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times the kept body was run again (``careloop.inbound.rerun``)."""
+    reran_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

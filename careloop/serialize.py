@@ -132,6 +132,7 @@ def source(s: Source, public_url: str) -> dict:
         "created_at": iso(s.created_at),
         "secret_rotated_at": iso(s.secret_rotated_at),
         "previous_secret_expires_at": iso(s.previous_secret_expires_at),
+        "mapping": s.mapping,
     }
 
 
@@ -146,4 +147,7 @@ def inbound_record(r: InboundRecord) -> dict:
         "reason": r.reason,
         "event_ids": list(r.event_ids or []),
         "duplicate_of": r.duplicate_of,
+        "notification": (r.details or {}).get("notification"),
+        "reruns": r.reruns or 0,
+        "reran_at": iso(r.reran_at),
     }

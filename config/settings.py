@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     rate_limit_webhooks: str = Field(
         DEFAULT_RATE_LIMITS["webhooks"], validation_alias=_env("CARELOOP_RATE_LIMIT_WEBHOOKS")
     )
+    trusted_proxies: int = Field(0, ge=0, le=5, validation_alias=_env("CARELOOP_TRUSTED_PROXIES"))
+    """Reverse proxies in front of careloop whose X-Forwarded-For/-Proto are believed (0: none)."""
 
     @field_validator("webhook_secret_grace", mode="before")
     @classmethod

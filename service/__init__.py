@@ -11,6 +11,7 @@ import logging
 from apiflask import APIFlask
 from flask import g
 from sqlalchemy.orm import sessionmaker
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from careloop import db
 from careloop.config.settings import Settings, get_settings
@@ -92,6 +93,11 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     if settings.database_url.startswith("sqlite") and app.config.get("CARELOOP_AUTO_MIGRATE", True):
         db.upgrade(settings.database_url)
     app.extensions["careloop"] = CareloopExtension(runtime)
+    if settings.trusted_proxies:
+        # The client's address as the trusted proxies saw it (limits, the audit log), never
+        # a header an untrusted client set: only the last N hops of X-Forwarded-For count.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0, x_prefix=0)
     tracing.init_app(app)  # first: every later hook's log lines carry the request id
 
     @app.before_request

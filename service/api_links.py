@@ -101,6 +101,7 @@ _SOURCE = "$response.body#/id"
 FROM_SOURCE = {
     "GetSource": _link("getSource", "The source just registered", source_id=_SOURCE),
     "RotateSourceSecret": _link("rotateSourceSecret", "Give it a new secret", source_id=_SOURCE),
+    "UpdateSource": _link("updateSource", "Fix its name, notebook or mapping", source_id=_SOURCE),
     "ListInbound": _link("listInbound", "What it posted", source_id=_SOURCE),
     "ReceiveWebhook": _link("receiveWebhook", "Where it posts", source_id=_SOURCE),
 }

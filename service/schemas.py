@@ -19,10 +19,12 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
+from careloop.mapping_inbound import MappingSpec
 from careloop.preferences import Category, Channel, Preferences, QuietHours
 from careloop.service.pagination import Cursor
-from careloop.text import identifier, line, text_type
+from careloop.text import identifier, text_type
 from careloop.timezones import TIME_ZONE_FORMAT, check_time_zone
 from careloop.vocabulary import ChannelKind, DeliveryStatus, InboundStatus, Role
 
@@ -692,21 +694,28 @@ InboundStatusName = Literal[tuple(s.value for s in InboundStatus)]  # type: igno
 SOURCE_EXAMPLE = {
     "id": "src_3e2d1c0b9a8f7e6d5c4b", "name": "Northside EHR", "kind": "careloop", "notebook_id": NB,
     "webhook_url": "https://careloop.example.org/v1/webhooks/src_3e2d1c0b9a8f7e6d5c4b", "created_at": WHEN,
-    "secret_rotated_at": None, "previous_secret_expires_at": None, "patients": None, "timezone": None,
+    "secret_rotated_at": None, "previous_secret_expires_at": None, "mapping": None,
 }  # fmt: skip
 INBOUND_EXAMPLE = {
     "id": "inb_8a7b6c5d4e3f2a1b0c9d", "source_id": "src_3e2d1c0b9a8f7e6d5c4b", "webhook_id": "msg_2hX9",
     "received_at": WHEN, "status": "accepted", "reason": None, "event_ids": [EVT], "duplicate_of": None,
+    "notification": None, "reruns": 0, "reran_at": None,
+}  # fmt: skip
+NOTIFICATION_EXAMPLE = {
+    "type": "event-notification", "subscription": "https://ehr.clinic.example/fhir/Subscription/admission",
+    "topic": "http://hl7.org/SubscriptionTopic/admission", "events_since_start": 5, "event_numbers": [5],
+    "gap": {"first": 3, "last": 4}, "late": False,
+}  # fmt: skip
+FHIR_SOURCE_EXAMPLE = {
+    **SOURCE_EXAMPLE, "name": "Northside FHIR", "kind": "fhir", "notebook_id": None,
+    "patients": {"Patient/123": NB, "http://hospital.example.org/mrn|4711": NB},
 }  # fmt: skip
 
+PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_KEY_PATTERN)]
+"""A key of a ``fhir`` source's ``patients`` map: ``Patient/<id>`` or ``<system>|<value>``."""
 
-MAX_PATIENTS = 500
-"""Patients one source's ``patients`` map may name."""
 
-PatientKey = Annotated[
-    line(200),
-    Field(description="`<assigning authority>|<id>` (HL7 v2 PID-3; FHIR: `system|value` or `Patient/<id>`)"),
-]
+MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
 HL7_SOURCE_EXAMPLE = {
     "name": "Northside scheduling (HL7 v2)", "kind": "hl7v2", "timezone": "America/Chicago",
     "patients": {"NORTHSIDE|MRN12345": NB},
@@ -715,42 +724,77 @@ HL7_SOURCE_EXAMPLE = {
 
 class SourceIn(_In):
     model_config = ConfigDict(
-        **examples({"name": "Northside EHR", "kind": "careloop", "notebook_id": NB}, HL7_SOURCE_EXAMPLE)
+        **examples(
+            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+            {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+            HL7_SOURCE_EXAMPLE,
+        )
     )
     name: Line200
     kind: SourceKindName = Field(
-        description="how its bodies are read: `careloop` is careloop's own event JSON; `hl7v2` is HL7 v2 "
-        "SIU scheduling messages (ER7), answered with an HL7 ACK"
+        description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
+        "resources, Bundles and R4B/R5 (or backport) subscription notifications; `mapping` is the clinic's "
+        "own JSON, read through `mapping`; `hl7v2` is HL7 v2 SIU scheduling messages (ER7), answered with "
+        "an HL7 ACK"
     )
     notebook_id: NotebookId | None = Field(
-        None, description="the notebook its events go to (required unless `patients` maps patients)"
+        None,
+        description="the notebook its events go to; required unless a `fhir` or `hl7v2` source gives "
+        "`patients` or a mapping chooses notebooks (`notebook_by`)",
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
         None,
         min_length=1,
         max_length=MAX_PATIENTS,
-        description="`hl7v2`: instead of `notebook_id`, the notebook of each patient, by a PID-3 "
-        "identifier as `<assigning authority>|<id>` (`|<id>` for one without an authority)",
+        description="`fhir` and `hl7v2` only, instead of `notebook_id`: the notebook of each patient, by "
+        "`Patient/<id>` or an identifier's `<system>|<value>` (`fhir`), or a PID-3 identifier's "
+        "`<assigning authority>|<id>` (`hl7v2`)",
     )
     timezone: TimeZone | None = Field(
-        None, description="`hl7v2`: the zone of times written without an offset (default: the notebook's)"
+        None, description="`hl7v2` only: the zone of times written without an offset (else the notebook's)"
     )
+    mapping: MappingSpec | None = Field(
+        None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
+    )
+
+
+class SourcePatch(_In):
+    """A source's name, notebook, patients or mapping, fixed (then re-run what it rejected)."""
+
+    model_config = ConfigDict(
+        **examples(
+            {"mapping": MAPPING_EXAMPLE},
+            {"name": "Northside EHR (new)"},
+            {"patients": FHIR_SOURCE_EXAMPLE["patients"]},
+        )
+    )
+    name: Line200 = None  # type: ignore[assignment]
+    notebook_id: NotebookId | None = Field(
+        None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
+    )
+    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, max_length=MAX_PATIENTS, description="`fhir`, `hl7v2`: replaces the patients map"
+    )
+    timezone: TimeZone | None = Field(None, description="`hl7v2`: replaces the zone (null: the notebook's)")
+    mapping: MappingSpec = None  # type: ignore[assignment]
 
 
 class SourceOut(_Out):
-    model_config = ConfigDict(**examples(SOURCE_EXAMPLE))
+    model_config = ConfigDict(**examples(SOURCE_EXAMPLE, FHIR_SOURCE_EXAMPLE))
     id: str
     name: str
     kind: SourceKindName
     notebook_id: str | None
-    patients: dict[str, str] | None = Field(description="patient identifier → notebook, if it maps patients")
-    timezone: str | None = Field(description="the zone of times it writes without an offset, if set")
+    patients: dict[str, str] | None = Field(None, description="the notebook of each patient, if it maps them")
+    timezone: str | None = Field(None, description="an `hl7v2` source's zone for times without an offset")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None
     previous_secret_expires_at: DateTimeText | None = Field(
         description="until when the secret before the last rotation still verifies"
     )
+    mapping: MappingSpec | None = Field(description="a `mapping` source's field mapping, as saved")
 
 
 class SourceWithSecretOut(SourceOut):
@@ -771,8 +815,35 @@ class InboundQuery(_In):
     cursor: Cursor | None = None
 
 
+class NotificationGapOut(_Out):
+    first: int = Field(description="the first event number never received")
+    last: int = Field(description="the last one")
+
+
+class InboundNotificationOut(_Out):
+    model_config = ConfigDict(**examples(NOTIFICATION_EXAMPLE))
+    type: str = Field(
+        description="handshake, heartbeat, event-notification, query-status or query-event (only "
+        "event-notification and query-event carry events)"
+    )
+    subscription: str | None = Field(description="the Subscription that sent it")
+    topic: str | None
+    events_since_start: int | None = Field(description="the sender's count of events so far")
+    event_numbers: list[int] = Field(description="the numbers of the events it carries")
+    gap: NotificationGapOut | None = Field(
+        description="event numbers no earlier request carried, between the highest before and this one: "
+        "missed notifications (fetch them from the sender)"
+    )
+    late: bool = Field(description="it carries a number at or below the highest seen before (out of order)")
+
+
 class InboundOut(_Out):
-    model_config = ConfigDict(**examples(INBOUND_EXAMPLE))
+    model_config = ConfigDict(
+        **examples(
+            INBOUND_EXAMPLE,
+            {**INBOUND_EXAMPLE, "webhook_id": "msg_2hXa", "notification": NOTIFICATION_EXAMPLE},
+        )
+    )
     id: str
     source_id: str
     webhook_id: str | None = Field(
@@ -783,6 +854,11 @@ class InboundOut(_Out):
     reason: str | None = Field(description="why it was rejected, or which record it repeats")
     event_ids: list[str] = Field(description="the events it recorded (a duplicate: the first's)")
     duplicate_of: str | None
+    notification: InboundNotificationOut | None = Field(
+        None, description="a FHIR subscription notification's type and event numbers, and any gap before them"
+    )
+    reruns: int = Field(description="how many times its kept body was run again after a fix")
+    reran_at: DateTimeText | None = Field(description="when it was last run again")
 
 
 class InboundList(_Out):

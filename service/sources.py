@@ -11,17 +11,16 @@ inbound record with its outcome (``GET /v1/sources/{id}/inbound``); the work is 
 from __future__ import annotations
 
 import logging
-import re
 from datetime import timedelta
 
 from apiflask import APIBlueprint, abort
 from flask import Response, current_app, g, request
 from sqlalchemy import and_, or_, select
 
-from careloop import inbound, serialize, sources
+from careloop import fhir_inbound, inbound, mapping_inbound, serialize, sources
 from careloop.audit import ActorType
 from careloop.handover import hand_over_events
-from careloop.models import InboundRecord, Notebook, Source
+from careloop.models import Event, InboundRecord, Notebook, Source
 from careloop.service import api_links
 from careloop.service.audit_trail import trail
 from careloop.service.auth import ADMIN, auth, notebook_or_404
@@ -33,6 +32,7 @@ from careloop.service.schemas import (
     SourceIn,
     SourceList,
     SourceOut,
+    SourcePatch,
     SourceWithSecretOut,
 )
 
@@ -80,13 +80,21 @@ HL7_ACK = {
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
-    "plus `notebook_id` (the source's notebook); for an `hl7v2` source: one HL7 v2 SIU message (S12, "
-    "S13, S14 or S15) in ER7, answered with an HL7 ACK. The signature is checked over these exact bytes.",
+    "plus `notebook_id` (the source's notebook). For a `fhir` source: a FHIR R4 resource, a Bundle, or a "
+    "subscription notification, as `application/fhir+json` or `application/json`. For a `mapping` source: "
+    "the clinic's own JSON, read through the source's mapping. For an `hl7v2` source: one HL7 v2 SIU "
+    "message (S12, S13, S14 or S15) in ER7, answered with an HL7 ACK. The signature is checked over these "
+    "exact bytes.",
     "content": {
         "application/json": {
             "schema": {"type": "object"},
             "example": {"notebook_id": "nb_4f1c2a9e8b7d6c5a4f3e", "type": "goal.updated",
                         "data": {"goal": "Walk 10 m", "status": "met"}},
+        },
+        "application/fhir+json": {
+            "schema": {"type": "object"},
+            "example": {"resourceType": "Flag", "status": "active", "code": {"text": "Seizure plan updated"},
+                        "subject": {"reference": "Patient/123"}},
         },
         "x-application/hl7-v2+er7": {"schema": {"type": "string"}, "example": HL7_EXAMPLE},
     },
@@ -107,9 +115,16 @@ def audit_webhook(source: Source, record: InboundRecord, reason: str | None = No
     seen = trail()
     seen.action = "webhooks.receive"
     seen.actor_type, seen.actor_id = ActorType.SOURCE, source.id
-    seen.notebook_ids = [source.notebook_id] if source.notebook_id else []
+    seen.notebook_ids = _notebooks(source, record)
     seen.target_id = record.id
     seen.reason = reason
+
+
+def _notebooks(source: Source, record: InboundRecord) -> list[str]:
+    """Whose audit log a record's request belongs in: the notebooks of the events it recorded,
+    else the source's notebook (none for a mapping that chooses notebooks and chose none)."""
+    notebooks = set(g.db.scalars(select(Event.notebook_id).where(Event.id.in_(record.event_ids or []))))
+    return sorted(notebooks) or ([source.notebook_id] if source.notebook_id else [])
 
 
 def _source_or_404(source_id: str) -> Source:
@@ -134,16 +149,21 @@ def _out(source: Source) -> dict:
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
         404: "No such notebook",
+        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`, or a patient mapped to no notebook",
     },
 )
 def create_source(body: SourceIn):
-    _check_patients(body)
-    notebook_id = notebook_or_404(body.notebook_id).id if body.notebook_id is not None else None
+    patients = _checked_patients(body.kind, body.notebook_id, body.patients)
+    timezone = _checked_timezone(body.kind, body.timezone)
+    mapping = _checked_config(body.kind, body.notebook_id, body.mapping)
+    config = {key: value for key, value in (("patients", patients), ("timezone", timezone)) if value}
     source = Source(
         name=body.name,
         kind=body.kind,
-        notebook_id=notebook_id,
-        config={k: v for k, v in (("patients", body.patients), ("timezone", body.timezone)) if v} or None,
+        notebook_id=body.notebook_id,
+        config=config or None,
+        mapping=mapping,
         secret=sources.mint_secret(),
     )
     g.db.add(source)
@@ -151,30 +171,75 @@ def create_source(body: SourceIn):
     return {**_out(source), "secret": source.secret}, 201
 
 
-PATIENT_KINDS = ("hl7v2",)
-"""Kinds whose sources may map patients to notebooks (``patients``) and set a ``timezone``."""
+def _invalid(field: str, message: str):
+    abort(422, f"{field} {message}", detail={"json": {field: [message]}})
 
 
-def _check_patients(body: SourceIn) -> None:
-    """A source serves one notebook, or (a kind in PATIENT_KINDS) maps patients to notebooks
-    that exist: 422 naming the field otherwise."""
+PATIENT_KINDS = (fhir_inbound.KIND, "hl7v2")
+"""Kinds whose sources may map patients to notebooks (``patients``) instead of naming one."""
+
+
+def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None) -> dict[str, str] | None:
+    """Where a source's events go, checked before it is saved: a ``fhir`` or ``hl7v2`` source
+    names one notebook or maps patients to existing notebooks (an ``hl7v2`` source by
+    ``<assigning authority>|<id>`` only); any other kind names its notebook (checked with its
+    mapping, :func:`_checked_config`)."""
+    if kind not in PATIENT_KINDS:
+        if patients is not None:
+            _invalid("patients", "is only for a fhir or hl7v2 source")
+        return None
+    if (notebook_id is None) == (patients is None):
+        _invalid("patients", f"or notebook_id: a {kind} source takes exactly one of them")
+    if patients is None:
+        return None
+    found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set(patients.values())))))
+    for key, target in patients.items():
+        if kind == "hl7v2" and "|" not in key:
+            _invalid(f"patients.{key}", "must be a PID-3 identifier as '<assigning authority>|<id>'")
+        if target not in found:
+            _invalid(f"patients.{key}", "names no notebook")
+    return dict(patients)
+
+
+def _checked_timezone(kind: str, timezone: str | None) -> str | None:
+    """An ``hl7v2`` source's zone for times written without an offset (the schema checked the
+    name); other kinds' times carry their offsets."""
+    if timezone is not None and kind != "hl7v2":
+        _invalid("timezone", "is only for an hl7v2 source")
+    return timezone
+
+
+def _checked_config(
+    kind: str, notebook_id: str | None, mapping: mapping_inbound.MappingSpec | None
+) -> dict | None:
+    """A source's kind, notebook and mapping, checked together (422 naming the field; 404 for a
+    missing notebook_id); returns the mapping as it is stored."""
     fields: dict[str, list[str]] = {}
-    if body.kind not in PATIENT_KINDS:
-        for name in ("patients", "timezone"):
-            if getattr(body, name) is not None:
-                fields[name] = [f"a {body.kind} source takes no {name}"]
-    if body.notebook_id is None and not body.patients:
-        fields["notebook_id"] = ["required, unless patients maps patients to notebooks"]
-    elif body.notebook_id is not None and body.patients:
-        fields["notebook_id"] = ["give notebook_id or patients, not both"]
-    known = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set((body.patients or {}).values())))))
-    for key, notebook_id in (body.patients or {}).items():
-        if body.kind == "hl7v2" and not re.fullmatch(r"[^|]*\|[^|]+", key):
-            fields.setdefault(f"patients.{key}", []).append("must be '<assigning authority>|<id>'")
-        if notebook_id not in known:
-            fields.setdefault(f"patients.{key}", []).append("no such notebook")
+    chooses = mapping is not None and mapping.notebook_by is not None
+    if kind == "mapping":
+        if mapping is None:
+            fields["mapping"] = ["a mapping source needs its field mapping"]
+        else:
+            fields.update(mapping_inbound.problems(mapping))
+            known = set(
+                g.db.scalars(
+                    select(Notebook.id).where(Notebook.id.in_(set((mapping.notebooks or {}).values())))
+                )
+            )
+            for key, target in (mapping.notebooks or {}).items():
+                if target not in known:
+                    fields.setdefault(f"mapping.notebooks.{key}", []).append("no such notebook")
+    elif mapping is not None:
+        fields["mapping"] = [f"a {kind} source takes no mapping"]
+    if notebook_id is None and not chooses and kind not in PATIENT_KINDS:  # see _checked_patients
+        fields["notebook_id"] = ["required (unless a mapping chooses notebooks with notebook_by)"]
+    elif notebook_id is not None and chooses:
+        fields["notebook_id"] = ["a mapping that chooses notebooks with notebook_by takes no notebook_id"]
     if fields:
-        abort(422, "the source's notebooks are not valid", detail={"json": fields})
+        abort(422, "the source's configuration is not valid", detail={"json": fields})
+    if notebook_id is not None:
+        notebook_or_404(notebook_id)
+    return None if mapping is None else mapping.model_dump(mode="json", exclude_none=True)
 
 
 @bp.get("/sources")
@@ -200,6 +265,48 @@ def list_sources():
 )
 def get_source(source_id: str):
     return _out(_source_or_404(source_id))
+
+
+@bp.patch("/sources/<id:source_id>")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(SourcePatch, arg_name="body")
+@bp.output(SourceOut)
+@bp.doc(
+    operation_id="updateSource",
+    summary="Fix a source's name, notebook, patients, time zone or mapping (admin key); then re-run what it "
+    "rejected",
+    description="The fields given replace the source's; the result is checked as when it was "
+    "registered (422 naming the field). Records it rejected stay rejected until re-run "
+    "(`POST /v1/sources/{id}/inbound/{record_id}/rerun`).",
+    responses={403: "Not the admin key", 404: "No such source, or no such notebook"},
+)
+def update_source(source_id: str, body: SourcePatch):
+    source = _source_or_404(source_id)
+    given = body.model_fields_set
+    name = body.name if "name" in given and body.name is not None else source.name
+    notebook_id = body.notebook_id if "notebook_id" in given else source.notebook_id
+    if "mapping" in given and body.mapping is not None:
+        mapping = body.mapping
+    elif source.mapping is not None:
+        mapping = mapping_inbound.MappingSpec.model_validate(source.mapping)
+    else:
+        mapping = None
+    if "patients" in given:
+        patients = body.patients
+    else:
+        patients = None if "notebook_id" in given and notebook_id else (source.config or {}).get("patients")
+    patients = _checked_patients(source.kind, notebook_id, patients)
+    timezone = (source.config or {}).get("timezone")
+    if "timezone" in given:
+        timezone = _checked_timezone(source.kind, body.timezone)
+    source.mapping = _checked_config(source.kind, notebook_id, mapping)
+    config = {k: v for k, v in (source.config or {}).items() if k not in ("patients", "timezone")}
+    config.update((key, value) for key, value in (("patients", patients), ("timezone", timezone)) if value)
+    source.config = config or None
+    source.name, source.notebook_id = name, notebook_id
+    g.db.commit()
+    trail().target_id = source.id
+    return _out(source)
 
 
 @bp.post("/sources/<id:source_id>/secret/rotate")
@@ -252,6 +359,53 @@ def list_inbound(source_id: str, query: InboundQuery):
         "items": [serialize.inbound_record(r) for r in rows],
         "next_cursor": encode_cursor(rows[-1].received_at, rows[-1].id) if more else None,
     }
+
+
+@bp.post("/sources/<id:source_id>/inbound/<id:record_id>/rerun")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.output(InboundOut)
+@bp.doc(
+    operation_id="rerunInbound",
+    summary="Run a rejected record's kept body again, after a fix to the source (admin key)",
+    description="The body kept from the verified request goes through the source's kind as it is "
+    "configured now; its signature is not checked again. Accepted: the record becomes `accepted` with "
+    "its events, which are routed as any other — at most once, even if re-run twice at the same time. "
+    "Rejected again: the record keeps `rejected` with the new reason, and the answer says why.",
+    responses={
+        200: "Accepted now: the record, with its events",
+        403: "Not the admin key",
+        404: "No such source or record",
+        409: "Not a rejected record with a kept body: already accepted (perhaps by a concurrent re-run), "
+        "a duplicate, or a request that did not verify",
+        415: "Still not a body of a type this source's kind reads; the record keeps the reason",
+        422: "Still cannot be mapped (the fields say why); the record keeps the new reason",
+    },
+)
+def rerun_inbound(source_id: str, record_id: str):
+    source = _source_or_404(source_id)
+    record = g.db.get(InboundRecord, record_id)
+    if record is None or record.source_id != source.id:
+        abort(404, "inbound record not found")
+    seen = trail()
+    seen.action, seen.target_id = "sources.inbound.rerun", record.id
+    seen.notebook_ids = _notebooks(source, record)
+    try:
+        receipt = inbound.rerun(g.db, source, record)
+    except inbound.RerunRefused as refused:
+        seen.reason = "not rejected"
+        seen.notebook_ids = _notebooks(source, g.db.get(InboundRecord, record_id))
+        abort(409, refused.reason)
+    log.info(
+        "inbound record re-run: source=%s record=%s status=%s", source.id, record.id, receipt.record.status
+    )
+    if receipt.created:
+        seen.notebook_ids = _notebooks(source, receipt.record)
+        hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, receipt.created)
+    if receipt.problem is not None:
+        seen.reason = "not mappable"
+        problem = receipt.problem
+        abort(problem.status, problem.reason, detail={"json": problem.fields} if problem.fields else None)
+    return serialize.inbound_record(receipt.record)
 
 
 @bp.post("/webhooks/<id:source_id>")

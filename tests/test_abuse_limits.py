@@ -145,3 +145,29 @@ def test_the_environment_is_checked_too(monkeypatch):
     monkeypatch.setenv("CARELOOP_ADMIN_KEY", "short")
     with pytest.raises(ValidationError, match="CARELOOP_ADMIN_KEY must be at least 32 characters"):
         Settings()
+
+
+
+def test_a_trusted_proxy_names_the_client_and_an_untrusted_header_is_ignored(db_url, tmp_path):
+    """Behind one trusted proxy, each client's own address is counted (the last hop of
+    X-Forwarded-For); without that setting the header is ignored and the proxy is counted."""
+
+    def get(client, forwarded_for):
+        proxy = {"REMOTE_ADDR": "10.0.0.2"}
+        return client.get("/m/x", environ_base=proxy, headers={"X-Forwarded-For": forwarded_for})
+
+    behind, _ = _app(db_url, tmp_path, rate_limit_member_links="2/minute", trusted_proxies=1)
+    client = behind.test_client()
+    assert get(client, "198.51.100.7").status_code == 404
+    assert get(client, "198.51.100.7").status_code == 404
+    assert_429(get(client, "198.51.100.7"), page=True)
+    # Another client behind the same proxy has its own budget; a forged first hop changes nothing.
+    assert get(client, "203.0.113.9, 198.51.100.8").status_code == 404
+    assert get(client, "198.51.100.8").status_code == 404
+    assert_429(get(client, "198.51.100.8"), page=True)
+
+    direct, _ = _app(db_url, tmp_path, rate_limit_member_links="2/minute")
+    client = direct.test_client()
+    assert get(client, "198.51.100.20").status_code == 404  # the header is not believed:
+    assert get(client, "198.51.100.21").status_code == 404  # all three are the proxy's
+    assert_429(get(client, "198.51.100.22"), page=True)

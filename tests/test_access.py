@@ -9,6 +9,7 @@ its reach is compared with the 404 for something that does not exist: the same b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from careloop import access
 from careloop.access import GRANTS, Action, KeyRole
 from careloop.db import session_scope
-from careloop.models import Delivery
+from careloop.models import Delivery, InboundRecord
 from tests.conftest import ADMIN_KEY, build_team, drain
 
 CALLERS = (
@@ -80,6 +81,20 @@ class World:
             session.add(made)
             session.flush()
             session.add(WebhookEndpointNotebook(endpoint_id=made.id, notebook_id=self.ids["nb"]))
+            session.commit()
+            return made.id
+
+    def rejected_record(self) -> str:
+        """A rejected inbound record of the source, whose kept body maps (a rerun accepts it)."""
+        body = {"notebook_id": self.ids["nb"], "type": "note.added", "data": {"text": "hi", "voice": "team"}}
+        url = self.app.extensions["careloop"].settings.database_url
+        with session_scope(url) as session:
+            made = InboundRecord(
+                source_id=self.ids["source"], webhook_id="msg_1", first_key="msg_1", status="rejected",
+                reason="fixed since", event_ids=[], content_type="application/json",
+                body=json.dumps(body).encode(),
+            )  # fmt: skip
+            session.add(made)
             session.commit()
             return made.id
 
@@ -167,6 +182,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/v1/sources"): Row("/v1/sources", admin_route(200)),
     ("GET", "/v1/sources/<id:source_id>"): Row("/v1/sources/{source}", admin_route(200)),
+    ("PATCH", "/v1/sources/<id:source_id>"): Row("/v1/sources/{source}", admin_route(200), {"name": "EHR 2"}),
+    ("POST", "/v1/sources/<id:source_id>/inbound/<id:record_id>/rerun"): Row(
+        "/v1/sources/{source}/inbound/{inbound}/rerun", admin_route(200)
+    ),
     ("POST", "/v1/sources/<id:source_id>/secret/rotate"): Row(
         "/v1/sources/{source}/secret/rotate", admin_route(200)
     ),
@@ -240,6 +259,7 @@ MISSING = {
     "endpoint": "ep_00000000000000000000",
     "fresh_endpoint": "ep_00000000000000000000",
     "source": "src_00000000000000000000",
+    "inbound": "inb_00000000000000000000",
 }
 """Ids of nothing: a 404 for something out of reach must look exactly like one of these."""
 
@@ -300,6 +320,7 @@ def world(app, client, api):
     revoked_id, w.keys["revoked"] = w.mint(KeyRole.FAMILY, nb["id"])
     w.keys["admin"] = ADMIN_KEY
     w.ids["endpoint"] = w.endpoint()
+    w.ids["inbound"] = w.rejected_record()
     response = client.delete(f"/v1/notebooks/{nb['id']}/keys/{revoked_id}", headers=bearer(w.keys["family"]))
     assert response.status_code == 204
     return w

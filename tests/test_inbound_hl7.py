@@ -360,9 +360,10 @@ def test_a_bad_signature_is_401_recorded_and_answered_as_json(app, client, api, 
 @pytest.mark.parametrize(
     "body, field",
     [
-        ({"kind": "hl7v2"}, "notebook_id"),
-        ({"kind": "hl7v2", "notebook_id": "NB", "patients": {"A|1": "NB"}}, "notebook_id"),
-        ({"kind": "hl7v2", "patients": {"MRN12345": "NB"}}, "patients.MRN12345"),
+        ({"kind": "hl7v2"}, "patients"),  # neither notebook_id nor patients
+        ({"kind": "hl7v2", "notebook_id": "NB", "patients": {"A|1": "NB"}}, "patients"),  # both
+        ({"kind": "hl7v2", "patients": {"MRN12345": "NB"}}, "patients.MRN12345"),  # no authority
+        ({"kind": "hl7v2", "patients": {"Patient/1": "NB"}}, "patients.Patient/1"),  # FHIR's, not HL7's
         ({"kind": "hl7v2", "patients": {"A|1": "nb_missing"}}, "patients.A|1"),
         ({"kind": "hl7v2", "notebook_id": "NB", "timezone": "Mars/Olympus"}, "timezone"),
         ({"kind": "careloop", "notebook_id": "NB", "timezone": "UTC"}, "timezone"),
@@ -371,23 +372,45 @@ def test_a_bad_signature_is_401_recorded_and_answered_as_json(app, client, api, 
 )
 def test_a_source_that_cannot_route_is_422_naming_the_field(client, admin, api, team, body, field):
     nb, _ = team
-    body = {"name": "x", **body}
-    for key in ("notebook_id",):
-        if body.get(key) == "NB":
-            body[key] = nb["id"]
+    body = {"name": "x", **body, "notebook_id": nb["id"] if body.get("notebook_id") else None}
     if "patients" in body:
         body["patients"] = {k: nb["id"] if v == "NB" else v for k, v in body["patients"].items()}
     response = client.post("/v1/sources", json=body, headers=admin)
-    assert response.status_code == 422 and field in response.get_json()["fields"], response.get_json()
+    assert response.status_code == 422, response.get_json()
+    assert any(name.startswith(field) for name in response.get_json()["fields"]), response.get_json()
+
+
+def test_a_patient_added_to_the_source_lets_its_rejected_message_run_again(app, client, api, clinic):
+    source, nb, _ = clinic
+    other = api.notebook(child_name="Leo Park")
+    leo = er7(replaced(S12, "MRN12345^^^NORTHSIDE", "MRN77^^^NORTHSIDE"))
+    assert post(client, source, leo).status_code == 422
+    [record] = inbound(api, source["id"], "rejected")
+    patients = {"NORTHSIDE|MRN12345": nb["id"], "NORTHSIDE|MRN77": other["id"]}
+    fixed = client.patch(f"/v1/sources/{source['id']}", json={"patients": patients}, headers=api.headers)
+    assert fixed.status_code == 200 and fixed.get_json()["patients"] == patients
+    rerun = client.post(f"/v1/sources/{source['id']}/inbound/{record['id']}/rerun", headers=api.headers)
+    assert rerun.status_code == 200 and rerun.get_json()["status"] == "accepted"
+    assert event_count(app, other["id"]) == 1 and event_count(app, nb["id"]) == 0
+    zone = client.patch(
+        f"/v1/sources/{source['id']}", json={"timezone": "Europe/London"}, headers=api.headers
+    )
+    assert zone.get_json()["timezone"] == "Europe/London" and zone.get_json()["patients"] == patients
 
 
 def test_a_source_maps_patients_of_several_notebooks(app, client, api, team):
     nb, members = team
     other = api.notebook(child_name="Leo Park")
     dana = api.member(other["id"], "Dana Park", "parent", email="dana.park@example.org")
-    source = register(api, nb["id"], patients={"NORTHSIDE|MRN12345": nb["id"], "|77": other["id"]})
-    assert source["notebook_id"] is None and source["patients"]["|77"] == other["id"]
-    leo = replaced(S12, "MRN12345^^^NORTHSIDE^MR~4455^^^&2.16.840.1.113883.19.5&ISO^PI", "77")
+    source = register(
+        api, nb["id"], patients={"NORTHSIDE|MRN12345": nb["id"], "2.16.840.1.113883.19.5|77": other["id"]}
+    )
+    assert source["notebook_id"] is None and source["patients"]["2.16.840.1.113883.19.5|77"] == other["id"]
+    leo = replaced(
+        S12,
+        "MRN12345^^^NORTHSIDE^MR~4455^^^&2.16.840.1.113883.19.5&ISO^PI",
+        "77^^^&2.16.840.1.113883.19.5&ISO^MR",
+    )
     assert post(client, source, er7(leo), "msg_leo").status_code == 202
     assert post(client, source, er7(S12), "msg_maya").status_code == 202
     assert event_count(app, other["id"]) == 1 and event_count(app, nb["id"]) == 1
