@@ -8,6 +8,7 @@ page; ``--serve`` then serves the demo's app on 127.0.0.1 so those links open in
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -122,6 +123,7 @@ def run_demo(
     try:
         shown = _record_and_show(app, admin, outbox_dir, echo)
         shown["timing"] = _show_timing(app, admin, shown, echo)
+        shown["reminders"] = _show_reminders(app, admin, shown, echo)  # reminders (issue 12)
         shown["links"] = _show_links(app, shown["events"], echo, serve)
         if serve:
             _serve(app, port, echo)
@@ -262,6 +264,62 @@ def _show_timing(app, admin: str, shown: dict, echo: Callable[[str], None]) -> d
             f"{len(events) - 1} therapy logs: {sent['provider_id']}"
         )
     return {"events": events, "digest": sent}
+
+
+# --- reminders (issue 12) ---------------------------------------------------------------------
+
+
+def _show_reminders(app, admin: str, shown: dict, echo: Callable[[str], None]) -> dict:
+    """A check-in tomorrow: each attendee's 24 h and 1 h reminders by their own channel; the 24 h
+    ones fall due a few seconds later and go out (to the outbox)."""
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin}"}
+    runtime = app.extensions["careloop"].runtime
+    notebook, members = shown["notebook"], shown["members"]
+    zone = notebook["timezone"]
+    names = {m["id"]: f"{m['name']} ({m['role'].replace('_', ' ')})" for m in members.values()}
+    # tomorrow at this time and a few seconds: its 24 h reminder falls due while the demo waits
+    start = (utcnow() + timedelta(hours=24, seconds=4)).replace(microsecond=0)
+    body = {
+        "type": "checkin.scheduled",
+        "author_member_id": members["Alex Kim"]["id"],
+        "data": {
+            "checkin_id": "pt-plan-call",
+            "title": "PT planning call",
+            "start": start.isoformat(),
+            "end": (start + timedelta(minutes=30)).isoformat(),
+            "attendees": [members["Dana Rivera"]["id"], members["Jordan Lee"]["id"]],
+        },
+    }
+    response = client.post(f"/v1/notebooks/{notebook['id']}/events", json=body, headers=headers)
+    if response.status_code != 202:
+        raise RuntimeError(f"the demo's check-in answered {response.status_code}: {response.get_json()}")
+    event_id = response.get_json()["id"]
+    deadline = time.monotonic() + 30
+    while True:  # routed (the reminders planned), not drained: that would wait for the 24 h ones
+        event = client.get(f"/v1/events/{event_id}", headers=headers).get_json()
+        if event["reminders"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    echo("")
+    offsets = ", ".join(_offset_text(m) for m in runtime.settings.reminder_offsets)
+    echo(f"Reminders ({offsets} before each check-in, by each attendee's preferred channel):")
+    echo(f"● checkin.scheduled  ({event_id}): PT planning call, {local_time(start, zone)}")
+    for r in event["reminders"]:
+        due = local_time(datetime.fromisoformat(r["due_at"]), zone)
+        before = _offset_text(r["offset_minutes"])
+        echo(f"    {r['status']}: {names[r['member_id']]}, {r['channel']}, {before} before: {due}")
+    runtime.dispatcher.drain(timeout=30)  # the 24 h reminders' time comes a few seconds later
+    event = client.get(f"/v1/events/{event_id}", headers=headers).get_json()
+    sent = [r for r in event["reminders"] if r["status"] == "sent"]
+    echo("    a few seconds later, the 24 h reminders' time:")
+    for r in sent:
+        echo(f"    sent:    {names[r['member_id']]}, {r['channel']}: {r['provider_id']}")
+    return {"event": event, "sent": sent}
+
+
+def _offset_text(minutes: int) -> str:
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
 
 
 def _show_links(app, events: list[dict], echo: Callable[[str], None], serving: bool) -> dict:

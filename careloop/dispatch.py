@@ -29,10 +29,12 @@ from careloop.queues import (
     ROUTE_QUEUE,
     DeliveryJob,
     DigestJob,
+    ReminderJob,
     batches,
     delivery_queue,
     digest_job_id,
     queue_roles,
+    reminder_job_id,
     retry_due_time,
     route_batch_job_id,
     route_job_id,
@@ -67,6 +69,8 @@ class Jobs:
     sweep: Callable[[Any], Any]
     route_many: Callable[..., Any] | None = None
     digest: Callable[..., Any] | None = None
+    reminder: Callable[..., Any] | None = None
+    """``reminder(reminder_id, runtime=None)``: send one check-in reminder (careloop.reminders)."""
 
 
 class RQDispatcher:
@@ -180,6 +184,27 @@ class RQDispatcher:
         """The digests whose job for their due time Redis no longer has waiting."""
         waiting = self._waiting([(self.queue(job.queue).name, digest_job_id(job)) for job in jobs])
         return [job for job in jobs if digest_job_id(job) not in waiting]
+
+    # --- reminders (issue 12) ---
+    def reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:
+        """Enqueue each reminder's job for its due time (RQ's scheduler; rounded up, never
+        early), on its channel's queue. Returns them."""
+        now = datetime.now(UTC)
+        for job in jobs:
+            queue = self.queue(job.queue)
+            options = dict(job_id=reminder_job_id(job), job_timeout=self.job_timeout,
+                           result_ttl=JOB_RESULT_TTL, failure_ttl=JOB_FAILURE_TTL)  # fmt: skip
+            if job.due_at > now:
+                due = retry_due_time(0, job.due_at)
+                queue.enqueue_at(due, self.jobs.reminder, job.reminder_id, **options)
+            else:
+                queue.enqueue(self.jobs.reminder, job.reminder_id, **options)
+        return jobs
+
+    def missing_reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:
+        """The reminders whose job for their due time Redis no longer has waiting."""
+        waiting = self._waiting([(self.queue(job.queue).name, reminder_job_id(job)) for job in jobs])
+        return [job for job in jobs if reminder_job_id(job) not in waiting]
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         """Run a delivery job again after ``delay`` seconds, holding on to its claim (the job met
@@ -373,6 +398,16 @@ class InProcessDispatcher:
 
     def missing_digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
         return jobs  # the in-process queue cannot be asked; a digest job is safe to run twice
+
+    # --- reminders (issue 12) ---
+    def reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:
+        now = datetime.now(UTC)
+        for job in jobs:
+            self._push(self._jobs.reminder, job.reminder_id, max(0.0, (job.due_at - now).total_seconds()))
+        return jobs
+
+    def missing_reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:
+        return jobs  # the in-process queue cannot be asked; a reminder job is safe to run twice
 
     def resume(self, delivery_id: str, claim_token: str, delay: float) -> None:
         self._push(self._jobs.deliver, delivery_id, delay, claim_token=claim_token)

@@ -456,7 +456,7 @@ def _as_key(value: object) -> str | None:
 _PLACEHOLDER = re.compile(r"\{(\$[^{}]*)\}")
 
 
-def _resolve(spec: ValueSpec, document: object, many: bool) -> object:
+def _resolve(spec: ValueSpec, document: object) -> object:
     """The value ``spec`` gives for ``document``. Raises _Missing, or ValueError (the reason)."""
     if spec.const is not None:
         return spec.const
@@ -527,9 +527,8 @@ def apply(spec: MappingSpec, default_notebook_id: str | None, document: object) 
     fields: dict[str, list[str]] = {}
     data: dict[str, object] = {}
     for name, value_spec in rule.data.items():
-        many = _is_list(rule.type, name)
         try:
-            data[name] = _resolve(value_spec, document, many)
+            data[name] = _resolve(value_spec, document)
         except _Missing:
             if EVENT_DATA[rule.type].model_fields[name].is_required():
                 fields.setdefault(f"data.{name}", []).append(
@@ -555,7 +554,7 @@ def apply(spec: MappingSpec, default_notebook_id: str | None, document: object) 
         if value_spec is None:
             continue
         try:
-            extras[name] = adapter.validate_python(_resolve(value_spec, document, False))
+            extras[name] = adapter.validate_python(_resolve(value_spec, document))
         except _Missing:
             continue
         except ValidationError as exc:

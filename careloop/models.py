@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from careloop.vocabulary import DeliveryStatus, DigestStatus
+from careloop.vocabulary import DeliveryStatus, DigestStatus, ReminderStatus
 
 
 def utcnow() -> datetime:
@@ -427,3 +427,44 @@ class InboundRecord(Base):
     reruns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times the kept body was run again (``careloop.inbound.rerun``)."""
     reran_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Reminder(Base):
+    """One reminder of a check-in occurrence for one attendee, ``offset_minutes`` before it, by one
+    channel (``careloop.reminders``). The row is the promise (Redis only wakes a worker at
+    ``due_at``); the unique constraint makes "exactly once" hold under several workers. A moved
+    occurrence has a new ``starts_at``, hence new rows; the old ones are cancelled."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (
+        UniqueConstraint(
+            "checkin_pk", "occurrence", "starts_at", "member_id", "offset_minutes", "channel",
+            name="uq_reminders_occurrence_member_offset_channel",
+        ),
+        Index("ix_reminders_status_due", "status", "due_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("rem"))
+    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"))
+    checkin_pk: Mapped[int] = mapped_column(ForeignKey("checkins.id", ondelete="CASCADE"), index=True)
+    # The occurrence's original start (RECURRENCE-ID, UTC ISO) in a series; "" for a single check-in.
+    occurrence: Mapped[str] = mapped_column(String(40))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    member_id: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(16))
+    offset_minutes: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # quiet_hours: due_at was moved to the end of the member's quiet hours
+    hold: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=ReminderStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(40))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_called_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -48,6 +48,21 @@ def digest_job_id(job: DigestJob) -> str:
     return f"digest-{job.digest_id}-{int(job.due_at.timestamp())}"
 
 
+# --- reminders (issue 12) ---
+class ReminderJob(NamedTuple):
+    """One check-in reminder as the dispatcher hands it over: its id, its queue (its channel's
+    ordinary queue) and when it is due (its job runs then, never earlier)."""
+
+    reminder_id: str
+    queue: str
+    due_at: datetime
+
+
+def reminder_job_id(job: ReminderJob) -> str:
+    """The RQ job id of a reminder's job for its due time (the relay asks Redis about it)."""
+    return f"reminder-{job.reminder_id}-{int(job.due_at.timestamp())}"
+
+
 BATCH_SIZE = 50
 """Deliveries one job sends, claimed together: fewer Redis and database round trips each."""
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from careloop import preferences as prefs
-from careloop.models import ApiKey, AuditEntry, Delivery, Event, InboundRecord, Member, Notebook, Source
-from careloop.vocabulary import DeliveryStatus
+from careloop.models import (
+    ApiKey,
+    AuditEntry,
+    Delivery,
+    Event,
+    InboundRecord,
+    Member,
+    Notebook,
+    Reminder,
+    Source,
+)
+from careloop.vocabulary import DeliveryStatus, ReminderStatus
 
 
 def iso(value: datetime | None) -> str | None:
@@ -100,6 +110,26 @@ def delivery(d: Delivery) -> dict:
         "digest_id": d.digest_id,
         "sent_at": iso(d.sent_at),
         "delivered_at": iso(d.delivered_at),
+    }
+
+
+# --- reminders (issue 12) ---
+def reminder(r: Reminder) -> dict:
+    pending = r.status == ReminderStatus.PENDING
+    return {
+        "id": r.id,
+        "member_id": r.member_id,
+        "channel": r.channel,
+        "occurrence": r.occurrence or None,
+        "starts_at": iso(r.starts_at),
+        "offset_minutes": r.offset_minutes,
+        "due_at": iso(r.due_at),
+        "held_for": r.hold if pending else None,
+        "status": r.status,
+        "attempts": r.attempts,
+        "provider_id": r.provider_id,
+        "error": r.error,
+        "sent_at": iso(r.sent_at),
     }
 
 

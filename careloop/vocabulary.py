@@ -145,6 +145,22 @@ class DigestStatus(StrEnum):
     """Nothing was left in it when it fell due: no message was sent."""
 
 
+# --- reminders (issue 12) ---
+class ReminderStatus(StrEnum):
+    """Where one reminder (one occurrence of a check-in, one attendee, one offset, one channel) stands."""
+
+    PENDING = "pending"
+    """Waiting for its time (``due_at``)."""
+    SENDING = "sending"
+    """A worker has claimed it and is talking to the provider."""
+    SENT = "sent"
+    """The provider accepted it."""
+    FAILED = "failed"
+    """careloop gave up (see ``error``)."""
+    CANCELLED = "cancelled"
+    """Dropped before it went (``error`` says why: moved, cancelled, attendee removed, too late)."""
+
+
 class ChannelKind(StrEnum):
     """How careloop tells a member. Each says which contact detail it needs."""
 

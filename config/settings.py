@@ -56,6 +56,12 @@ attempts over about 27 hours, so an outage of minutes or hours dead-letters noth
 DEFAULT_WEBHOOK_DISABLE_AFTER = 5 * 86400.0
 """Seconds an outbound webhook endpoint may fail without one success before it is disabled."""
 
+DEFAULT_REMINDER_OFFSETS = (24 * 60, 60)
+"""Minutes before each check-in occurrence its attendees are reminded (24 h and 1 h)."""
+
+MAX_REMINDER_OFFSET_MINUTES = 7 * 24 * 60
+"""The earliest a reminder may go: a week before its check-in."""
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -114,6 +120,28 @@ class Settings(BaseSettings):
     webhook_disable_after: Annotated[float, NoDecode] = Field(
         DEFAULT_WEBHOOK_DISABLE_AFTER, validation_alias=_env("CARELOOP_WEBHOOK_DISABLE_AFTER")
     )
+
+    # --- reminders (issue 12) ---
+    reminder_offsets: Annotated[tuple[int, ...], NoDecode] = Field(
+        DEFAULT_REMINDER_OFFSETS, validation_alias=_env("CARELOOP_REMINDER_OFFSETS")
+    )
+
+    @field_validator("reminder_offsets", mode="before")
+    @classmethod
+    def _parse_reminder_offsets(cls, value):
+        wrong = ValueError(
+            "CARELOOP_REMINDER_OFFSETS must list at most 5 times before a check-in, each from 1m "
+            "to 7d, such as 24h,1h (empty: no reminders)"
+        )
+        try:
+            if isinstance(value, str):
+                value = [parse_duration(part) / 60 for part in value.split(",") if part.strip()]
+            minutes = tuple(sorted({int(round(float(v))) for v in value}, reverse=True))
+        except (TypeError, ValueError):
+            raise wrong from None
+        if len(minutes) > 5 or any(not 1 <= m <= MAX_REMINDER_OFFSET_MINUTES for m in minutes):
+            raise wrong
+        return minutes
 
     @field_validator("webhook_disable_after", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from flask import current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 
-from careloop import metrics, serialize
+from careloop import metrics, reminders, serialize
 from careloop.access import Action
 from careloop.handover import hand_over_events
 from careloop.intake import FieldError, IdempotencyConflict, record_event, record_events
@@ -239,4 +239,9 @@ def get_event(event_id: str):
         .where(Delivery.event_id == event.id, Delivery.channel != WEBHOOK_CHANNEL)
         .order_by(Delivery.created_at, Delivery.id)
     ).all()
-    return serialize.event(event, list(deliveries))
+    body = serialize.event(event, list(deliveries))
+    # --- reminders (issue 12): a check-in event shows its check-in's reminders ---
+    body["reminders"] = [
+        serialize.reminder(r) for r in reminders.of_checkin(g.db, event.notebook_id, event.context)
+    ]
+    return body

@@ -19,6 +19,7 @@ from careloop.access import NOTEBOOK_KEY_ROLES, KeyRole
 from careloop.audit import ActorType
 from careloop.contacts import PHONE_FORMAT, normalize_email, normalize_phone
 from careloop.events import EVENT_KINDS, EventType, Line200, MemberId, Timestamp
+from careloop.fhir_inbound import KIND as FHIR_KIND
 from careloop.fhir_inbound import MAX_PATIENTS, PATIENT_KEY_PATTERN
 from careloop.inbound import KIND_HANDLERS
 from careloop.mapping_inbound import MappingSpec
@@ -611,9 +612,52 @@ class EventOut(_Out):
     routed_at: DateTimeText | None
 
 
+# --- reminders (issue 12) ---
+REMINDER_EXAMPLE = {
+    "id": "rem_5e4d3c2b1a0f9e8d7c6b", "member_id": MEM, "channel": "sms",
+    "occurrence": "2027-01-12T23:00:00+00:00", "starts_at": "2027-01-12T23:00:00Z", "offset_minutes": 1440,
+    "due_at": "2027-01-11T23:00:00Z",
+    "held_for": None, "status": "sent", "attempts": 1, "provider_id": "SM0123456789abcdef0123456789abcdef",
+    "error": None, "sent_at": "2027-01-11T23:00:01Z",
+}  # fmt: skip
+
+
+class ReminderOut(_Out):
+    """One reminder of a check-in: one occurrence, one attendee, one time before it, one channel."""
+
+    model_config = ConfigDict(**examples(REMINDER_EXAMPLE))
+    id: str
+    member_id: str
+    channel: Literal["sms", "email"]
+    occurrence: str | None = Field(
+        description="the occurrence's original start (its RECURRENCE-ID) in a recurring check-in"
+    )
+    starts_at: DateTimeText = Field(description="when the occurrence starts (as it stood when planned)")
+    offset_minutes: int = Field(description="how long before the start it goes (1440: 24 h)")
+    due_at: DateTimeText = Field(description="when it goes (later than start − offset only for quiet hours)")
+    held_for: Literal["quiet_hours"] | None = Field(
+        description="a pending 24 h reminder moved to the end of the member's quiet hours"
+    )
+    status: Literal["pending", "sending", "sent", "failed", "cancelled"] = Field(
+        description="`cancelled`: dropped (the check-in moved or was cancelled, the attendee was removed, "
+        "or it had begun); `error` says which"
+    )
+    attempts: int
+    provider_id: str | None
+    error: str | None
+    sent_at: DateTimeText | None
+
+
 class EventWithDeliveries(EventOut):
-    model_config = ConfigDict(**examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES)}))
+    model_config = ConfigDict(
+        **examples({**EVENT_EXAMPLE, "deliveries": list(DELIVERY_EXAMPLES), "reminders": []})
+    )
     deliveries: list[DeliveryOut]
+    reminders: list[ReminderOut] = Field(
+        default_factory=list,
+        description="for a check-in event: every reminder of its check-in, by due time (moved and "
+        "cancelled ones too); empty for other events",
+    )
 
 
 class EventList(_Out):
@@ -720,16 +764,41 @@ HL7_SOURCE_EXAMPLE = {
     "name": "Northside scheduling (HL7 v2)", "kind": "hl7v2", "timezone": "America/Chicago",
     "patients": {"NORTHSIDE|MRN12345": NB},
 }  # fmt: skip
+_ONE_NOTEBOOK = {"notebook_id": {"type": "string"}, "patients": {"type": "null"}}
+_BY_PATIENT = {"patients": {"type": "object"}, "notebook_id": {"type": "null"}}
+_NO_ZONE = {"timezone": {"type": "null"}}
+_OTHER_KINDS = [k for k in KIND_HANDLERS if k not in (FHIR_KIND, "mapping", "hl7v2")]
+SOURCE_TARGETS = [
+    {"properties": {"kind": {"enum": _OTHER_KINDS}, **_ONE_NOTEBOOK, **_NO_ZONE},
+     "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK, **_NO_ZONE}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT, **_NO_ZONE}, "required": ["patients"]},
+    {"properties": {"kind": {"const": "mapping"}, "patients": {"type": "null"}, **_NO_ZONE},
+     "required": ["mapping"]},
+    {"properties": {"kind": {"const": "hl7v2"}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": "hl7v2"}, **_BY_PATIENT}, "required": ["patients"]},
+]  # fmt: skip
+"""Where a source's events go, in the schema as the API checks it: any kind names its notebook,
+a ``fhir`` or ``hl7v2`` source may map patients instead (never both), a ``mapping`` source has
+its mapping (which may choose the notebook); only an ``hl7v2`` source has a ``timezone``."""
+
+Patients = Annotated[
+    dict[PatientKey, NotebookId],  # type: ignore[valid-type]
+    Field(min_length=1, max_length=MAX_PATIENTS, json_schema_extra={"additionalProperties": False}),
+]
 
 
 class SourceIn(_In):
     model_config = ConfigDict(
-        **examples(
-            {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
-            {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
-            {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
-            HL7_SOURCE_EXAMPLE,
-        )
+        json_schema_extra={
+            "examples": [
+                {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
+                {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
+                {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+                HL7_SOURCE_EXAMPLE,
+            ],
+            "anyOf": SOURCE_TARGETS,
+        }
     )
     name: Line200
     kind: SourceKindName = Field(
@@ -743,10 +812,8 @@ class SourceIn(_In):
         description="the notebook its events go to; required unless a `fhir` or `hl7v2` source gives "
         "`patients` or a mapping chooses notebooks (`notebook_by`)",
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
+    patients: Patients | None = Field(
         None,
-        min_length=1,
-        max_length=MAX_PATIENTS,
         description="`fhir` and `hl7v2` only, instead of `notebook_id`: the notebook of each patient, by "
         "`Patient/<id>` or an identifier's `<system>|<value>` (`fhir`), or a PID-3 identifier's "
         "`<assigning authority>|<id>` (`hl7v2`)",
@@ -773,9 +840,7 @@ class SourcePatch(_In):
     notebook_id: NotebookId | None = Field(
         None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
     )
-    patients: dict[PatientKey, NotebookId] | None = Field(  # type: ignore[valid-type]
-        None, min_length=1, max_length=MAX_PATIENTS, description="`fhir`, `hl7v2`: replaces the patients map"
-    )
+    patients: Patients | None = Field(None, description="`fhir`, `hl7v2`: replaces the patients map")
     timezone: TimeZone | None = Field(None, description="`hl7v2`: replaces the zone (null: the notebook's)")
     mapping: MappingSpec = None  # type: ignore[assignment]
 
@@ -865,6 +930,34 @@ class InboundList(_Out):
     model_config = ConfigDict(**examples({"items": [INBOUND_EXAMPLE], "next_cursor": None}))
     items: list[InboundOut]
     next_cursor: str | None
+
+
+class RerunAllIn(_In):
+    model_config = ConfigDict(**examples({"limit": 100}))
+    limit: int = Field(100, ge=1, le=200, description="at most this many records, oldest first")
+    cursor: Cursor | None = Field(
+        None, description="`next_cursor` of the previous call: go on after the records it ran"
+    )
+
+
+class RerunAllOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "items": [{**INBOUND_EXAMPLE, "reruns": 1, "reran_at": LATER}],
+                "accepted": 1,
+                "rejected": 0,
+                "next_cursor": None,
+            }
+        )
+    )
+    items: list[InboundOut] = Field(description="the records run again, oldest first, as they are now")
+    accepted: int = Field(description="how many were accepted this time")
+    rejected: int = Field(description="how many were rejected again (each with its new reason)")
+    next_cursor: str | None = Field(
+        description="more rejected records are left beyond the limit: pass it as `cursor` to run them "
+        "(records rejected again here are not run again on the way)"
+    )
 
 
 ERROR_SCHEMA = ErrorOut.model_json_schema()

@@ -29,12 +29,15 @@ from careloop.service.schemas import (
     InboundList,
     InboundOut,
     InboundQuery,
+    RerunAllIn,
+    RerunAllOut,
     SourceIn,
     SourceList,
     SourceOut,
     SourcePatch,
     SourceWithSecretOut,
 )
+from careloop.vocabulary import InboundStatus
 
 log = logging.getLogger("careloop.service.sources")
 
@@ -148,9 +151,9 @@ def _out(source: Source) -> dict:
     responses={
         201: "Created: `secret` is shown this once",
         403: "Not the admin key",
-        404: "No such notebook",
-        422: "A field is invalid; `notebook_id` missing, or for a `fhir` source neither or both of "
-        "`notebook_id` and `patients`, or a patient mapped to no notebook",
+        404: "No such notebook (`notebook_id`, or one a patient is mapped to)",
+        422: "A field is invalid: `notebook_id` missing, or for a `fhir` source neither or both of "
+        "`notebook_id` and `patients`",
     },
 )
 def create_source(body: SourceIn):
@@ -197,7 +200,7 @@ def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None)
         if kind == "hl7v2" and "|" not in key:
             _invalid(f"patients.{key}", "must be a PID-3 identifier as '<assigning authority>|<id>'")
         if target not in found:
-            _invalid(f"patients.{key}", "names no notebook")
+            abort(404, f"patients.{key}: notebook not found")
     return dict(patients)
 
 
@@ -361,6 +364,61 @@ def list_inbound(source_id: str, query: InboundQuery):
     }
 
 
+@bp.post("/sources/<id:source_id>/inbound/rerun")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(RerunAllIn, arg_name="body")
+@bp.output(RerunAllOut)
+@bp.doc(
+    operation_id="rerunRejectedInbound",
+    summary="Run every rejected record of a source again, oldest first, after a fix (admin key)",
+    description="As `POST /v1/sources/{id}/inbound/{record_id}/rerun` for each rejected record that kept "
+    "a body, up to `limit`, oldest first (so a system's events keep their order): each is accepted at "
+    "most once, or keeps `rejected` with its new reason. `next_cursor` goes on after them.",
+    responses={403: "Not the admin key", 404: "No such source"},
+)
+def rerun_rejected(source_id: str, body: RerunAllIn):
+    source = _source_or_404(source_id)
+    waiting = (
+        select(InboundRecord)
+        .where(
+            InboundRecord.source_id == source.id,
+            InboundRecord.status == InboundStatus.REJECTED,
+            InboundRecord.body.is_not(None),
+        )
+        .order_by(InboundRecord.received_at, InboundRecord.id)
+    )
+    if body.cursor:
+        when, ident = decode_cursor(body.cursor)
+        waiting = waiting.where(
+            or_(
+                InboundRecord.received_at > when,
+                and_(InboundRecord.received_at == when, InboundRecord.id > ident),
+            )
+        )
+    rows = g.db.scalars(waiting.limit(body.limit + 1)).all()
+    more = len(rows) > body.limit
+    rows = rows[: body.limit]
+    last = encode_cursor(rows[-1].received_at, rows[-1].id) if more else None
+    items, created, accepted, notebooks = [], [], 0, set()
+    for record in rows:
+        try:
+            receipt = inbound.rerun(g.db, source, record)
+        except inbound.RerunRefused:  # a concurrent re-run took it
+            continue
+        items.append(serialize.inbound_record(receipt.record))
+        created.extend(receipt.created)
+        if receipt.problem is None:
+            accepted += 1
+            notebooks.update(_notebooks(source, receipt.record))
+    seen = trail()
+    seen.action, seen.target_id = "sources.inbound.rerun", source.id
+    seen.notebook_ids = sorted(notebooks) or ([source.notebook_id] if source.notebook_id else [])
+    log.info("inbound records re-run: source=%s accepted=%d of %d", source.id, accepted, len(items))
+    if created:
+        hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, created)
+    return {"items": items, "accepted": accepted, "rejected": len(items) - accepted, "next_cursor": last}
+
+
 @bp.post("/sources/<id:source_id>/inbound/<id:record_id>/rerun")
 @bp.auth_required(auth, roles=[ADMIN])
 @bp.output(InboundOut)
@@ -375,6 +433,7 @@ def list_inbound(source_id: str, query: InboundQuery):
         200: "Accepted now: the record, with its events",
         403: "Not the admin key",
         404: "No such source or record",
+        400: "Still a body that does not parse; the record keeps the reason",
         409: "Not a rejected record with a kept body: already accepted (perhaps by a concurrent re-run), "
         "a duplicate, or a request that did not verify",
         415: "Still not a body of a type this source's kind reads; the record keeps the reason",

@@ -50,9 +50,9 @@ UNLIMITED = "1000000/minute"
 """A rate limit no test reaches by accident."""
 
 DB_TABLES = (
-    "digests", "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys", "signin_links",
-    "members", "notebooks", "instance_secrets", "audit_log", "webhook_attempts", "webhook_endpoint_notebooks",
-    "webhook_endpoints", "inbound_records", "sources",
+    "reminders", "digests", "deliveries", "outbox", "checkins", "events", "api_key_notebooks", "api_keys",
+    "signin_links", "members", "notebooks", "instance_secrets", "audit_log", "webhook_attempts",
+    "webhook_endpoint_notebooks", "webhook_endpoints", "inbound_records", "sources",
 )
 
 

@@ -186,6 +186,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/sources/<id:source_id>/inbound/<id:record_id>/rerun"): Row(
         "/v1/sources/{source}/inbound/{inbound}/rerun", admin_route(200)
     ),
+    ("POST", "/v1/sources/<id:source_id>/inbound/rerun"): Row(
+        "/v1/sources/{source}/inbound/rerun", admin_route(200), {"limit": 10}
+    ),
     ("POST", "/v1/sources/<id:source_id>/secret/rotate"): Row(
         "/v1/sources/{source}/secret/rotate", admin_route(200)
     ),

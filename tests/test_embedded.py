@@ -390,10 +390,20 @@ def _check_demo_output(output: str, outbox: Path) -> None:
     assert len(set(urls)) == len(urls) and all(u.startswith("http://127.0.0.1:8000/m/") for u in urls)
     # the outbox holds what was sent
     sms = (outbox / "sms.log").read_text(encoding="utf-8").splitlines()
-    assert len(sms) == 1 + 2  # Sam for the medication; Sam and Alex for the concern
-    # invites are .eml too; and Dana's daily digest (preferences and timing, below)
-    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1
-    (ics,) = (outbox / "calendar").glob("*.ics")
+    # Sam for the medication; Sam and Alex for the concern; Dana's check-in reminder (reminders)
+    assert len(sms) == 1 + 2 + 1
+    # invites are .eml too; and Dana's daily digest (preferences and timing, below); the reminders'
+    # check-in: two invites and Jordan's reminder email
+    assert len(list((outbox / "email").glob("*.eml"))) == 2 + 5 + 4 + 1 + 2 + 1
+    # --- reminders (issue 12): a check-in tomorrow, its 24 h reminders sent by each one's channel ---
+    reminders = output.split("Reminders (24 h, 1 h before each check-in", 1)[1].split("Member links:", 1)[0]
+    assert reminders.count("pending: ") == 4, reminders
+    assert "sent:    Dana Rivera (parent), sms: outbox:sms.log" in reminders
+    assert "sent:    Jordan Lee (speech therapy), email: outbox:email/rem_" in reminders
+    assert "careloop reminder: Maya's check-in tomorrow" in sms[-1]
+    (reminder,) = (outbox / "email").glob("rem_*.eml")
+    assert "Subject: Reminder: PT planning call tomorrow" in reminder.read_text(encoding="utf-8")
+    ics = next(p for p in (outbox / "calendar").glob("*.ics") if b"IEP team meeting" in p.read_bytes())
     cal = icalendar.Calendar.from_ical(ics.read_bytes())
     assert str(cal["METHOD"]) == "REQUEST"
     assert str(cal.walk("VEVENT")[0]["SUMMARY"]) == "IEP team meeting"

@@ -93,7 +93,6 @@ def routed(app, api, event: dict) -> list[dict]:
         ({"kind": "fhir"}, "patients"),  # neither notebook_id nor patients
         ({"kind": "fhir", "notebook_id": "NB", "patients": {"Patient/1": "NB"}}, "patients"),  # both
         ({"kind": "careloop", "notebook_id": "NB", "patients": {"Patient/1": "NB"}}, "patients"),
-        ({"kind": "fhir", "patients": {"Patient/1": "nb_nowhere"}}, "patients.Patient/1"),
         ({"kind": "fhir", "patients": {"Observation/1": "NB"}}, "patients"),
         ({"kind": "fhir", "patients": {}}, "patients"),
     ],
@@ -104,6 +103,12 @@ def test_a_fhir_sources_patients_are_checked_when_it_is_saved(client, admin, api
     response = client.post("/v1/sources", json=body, headers=admin)
     assert response.status_code == 422, response.get_json()
     assert any(name.startswith(field) for name in response.get_json()["fields"]), response.get_json()
+
+
+def test_a_patient_mapped_to_a_missing_notebook_is_404_naming_it(client, admin):
+    body = {"name": "EHR", "kind": "fhir", "patients": {"Patient/1": "nb_nowhere"}}
+    response = client.post("/v1/sources", json=body, headers=admin)
+    assert response.status_code == 404 and "patients.Patient/1" in response.get_json()["message"]
 
 
 def test_a_fhir_source_may_serve_one_notebook_and_maps_identifiers(app, client, api, team, doctor):

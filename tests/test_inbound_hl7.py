@@ -364,7 +364,6 @@ def test_a_bad_signature_is_401_recorded_and_answered_as_json(app, client, api, 
         ({"kind": "hl7v2", "notebook_id": "NB", "patients": {"A|1": "NB"}}, "patients"),  # both
         ({"kind": "hl7v2", "patients": {"MRN12345": "NB"}}, "patients.MRN12345"),  # no authority
         ({"kind": "hl7v2", "patients": {"Patient/1": "NB"}}, "patients.Patient/1"),  # FHIR's, not HL7's
-        ({"kind": "hl7v2", "patients": {"A|1": "nb_missing"}}, "patients.A|1"),
         ({"kind": "hl7v2", "notebook_id": "NB", "timezone": "Mars/Olympus"}, "timezone"),
         ({"kind": "careloop", "notebook_id": "NB", "timezone": "UTC"}, "timezone"),
         ({"kind": "careloop", "patients": {"A|1": "NB"}}, "patients"),
@@ -378,6 +377,12 @@ def test_a_source_that_cannot_route_is_422_naming_the_field(client, admin, api, 
     response = client.post("/v1/sources", json=body, headers=admin)
     assert response.status_code == 422, response.get_json()
     assert any(name.startswith(field) for name in response.get_json()["fields"]), response.get_json()
+
+
+def test_a_patient_mapped_to_a_missing_notebook_is_404_like_notebook_id(client, admin):
+    body = {"name": "x", "kind": "hl7v2", "patients": {"NORTHSIDE|1": "nb_missing"}}
+    response = client.post("/v1/sources", json=body, headers=admin)
+    assert response.status_code == 404 and "patients.NORTHSIDE|1" in response.get_json()["message"]
 
 
 def test_a_patient_added_to_the_source_lets_its_rejected_message_run_again(app, client, api, clinic):

@@ -430,3 +430,43 @@ def test_a_rerun_is_audited_with_the_admin_the_record_and_the_outcome(app, clien
     ]
     assert all(r["actor_type"] == "admin" and r["target_id"] == record["id"] for r in rows)
     assert sorted((r["status"], r["reason"]) for r in rows) == [(200, None), (409, "not rejected")]
+
+
+def test_every_rejected_record_reruns_oldest_first_in_one_call(app, client, api, admin, iep):
+    src, nb, _ = iep
+    bodies = [goal_body(student="S-2001"), goal_body(student="S-2001", state="started"), goal_body(kind="x")]
+    for number, body in enumerate(bodies):
+        assert post(client, src["id"], body, signed(src["secret"], body, f"iep-{number}")).status_code == 422
+    _fix_notebooks(api, client, admin, src, nb["id"])
+    url = f"/v1/sources/{src['id']}/inbound/rerun"
+
+    first = client.post(url, json={"limit": 2}, headers=admin)
+    assert first.status_code == 200, first.get_json()
+    answer = first.get_json()
+    assert (answer["accepted"], answer["rejected"]) == (2, 0) and answer["next_cursor"]
+    assert [r["webhook_id"] for r in answer["items"]] == ["iep-0", "iep-1"]
+    rest = client.post(url, json={"cursor": answer["next_cursor"]}, headers=admin).get_json()
+    assert (rest["accepted"], rest["rejected"], rest["next_cursor"]) == (0, 1, None)
+    assert rest["items"][0]["webhook_id"] == "iep-2" and "no rule" in rest["items"][0]["reason"]
+    drain(app)
+    events = [api.get(f"/v1/events/{r['event_ids'][0]}") for r in answer["items"]]
+    assert [e["data"]["status"] for e in events] == ["met", "new"]
+    assert all(e["status"] == "routed" and e["deliveries"] for e in events)
+    assert client.post(url, json={}, headers=admin).get_json()["items"][0]["reruns"] == 2
+    assert event_count(app, nb["id"]) == 2
+
+
+def test_records_rejected_again_are_not_run_again_on_the_way(client, api, admin, iep):
+    src, _, _ = iep
+    for number in range(3):
+        body = goal_body(kind="attendance")  # no rule takes it, fix or not
+        post(client, src["id"], body, signed(src["secret"], body, f"iep-{number}"))
+    url, seen, cursor = f"/v1/sources/{src['id']}/inbound/rerun", [], None
+    for _ in range(5):
+        answer = client.post(url, json={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=admin)
+        seen += [r["webhook_id"] for r in answer.get_json()["items"]]
+        cursor = answer.get_json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["iep-0", "iep-1", "iep-2"]
+    assert all(r["reruns"] == 1 for r in inbound(api, src["id"], "rejected"))

@@ -13,6 +13,7 @@ from careloop.runtime import Runtime
 from careloop.workers.digests import send_digest
 from careloop.workers.jobs import deliver, deliver_many, route_event, route_many
 from careloop.workers.relay import relay_once
+from careloop.workers.reminders import send_reminder
 
 JOBS = Jobs(
     route=route_event,
@@ -21,6 +22,7 @@ JOBS = Jobs(
     sweep=relay_once,
     digest=send_digest,
     route_many=route_many,
+    reminder=send_reminder,
 )
 """careloop's jobs, as the dispatcher hands them out."""
 

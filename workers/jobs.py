@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop import digests as dg
-from careloop import metrics, webhooks
+from careloop import metrics, reminders, webhooks
 from careloop import preferences as prefs
 from careloop.db import session_scope
 from careloop.events import is_urgent
@@ -277,6 +277,11 @@ def _route(runtime: Runtime, event_id: str, later: list[str] | None = None) -> i
             else:
                 hand_over_deliveries(session, runtime.dispatcher, ids, delay=delay)
         hand_over_digests(session, runtime, {d for d, _ in digest_of.values()})
+        # --- reminders (issue 12): the check-in's reminders follow its new state at once ---
+        if event.type in reminders.CHECKIN_EVENT_TYPES:
+            offsets = runtime.settings.reminder_offsets
+            due = reminders.sync_event_checkin(session, event.notebook_id, event.context, offsets)
+            reminders.hand_over(session, runtime.dispatcher, due)
         log.info(
             "routed event %s (%s): %d planned, %d webhook messages, %d handed over",
             event.id,

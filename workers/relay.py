@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from careloop import deliveries as dl
 from careloop import digests as dg
+from careloop import reminders as rm
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.logs import request_id_bound
@@ -25,6 +26,7 @@ from careloop.queues import DigestJob, delivery_queue
 from careloop.runtime import Runtime
 from careloop.workers.digests import recover_stale_digest
 from careloop.workers.jobs import recover_stale
+from careloop.workers.reminders import recover_stale_reminder
 from careloop.workers.webhook_sends import notify_disabled
 
 log = logging.getLogger("careloop.relay")
@@ -92,6 +94,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             dg.mark_enqueued(session, [job.digest_id for job in due_jobs])
             digests = len(lost)
 
+        # --- reminders (issue 12): re-plan check-ins, hand over due ones Redis lost, settle stale ---
+        counts_reminders = rm.relay_sweep(session, runtime)
+        for reminder_id, token, called in rm.stale_claims(session, settings.claim_timeout):
+            recover_stale_reminder(runtime, reminder_id, token, called)
+            counts["stale"] += 1
+
         for delivery_id, token in dl.stale_claims(session, settings.claim_timeout):
             with request_id_bound(None):  # its lines carry the id of the event it is about
                 recover_stale(runtime, delivery_id, token)
@@ -101,11 +109,11 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             counts["stale"] += 1
 
         notify_disabled(runtime, session)
-    if any(counts.values()) or digests:
+    if any(counts.values()) or digests or counts_reminders:
         log.info(
-            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests handed over, "
-            "%(stale)d stale sends checked",
-            {**counts, "digests": digests},
+            "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, %(reminders)d "
+            "reminders handed over, %(stale)d stale sends checked",
+            {**counts, "digests": digests, "reminders": counts_reminders},
         )
     return counts
 
@@ -117,6 +125,7 @@ def forget_hand_overs(session: Session) -> None:
     session.execute(update(OutboxEntry).where(OutboxEntry.done_at.is_(None)).values(dispatched_at=None))
     dl.forget_enqueued(session)
     dg.forget_enqueued(session)
+    rm.forget_enqueued(session)
     session.commit()
 
 
