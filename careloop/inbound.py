@@ -10,7 +10,8 @@ once: a repeat, even a concurrent one, finds the first record (a unique constrai
 the race) and creates nothing.
 
 Adding a kind (FHIR, HL7 v2, a declarative mapping): subclass :class:`SourceKind` with its
-``kind``, the ``media_types`` it reads and ``events(source, body)``, and list it in
+``kind``, the ``media_types`` it reads and ``events(source, body)`` (and ``answer(receipt)``
+when its senders expect an answer of their own, as HL7's ACK), and list it in
 :data:`KIND_HANDLERS`. The API's ``kind`` enum follows.
 """
 
@@ -24,9 +25,9 @@ from typing import Annotated, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from careloop import mapping_inbound
+from careloop import hl7_inbound, hl7v2, mapping_inbound
 from careloop.events import EVENT_DATA, EVENT_KINDS, EventType, MemberId, Timestamp
 from careloop.fhir_inbound import FhirEvents
 from careloop.intake import FieldError, stage_event
@@ -80,6 +81,20 @@ class SourceKind:
         notification's event numbers), read before mapping so a rejected record keeps it too.
         Never raises: a body it cannot read has none."""
         return None
+
+    def answer(self, receipt: Receipt) -> Answer | None:
+        """The kind's own HTTP answer to a verified request (an HL7 ACK), or None: careloop's
+        JSON inbound record (or error), as for every kind that does not say otherwise."""
+        return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A kind's own answer to a verified request: the HTTP status, body and Content-Type."""
+
+    status: int
+    body: bytes
+    content_type: str
 
 
 def strict_json(body: bytes) -> object:
@@ -186,9 +201,29 @@ class MappingEvents(SourceKind):
         return [EventDraft(**vars(mapped))]
 
 
+class Hl7v2Appointments(SourceKind):
+    """``hl7v2``: HL7 v2 SIU scheduling messages as ER7 text, answered with an HL7 ACK
+    (``careloop.hl7_inbound``, over the reader in ``careloop.hl7v2``)."""
+
+    kind = "hl7v2"
+    media_types = hl7v2.MEDIA_TYPES
+
+    def events(self, source: Source, body: bytes) -> list[EventDraft]:
+        try:
+            found = hl7_inbound.events(object_session(source), source, body)
+        except hl7v2.Hl7Problem as exc:
+            raise Unmappable(exc.reason, {exc.location or "body": [exc.message]}) from None
+        return [EventDraft(e.notebook_id, e.event_type, e.data) for e in found]
+
+    def answer(self, receipt: Receipt) -> Answer | None:
+        status = receipt.problem.status if receipt.problem is not None else None
+        ack = hl7_inbound.answer(receipt.record, receipt.replayed, status)
+        return Answer(ack.status, ack.body, ack.content_type)
+
+
 KIND_HANDLERS: dict[str, SourceKind] = {
     handler.kind: handler
-    for handler in (CareloopEvents(), FhirEvents(), MappingEvents())  # type: ignore[misc]
+    for handler in (CareloopEvents(), FhirEvents(), MappingEvents(), Hl7v2Appointments())  # type: ignore[misc]
 }
 """Every source kind careloop reads, by the ``kind`` a source is registered with."""
 
@@ -206,6 +241,12 @@ class Receipt:
     replayed: bool = False
     problem: Unmappable | None = None
     created: list[str] = field(default_factory=list)
+
+
+def answer(source: Source, receipt: Receipt) -> Answer | None:
+    """The answer ``source``'s kind gives to a verified request, if it has its own."""
+    respond = getattr(KIND_HANDLERS.get(source.kind), "answer", None)  # FhirEvents is no SourceKind
+    return respond(receipt) if respond is not None else None
 
 
 def media_type(content_type: str | None) -> str:

@@ -209,6 +209,7 @@ def source(s: Source, public_url: str) -> dict:
         "kind": s.kind,
         "notebook_id": s.notebook_id,
         "patients": (s.config or {}).get("patients"),
+        "timezone": (s.config or {}).get("timezone"),
         "webhook_url": f"{public_url}/v1/webhooks/{s.id}",
         "created_at": iso(s.created_at),
         "secret_rotated_at": iso(s.secret_rotated_at),

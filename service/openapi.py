@@ -15,7 +15,7 @@ from apiflask import APIFlask
 from careloop.service.checkins import REPLY_BODY
 from careloop.service.events import IDEMPOTENCY_KEY
 from careloop.service.guards import ID_PATTERN
-from careloop.service.sources import WEBHOOK_BODY, WEBHOOK_HEADERS
+from careloop.service.sources import HL7_ACK, WEBHOOK_BODY, WEBHOOK_HEADERS
 
 ERROR = {"$ref": "#/components/schemas/HTTPError"}
 
@@ -48,6 +48,9 @@ def complete(spec: dict) -> dict:
                 replayed = operation["responses"]["200"]
                 replayed["content"] = operation["responses"]["202"]["content"]
                 replayed["headers"] = {"Idempotent-Replayed": CREATE_EVENT_HEADERS["Idempotent-Replayed"]}
+                for status in ("200", "202", "415", "422"):  # an hl7v2 source answers with an ACK
+                    answered = operation["responses"].setdefault(status, _error(""))
+                    answered["content"] = {**answered.get("content", {}), **HL7_ACK}
             if operation.get("operationId") == "replyToCheckin":  # read raw: an iTIP REPLY
                 operation["requestBody"] = REPLY_BODY
             for parameter in operation.get("parameters", []):

@@ -840,18 +840,27 @@ PatientKey = Annotated[str, Field(min_length=1, max_length=401, pattern=PATIENT_
 
 
 MAPPING_EXAMPLE = MappingSpec.model_config["json_schema_extra"]["examples"][0]
+HL7_SOURCE_EXAMPLE = {
+    "name": "Northside scheduling (HL7 v2)", "kind": "hl7v2", "timezone": "America/Chicago",
+    "patients": {"NORTHSIDE|MRN12345": NB},
+}  # fmt: skip
 _ONE_NOTEBOOK = {"notebook_id": {"type": "string"}, "patients": {"type": "null"}}
 _BY_PATIENT = {"patients": {"type": "object"}, "notebook_id": {"type": "null"}}
-_OTHER_KINDS = [k for k in KIND_HANDLERS if k not in (FHIR_KIND, "mapping")]
+_NO_ZONE = {"timezone": {"type": "null"}}
+_OTHER_KINDS = [k for k in KIND_HANDLERS if k not in (FHIR_KIND, "mapping", "hl7v2")]
 SOURCE_TARGETS = [
-    {"properties": {"kind": {"enum": _OTHER_KINDS}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
-    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
-    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT}, "required": ["patients"]},
-    {"properties": {"kind": {"const": "mapping"}, "patients": {"type": "null"}}, "required": ["mapping"]},
+    {"properties": {"kind": {"enum": _OTHER_KINDS}, **_ONE_NOTEBOOK, **_NO_ZONE},
+     "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_ONE_NOTEBOOK, **_NO_ZONE}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": FHIR_KIND}, **_BY_PATIENT, **_NO_ZONE}, "required": ["patients"]},
+    {"properties": {"kind": {"const": "mapping"}, "patients": {"type": "null"}, **_NO_ZONE},
+     "required": ["mapping"]},
+    {"properties": {"kind": {"const": "hl7v2"}, **_ONE_NOTEBOOK}, "required": ["notebook_id"]},
+    {"properties": {"kind": {"const": "hl7v2"}, **_BY_PATIENT}, "required": ["patients"]},
 ]  # fmt: skip
 """Where a source's events go, in the schema as the API checks it: any kind names its notebook,
-a ``fhir`` source may map patients instead (never both), a ``mapping`` source has its mapping
-(which may choose the notebook)."""
+a ``fhir`` or ``hl7v2`` source may map patients instead (never both), a ``mapping`` source has
+its mapping (which may choose the notebook); only an ``hl7v2`` source has a ``timezone``."""
 
 Patients = Annotated[
     dict[PatientKey, NotebookId],  # type: ignore[valid-type]
@@ -866,6 +875,7 @@ class SourceIn(_In):
                 {"name": "Northside EHR", "kind": "careloop", "notebook_id": NB},
                 {"name": "Northside FHIR", "kind": "fhir", "patients": FHIR_SOURCE_EXAMPLE["patients"]},
                 {"name": "Lincoln Elementary IEP", "kind": "mapping", "mapping": MAPPING_EXAMPLE},
+                HL7_SOURCE_EXAMPLE,
             ],
             "anyOf": SOURCE_TARGETS,
         }
@@ -874,17 +884,22 @@ class SourceIn(_In):
     kind: SourceKindName = Field(
         description="how its bodies are read: `careloop` is careloop's own event JSON; `fhir` is FHIR R4 "
         "resources, Bundles and R4B/R5 (or backport) subscription notifications; `mapping` is the clinic's "
-        "own JSON, read through `mapping`"
+        "own JSON, read through `mapping`; `hl7v2` is HL7 v2 SIU scheduling messages (ER7), answered with "
+        "an HL7 ACK"
     )
     notebook_id: NotebookId | None = Field(
         None,
-        description="the notebook its events go to; required unless a `fhir` source gives `patients` or a "
-        "mapping chooses notebooks (`notebook_by`)",
+        description="the notebook its events go to; required unless a `fhir` or `hl7v2` source gives "
+        "`patients` or a mapping chooses notebooks (`notebook_by`)",
     )
     patients: Patients | None = Field(
         None,
-        description="`fhir` only, instead of `notebook_id`: the notebook of each patient, by `Patient/<id>` "
-        "or by an identifier's `<system>|<value>`",
+        description="`fhir` and `hl7v2` only, instead of `notebook_id`: the notebook of each patient, by "
+        "`Patient/<id>` or an identifier's `<system>|<value>` (`fhir`), or a PID-3 identifier's "
+        "`<assigning authority>|<id>` (`hl7v2`)",
+    )
+    timezone: TimeZone | None = Field(
+        None, description="`hl7v2` only: the zone of times written without an offset (else the notebook's)"
     )
     mapping: MappingSpec | None = Field(
         None, description="for a `mapping` source (required there, refused elsewhere): its field mapping"
@@ -905,7 +920,8 @@ class SourcePatch(_In):
     notebook_id: NotebookId | None = Field(
         None, description="null: the mapping chooses notebooks, or a `fhir` source's `patients` do"
     )
-    patients: Patients | None = Field(None, description="`fhir` only: replaces the patients map")
+    patients: Patients | None = Field(None, description="`fhir`, `hl7v2`: replaces the patients map")
+    timezone: TimeZone | None = Field(None, description="`hl7v2`: replaces the zone (null: the notebook's)")
     mapping: MappingSpec = None  # type: ignore[assignment]
 
 
@@ -915,7 +931,8 @@ class SourceOut(_Out):
     name: str
     kind: SourceKindName
     notebook_id: str | None
-    patients: dict[str, str] | None = Field(None, description="a `fhir` source's patients' notebooks")
+    patients: dict[str, str] | None = Field(None, description="the notebook of each patient, if it maps them")
+    timezone: str | None = Field(None, description="an `hl7v2` source's zone for times without an offset")
     webhook_url: str = Field(description="where it posts, signed per Standard Webhooks")
     created_at: DateTimeText
     secret_rotated_at: DateTimeText | None

@@ -15,7 +15,7 @@ import logging
 from datetime import UTC, timedelta
 
 from apiflask import APIBlueprint, abort
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from sqlalchemy import and_, or_, select
 
 from careloop import fhir_inbound, inbound, mapping_inbound, serialize, sources
@@ -65,12 +65,31 @@ WEBHOOK_HEADERS = [
 ]
 """The Standard Webhooks headers, as the OpenAPI document describes them."""
 
+HL7_EXAMPLE = "\r".join((
+    "MSH|^~\\&|SCHEDULER|NORTHSIDE|CARELOOP|FAMILY|20270112083000-0600||SIU^S12^SIU_S12|MSG00001|P|2.5",
+    "SCH||20345^SCHEDULER|||||FOLLOWUP^Neurology follow-up|ROUTINE|45|MIN|^^45^20270119093000",
+    "PID|1||MRN12345^^^NORTHSIDE^MR||RIVERA^MAYA",
+    "AIL|1|A|NEURO^201^^NORTHSIDE^^^^^Neurology clinic, room 201",
+)) + "\r"  # fmt: skip
+HL7_ACK_EXAMPLE = "\r".join((
+    "MSH|^~\\&|CARELOOP|FAMILY|SCHEDULER|NORTHSIDE|20270112143001+0000||ACK^S12^ACK|8a7b6c5d4e3f2a1b0c9d|P|2.5",
+    "MSA|AA|MSG00001",
+)) + "\r"  # fmt: skip
+HL7_ACK = {
+    "x-application/hl7-v2+er7": {
+        "schema": {"type": "string", "description": "an HL7 v2 ACK: MSA-1 AA, AE or AR; ERR says why"},
+        "example": HL7_ACK_EXAMPLE,
+    }
+}
+"""An `hl7v2` source's answer to a verified request, as the OpenAPI document describes it."""
+
 WEBHOOK_BODY = {
     "required": True,
     "description": "For a `careloop` source: the JSON body `POST /v1/notebooks/{id}/events` takes, "
     "plus `notebook_id` (the source's notebook). For a `fhir` source: a FHIR R4 resource, a Bundle, or a "
     "subscription notification, as `application/fhir+json` or `application/json`. For a `mapping` source: "
-    "the clinic's own JSON, read through the source's mapping. The signature is checked over these "
+    "the clinic's own JSON, read through the source's mapping. For an `hl7v2` source: one HL7 v2 SIU "
+    "message (S12, S13, S14 or S15) in ER7, answered with an HL7 ACK. The signature is checked over these "
     "exact bytes.",
     "content": {
         "application/json": {
@@ -83,6 +102,7 @@ WEBHOOK_BODY = {
             "example": {"resourceType": "Flag", "status": "active", "code": {"text": "Seizure plan updated"},
                         "subject": {"reference": "Patient/123"}},
         },
+        "x-application/hl7-v2+er7": {"schema": {"type": "string"}, "example": HL7_EXAMPLE},
     },
 }  # fmt: skip
 """The webhook's request body, as the OpenAPI document describes it (read raw, not by a schema)."""
@@ -141,12 +161,14 @@ def _out(source: Source) -> dict:
 )
 def create_source(body: SourceIn):
     patients = _checked_patients(body.kind, body.notebook_id, body.patients)
+    timezone = _checked_timezone(body.kind, body.timezone)
     mapping = _checked_config(body.kind, body.notebook_id, body.mapping)
+    config = {key: value for key, value in (("patients", patients), ("timezone", timezone)) if value}
     source = Source(
         name=body.name,
         kind=body.kind,
         notebook_id=body.notebook_id,
-        config={"patients": patients} if patients else None,
+        config=config or None,
         mapping=mapping,
         secret=sources.mint_secret(),
     )
@@ -159,23 +181,38 @@ def _invalid(field: str, message: str):
     abort(422, f"{field} {message}", detail={"json": {field: [message]}})
 
 
+PATIENT_KINDS = (fhir_inbound.KIND, "hl7v2")
+"""Kinds whose sources may map patients to notebooks (``patients``) instead of naming one."""
+
+
 def _checked_patients(kind: str, notebook_id: str | None, patients: dict | None) -> dict[str, str] | None:
-    """Where a source's events go, checked before it is saved: a ``fhir`` source names one
-    notebook or maps patients to existing notebooks; any other kind names its notebook
-    (checked with its mapping, :func:`_checked_config`)."""
-    if kind != fhir_inbound.KIND:
+    """Where a source's events go, checked before it is saved: a ``fhir`` or ``hl7v2`` source
+    names one notebook or maps patients to existing notebooks (an ``hl7v2`` source by
+    ``<assigning authority>|<id>`` only); any other kind names its notebook (checked with its
+    mapping, :func:`_checked_config`)."""
+    if kind not in PATIENT_KINDS:
         if patients is not None:
-            _invalid("patients", "is only for a fhir source")
+            _invalid("patients", "is only for a fhir or hl7v2 source")
         return None
     if (notebook_id is None) == (patients is None):
-        _invalid("patients", "or notebook_id: a fhir source takes exactly one of them")
+        _invalid("patients", f"or notebook_id: a {kind} source takes exactly one of them")
     if patients is None:
         return None
     found = set(g.db.scalars(select(Notebook.id).where(Notebook.id.in_(set(patients.values())))))
     for key, target in patients.items():
+        if kind == "hl7v2" and "|" not in key:
+            _invalid(f"patients.{key}", "must be a PID-3 identifier as '<assigning authority>|<id>'")
         if target not in found:
             abort(404, f"patients.{key}: notebook not found")
     return dict(patients)
+
+
+def _checked_timezone(kind: str, timezone: str | None) -> str | None:
+    """An ``hl7v2`` source's zone for times written without an offset (the schema checked the
+    name); other kinds' times carry their offsets."""
+    if timezone is not None and kind != "hl7v2":
+        _invalid("timezone", "is only for an hl7v2 source")
+    return timezone
 
 
 def _checked_config(
@@ -200,7 +237,7 @@ def _checked_config(
                     fields.setdefault(f"mapping.notebooks.{key}", []).append("no such notebook")
     elif mapping is not None:
         fields["mapping"] = [f"a {kind} source takes no mapping"]
-    if notebook_id is None and not chooses and kind != fhir_inbound.KIND:  # fhir: _checked_patients
+    if notebook_id is None and not chooses and kind not in PATIENT_KINDS:  # see _checked_patients
         fields["notebook_id"] = ["required (unless a mapping chooses notebooks with notebook_by)"]
     elif notebook_id is not None and chooses:
         fields["notebook_id"] = ["a mapping that chooses notebooks with notebook_by takes no notebook_id"]
@@ -242,7 +279,8 @@ def get_source(source_id: str):
 @bp.output(SourceOut)
 @bp.doc(
     operation_id="updateSource",
-    summary="Fix a source's name, notebook, patients or mapping (admin key); then re-run what it rejected",
+    summary="Fix a source's name, notebook, patients, time zone or mapping (admin key); then re-run what it "
+    "rejected",
     description="The fields given replace the source's; the result is checked as when it was "
     "registered (422 naming the field). Records it rejected stay rejected until re-run "
     "(`POST /v1/sources/{id}/inbound/{record_id}/rerun`).",
@@ -264,9 +302,13 @@ def update_source(source_id: str, body: SourcePatch):
     else:
         patients = None if "notebook_id" in given and notebook_id else (source.config or {}).get("patients")
     patients = _checked_patients(source.kind, notebook_id, patients)
+    timezone = (source.config or {}).get("timezone")
+    if "timezone" in given:
+        timezone = _checked_timezone(source.kind, body.timezone)
     source.mapping = _checked_config(source.kind, notebook_id, mapping)
-    config = {key: value for key, value in (source.config or {}).items() if key != "patients"}
-    source.config = {**config, "patients": patients} if patients else (config or None)
+    config = {k: v for k, v in (source.config or {}).items() if k not in ("patients", "timezone")}
+    config.update((key, value) for key, value in (("patients", patients), ("timezone", timezone)) if value)
+    source.config = config or None
     source.name, source.notebook_id = name, notebook_id
     g.db.commit()
     trail().target_id = source.id
@@ -490,7 +532,8 @@ def rerun_inbound(source_id: str, record_id: str):
     description="No Bearer key: the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers "
     "must verify over the raw body with the source's secret (or, during a rotation's grace, the one "
     "before it), within 5 minutes of careloop's clock. A webhook-id seen before is answered 200 with "
-    "the first result and creates nothing. Every request is kept as an inbound record.",
+    "the first result and creates nothing. Every request is kept as an inbound record. An `hl7v2` "
+    "source's verified requests are answered with an HL7 ACK (`x-application/hl7-v2+er7`) instead of JSON.",
     security=[],
     responses={
         200: "A repeat of a webhook-id already received: the first result; nothing was created",
@@ -498,8 +541,11 @@ def rerun_inbound(source_id: str, record_id: str):
         401: "The signature does not verify (missing or malformed headers, stale or future timestamp, "
         "no matching signature); recorded as rejected",
         404: "No such source",
-        415: "Verified, but the body is not of a type this source's kind reads; recorded as rejected",
-        422: "Verified, but the body cannot be mapped to events (the fields say why); recorded as rejected",
+        415: "Verified, but the body is not of a type this source's kind reads; recorded as rejected "
+        "(an `hl7v2` source answers with an HL7 ACK, AR)",
+        422: "Verified, but the body cannot be mapped to events (the fields say why); recorded as rejected. "
+        "An `hl7v2` source answers with an HL7 ACK: AE (unknown patient, a field it cannot use) or AR "
+        "(not an SIU message careloop reads)",
         503: "The database is unavailable: nothing was recorded; send it again after Retry-After",
     },
 )
@@ -519,6 +565,10 @@ def receive_webhook(source_id: str):
         audit_webhook(source, receipt.record, None if receipt.problem is None else "not mappable")
     if receipt.created:
         hand_over_events(g.db, current_app.extensions["careloop"].runtime.dispatcher, receipt.created)
+    answer = inbound.answer(source, receipt)  # a kind's own answer: an HL7 ACK
+    if answer is not None:
+        replayed = {"Idempotent-Replayed": "true"} if receipt.replayed else {}
+        return Response(answer.body, answer.status, replayed, content_type=answer.content_type)
     if receipt.problem is not None:
         problem = receipt.problem
         abort(problem.status, problem.reason, detail={"json": problem.fields} if problem.fields else None)
