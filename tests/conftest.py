@@ -52,8 +52,8 @@ UNLIMITED = "1000000/minute"
 DB_TABLES = (
     "reminders", "digests", "deliveries", "outbox", "checkin_answers", "checkins", "events",
     "api_key_notebooks", "api_keys", "signin_links", "members", "notebooks", "instance_secrets", "audit_log",
-    "webhook_attempts",
-    "webhook_endpoint_notebooks", "webhook_endpoints", "inbound_records", "sources",
+    "webhook_attempts", "webhook_endpoint_notebooks", "webhook_endpoints", "inbound_records", "sources",
+    "caldav_calendars",
 )
 
 

@@ -1,7 +1,7 @@
 """RSVPs read back: checkin_answers (each member's PARTSTAT per check-in, or per occurrence)
 
 Revision ID: 0015_rsvp
-Revises: 0014_reminders
+Revises: 0013_caldav_feed
 Create Date: 2026-11-29 14:30:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015_rsvp"
-down_revision = "0014_reminders"
+down_revision = "0013_caldav_feed"
 branch_labels = None
 depends_on = None
 
