@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from careloop import recurrence
+from careloop.messages import CalendarEntry, Occurrence, first_name
 from careloop.models import Checkin, Member, Notebook
 
 
@@ -240,3 +241,34 @@ def _still_occurring(changes: dict, series: dict, tzid: str) -> dict:
     )
     keys = {occurrence_key(s) for s in starts}
     return {k: v for k, v in changes.items() if k in keys}
+
+
+def calendar_entry(checkin: Checkin, notebook: Notebook) -> CalendarEntry:
+    """The check-in as a calendar keeps it now: the series as last scheduled or updated, each
+    occurrence moved or cancelled alone, and whether it is cancelled whole."""
+    details = checkin.details or {}
+    occurrences = tuple(
+        Occurrence(
+            recurrence_id=datetime.fromisoformat(key),
+            sequence=int(change["sequence"]),
+            start=datetime.fromisoformat(change["start"]),
+            end=datetime.fromisoformat(change["end"]),
+            title=change.get("title"),
+            location=change.get("location"),
+            cancelled=bool(change.get("cancelled")),
+        )
+        for key, change in sorted((details.get("occurrences") or {}).items())
+    )
+    return CalendarEntry(
+        uid=checkin.uid,
+        sequence=int(details.get("series_sequence", checkin.sequence)),
+        title=details["title"],
+        start=datetime.fromisoformat(details["start"]),
+        end=datetime.fromisoformat(details["end"]),
+        tzid=notebook.timezone,
+        location=details.get("location"),
+        description=f"Care team check-in for {first_name(notebook.child_name)}.",
+        recurrence=details.get("recurrence"),
+        occurrences=occurrences if details.get("recurrence") else (),
+        cancelled=bool(checkin.cancelled),
+    )

@@ -25,12 +25,14 @@ from rq.utils import utcparse
 
 from careloop.metrics import QueueStats
 from careloop.queues import (
+    CALDAV_QUEUE,
     ROUTE_BATCH_SIZE,
     ROUTE_QUEUE,
     DeliveryJob,
     DigestJob,
     ReminderJob,
     batches,
+    caldav_job_id,
     delivery_queue,
     digest_job_id,
     queue_roles,
@@ -60,7 +62,8 @@ class Jobs:
     ``deliver_many(delivery_ids, runtime=None)``, ``deliver(delivery_id, runtime=None,
     claim_token=None)`` and ``digest(digest_id, runtime=None)`` are RQ jobs (importable by
     name, ids in); the in-process queue calls them with its runtime. ``sweep(runtime)`` is one
-    relay sweep, run by the in-process queue in its idle time.
+    relay sweep, run by the in-process queue in its idle time. ``publish(ref, runtime=None)``
+    writes one check-in to its notebook's CalDAV calendar.
     """
 
     route: Callable[..., Any]
@@ -71,6 +74,7 @@ class Jobs:
     digest: Callable[..., Any] | None = None
     reminder: Callable[..., Any] | None = None
     """``reminder(reminder_id, runtime=None)``: send one check-in reminder (careloop.reminders)."""
+    publish: Callable[..., Any] | None = None
 
 
 class RQDispatcher:
@@ -184,6 +188,17 @@ class RQDispatcher:
         """The digests whose job for their due time Redis no longer has waiting."""
         waiting = self._waiting([(self.queue(job.queue).name, digest_job_id(job)) for job in jobs])
         return [job for job in jobs if digest_job_id(job) not in waiting]
+
+    def publish(self, refs: list[str]) -> None:
+        """Enqueue the CalDAV publish job of these check-ins (row ids), one job each."""
+        self.queue(CALDAV_QUEUE).enqueue_many(
+            [self._prepared(self.jobs.publish, ref, caldav_job_id(ref)) for ref in refs]
+        )
+
+    def missing_publishes(self, refs: list[str]) -> list[str]:
+        """The check-ins whose publish job Redis no longer has waiting (one round trip)."""
+        waiting = self._waiting([(self.queue(CALDAV_QUEUE).name, caldav_job_id(ref)) for ref in refs])
+        return [ref for ref in refs if caldav_job_id(ref) not in waiting]
 
     # --- reminders (issue 12) ---
     def reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:
@@ -398,6 +413,13 @@ class InProcessDispatcher:
 
     def missing_digests(self, jobs: list[DigestJob]) -> list[DigestJob]:
         return jobs  # the in-process queue cannot be asked; a digest job is safe to run twice
+
+    def publish(self, refs: list[str]) -> None:
+        for ref in refs:
+            self._push(self._jobs.publish, ref, None)
+
+    def missing_publishes(self, refs: list[str]) -> list[str]:
+        return refs  # the in-process queue cannot be asked; a publish job is safe to run twice
 
     # --- reminders (issue 12) ---
     def reminders(self, jobs: list[ReminderJob]) -> list[ReminderJob]:

@@ -169,6 +169,10 @@ def parse(body: bytes):
         problem = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(part) for part in problem["loc"]) or "body"
         raise FhirUnmappable(where, f"is not valid FHIR R4B {resource_type}: {problem['msg']}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError):
+        # fhir.resources' own lookups fail this way on some shapes (a contained or entry
+        # resource of an unknown type is a KeyError).
+        raise FhirUnmappable("body", f"is not valid FHIR R4B {resource_type}") from None
 
 
 def _notification(bundle) -> Notification | None:
@@ -689,8 +693,8 @@ def _dosage(dosages) -> str | None:
             quantity, span = rate.doseQuantity, rate.doseRange
             if quantity is not None and quantity.value is not None:
                 return f"{quantity.value:g} {quantity.unit or quantity.code or ''}".strip()
-            if span is not None and span.low is not None and span.high is not None:
-                low, high = span.low, span.high
+            low, high = (span.low, span.high) if span is not None else (None, None)
+            if low is not None and high is not None and low.value is not None and high.value is not None:
                 return f"{low.value:g}-{high.value:g} {high.unit or high.code or ''}".strip()
     return None
 

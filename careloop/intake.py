@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from careloop.calendar_publishing import stage_publish
 from careloop.checkins import CheckinError, apply_event
 from careloop.logs import current_request_id
 from careloop.models import Event, Member, Notebook, OutboxEntry, new_id, utcnow
@@ -131,6 +132,8 @@ def _stage(
     # commit and resets this only if that fails (one write fewer per event); a process that
     # dies in between leaves it for the relay, which finds no job for it after the claim timeout.
     session.add(OutboxEntry(topic=ROUTE_TOPIC, ref_id=event.id, dispatched_at=event.recorded_at or utcnow()))
+    if "checkin_id" in data:  # the notebook's CalDAV calendar, if it has one, gets the change too
+        stage_publish(session, notebook.id, data["checkin_id"])
     return event, True
 
 

@@ -527,6 +527,9 @@ def apply(spec: MappingSpec, default_notebook_id: str | None, document: object) 
     fields: dict[str, list[str]] = {}
     data: dict[str, object] = {}
     for name, value_spec in rule.data.items():
+        if name not in EVENT_DATA[rule.type].model_fields:  # a mapping saved before a check refused it
+            fields.setdefault(f"data.{name}", []).append(f"is not a field of {rule.type}")
+            continue
         try:
             data[name] = _resolve(value_spec, document)
         except _Missing:

@@ -48,6 +48,33 @@ class Occurrence:
 
 
 @dataclass(frozen=True)
+class CalendarEntry:
+    """One check-in as a calendar keeps it (a CalDAV resource, an entry of a member's feed), not
+    as a message: no METHOD, no attendees.
+
+    ``uid`` and ``sequence`` are the invites' own. A recurring check-in has ``recurrence`` and
+    ``occurrences``: each occurrence moved or cancelled alone (a cancelled one is kept, marked
+    cancelled). ``cancelled``: the whole check-in is.
+    """
+
+    uid: str
+    sequence: int
+    title: str
+    start: datetime
+    end: datetime
+    tzid: str
+    location: str | None = None
+    description: str | None = None
+    recurrence: str | None = None
+    occurrences: tuple[Occurrence, ...] = ()
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+
+
+@dataclass(frozen=True)
 class CalendarInvite:
     """One check-in as an iTIP object.
 

@@ -72,6 +72,7 @@ class Notebook(Base):
 
 class Member(Base):
     __tablename__ = "members"
+    __table_args__ = (UniqueConstraint("calendar_feed_hash", name="uq_members_calendar_feed_hash"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mem"))
     notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"), index=True)
@@ -87,6 +88,10 @@ class Member(Base):
     sms_opted_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # How and when they hear about events (careloop.preferences.Preferences as JSON; None: defaults).
     preferences: Mapped[dict | None] = mapped_column(JSON)
+    # Their calendar feed (careloop.calendar_feeds): raised to revoke the feed URL; the SHA-256 of
+    # the current URL's token (None until the URL was first shown). The token itself is never kept.
+    calendar_feed_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    calendar_feed_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -514,3 +519,24 @@ class Reminder(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CaldavCalendar(Base):
+    """The CalDAV calendar a notebook's check-ins are published to (careloop.caldav), if any.
+
+    The password is kept as given: publishing needs it (like a webhook secret); the API never
+    returns it and no log line carries it. ``last_error`` says why the last try failed (a
+    status or an exception's kind, never a body).
+    """
+
+    __tablename__ = "caldav_calendars"
+
+    notebook_id: Mapped[str] = mapped_column(ForeignKey("notebooks.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    username: Mapped[str | None] = mapped_column(String(200))
+    password: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

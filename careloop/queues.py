@@ -15,6 +15,9 @@ from careloop.vocabulary import WEBHOOK_CHANNEL, ChannelKind
 ROUTE_QUEUE = "route"
 """Routing jobs: fast, database only; every worker takes them before ordinary deliveries."""
 
+CALDAV_QUEUE = "caldav"
+"""Check-ins written to notebooks' CalDAV calendars: taken last by every worker."""
+
 LEGACY_DELIVER_QUEUE = "deliver"
 """The one delivery queue of releases before 0.2; drained last by workers that take SMS."""
 
@@ -103,13 +106,14 @@ def is_urgent_queue(queue: str) -> bool:
 
 def queue_roles(channels: Iterable[str] | None = None) -> list[str]:
     """The queues a worker taking ``channels`` (all by default) listens to, highest priority
-    first: urgent deliveries, then routing, then ordinary deliveries (RQ takes queues in order)."""
+    first: urgent deliveries, then routing, then ordinary deliveries, then CalDAV publishing
+    (RQ takes queues in order)."""
     channels = [str(c) for c in (channels or DELIVERY_CHANNELS)]
     roles = [delivery_queue(c, urgent=True) for c in channels] + [ROUTE_QUEUE]
     roles += [delivery_queue(c, urgent=False) for c in channels]
     if ChannelKind.SMS in channels:
         roles.append(LEGACY_DELIVER_QUEUE)
-    return roles
+    return [*roles, CALDAV_QUEUE]
 
 
 def queue_names(prefix: str, channels: Iterable[str] | None = None) -> list[str]:
@@ -125,6 +129,11 @@ job instead of 25, and their ordinary deliveries handed over together, in full j
 def route_job_id(event_id: str) -> str:
     """The RQ job id of an event's routing job (one per event)."""
     return f"route-{event_id}"
+
+
+def caldav_job_id(ref: str) -> str:
+    """The RQ job id of a check-in's CalDAV publish job (one at a time per check-in)."""
+    return f"caldav-{ref}"
 
 
 def route_batch_job_id(event_ids: list[str]) -> str:

@@ -15,7 +15,8 @@ state wants now are made (or revived, if dropped before), and pending ones it no
 are cancelled with the reason — it moved (the new time has its own rows), it or that
 occurrence was cancelled, the attendee was removed, or the check-in has begun. Only
 occurrences starting within the longest offset plus :data:`HORIZON_MARGIN` are materialized,
-and a reminder whose time has already passed when it is planned is not made.
+a reminder whose time has already passed when it is planned is not made, and one that runs late
+while a nearer one of the same occurrence is due too gives way to it (:func:`give_way_if_late`).
 
 Quiet hours: a reminder :data:`QUIET_HOURS_MIN_OFFSET` minutes or more ahead (the 24 h one)
 waits until the member's quiet hours end (if that is still before the check-in); a nearer one
@@ -33,10 +34,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from zoneinfo import ZoneInfo
 
+from dateutil.rrule import rrulestr
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from careloop import preferences as prefs
@@ -110,8 +114,12 @@ class Wanted:
         return (self.occurrence, self.starts_at, self.member_id, self.offset_minutes, self.channel)
 
 
-def occurrences(details: dict, tzid: str) -> list[Occurrence]:
-    """Every occurrence of a check-in as it stands now (moved ones at their new time)."""
+def occurrences(details: dict, tzid: str, until: datetime | None = None) -> list[Occurrence]:
+    """The occurrences of a check-in as it stands now (moved ones at their new time).
+
+    ``until``: only those whose original start is not after it, and every occurrence changed on
+    its own wherever it was or went (the series is expanded lazily, not to its end, each sweep).
+    """
     if not details or not details.get("start"):
         return []
     start, end = _aware(details["start"]), _aware(details["end"])
@@ -120,9 +128,16 @@ def occurrences(details: dict, tzid: str) -> list[Occurrence]:
     if not rule:
         return [Occurrence("", start, end, title, location)]
     changes = details.get("occurrences") or {}
+    originals: dict[str, datetime] = {}
+    series = rrulestr(rule, dtstart=start.astimezone(ZoneInfo(tzid)), cache=False)
+    for original in islice(series, recurrence.MAX_OCCURRENCES):
+        if until is not None and original > until:
+            break
+        originals[occurrence_key(original)] = original
+    for key in changes:  # changed alone: kept by intake only while it is an occurrence of the series
+        originals.setdefault(key, datetime.fromisoformat(key))
     found = []
-    for original in recurrence.occurrences(start, rule, tzid):
-        key = occurrence_key(original)
+    for key, original in sorted(originals.items(), key=lambda kv: kv[1]):
         change = changes.get(key) or {}
         moved = _aware(change["start"]) if change.get("start") else original
         found.append(
@@ -326,7 +341,9 @@ def sync_checkin(
         session.commit()
         return []
     notebook = session.get(Notebook, checkin.notebook_id)
-    found = [] if checkin.cancelled else occurrences(checkin.details or {}, notebook.timezone)
+    offsets = tuple(offsets)
+    until = now + timedelta(minutes=max(offsets, default=0)) + HORIZON_MARGIN
+    found = [] if checkin.cancelled else occurrences(checkin.details or {}, notebook.timezone, until)
     attendees = [] if checkin.cancelled else _attendees(session, checkin, notebook)
     wanted = plan(found, attendees, offsets, now)
     due: list[Due] = []
@@ -447,8 +464,47 @@ def sync_all(session: Session, offsets, now: datetime | None = None) -> list[Due
     session.commit()
     due: list[Due] = []
     for pk in sorted(pks):
-        due += sync_checkin(session, pk, offsets, now, skip_locked=True)
+        try:
+            due += sync_checkin(session, pk, offsets, now, skip_locked=True)
+        except (OperationalError, InterfaceError):
+            raise  # the database is away: the whole sweep waits for it
+        except Exception:  # one check-in's bad data must not hold back every other's reminders
+            session.rollback()
+            log.exception("reminders of check-in %s could not be planned", pk)
     return due
+
+
+def give_way_if_late(session: Session, reminder_id: str, now: datetime | None = None) -> bool:
+    """Cancel a pending reminder whose nearer one (a smaller offset, same occurrence, member and
+    channel) is due too — it ran late (workers were down): one message, not two at once. Returns
+    whether it was cancelled."""
+    now = now or utcnow()
+    row = session.get(Reminder, reminder_id)
+    if row is None or row.status != ReminderStatus.PENDING:
+        return False
+    nearer = session.scalar(
+        select(Reminder.id)
+        .where(
+            Reminder.checkin_pk == row.checkin_pk,
+            Reminder.occurrence == row.occurrence,
+            Reminder.starts_at == row.starts_at,
+            Reminder.member_id == row.member_id,
+            Reminder.channel == row.channel,
+            Reminder.offset_minutes < row.offset_minutes,
+            Reminder.due_at <= now,
+            Reminder.status.in_((ReminderStatus.PENDING, ReminderStatus.SENDING, ReminderStatus.SENT)),
+        )
+        .limit(1)
+    )
+    if nearer is None:
+        return False
+    return _set(
+        session,
+        (Reminder.id == reminder_id) & (Reminder.status == ReminderStatus.PENDING),
+        status=ReminderStatus.CANCELLED,
+        error="late: a nearer reminder of the same check-in goes instead",
+        updated_at=now,
+    )
 
 
 def claim(session: Session, reminder_id: str, token: str, now: datetime | None = None) -> int | None:
@@ -601,11 +657,14 @@ def of_checkin(session: Session, notebook_id: str, context: dict | None) -> list
     if not uid:
         return []
     pk = session.scalar(select(Checkin.id).where(Checkin.notebook_id == notebook_id, Checkin.uid == uid))
-    if pk is None:
-        return []
+    return [] if pk is None else for_checkin(session, pk)
+
+
+def for_checkin(session: Session, checkin_pk: int) -> list[Reminder]:
+    """Every reminder of one check-in (``checkins.id``), by due time: moved and dropped ones too."""
     return list(
         session.scalars(
-            select(Reminder).where(Reminder.checkin_pk == pk).order_by(Reminder.due_at, Reminder.id)
+            select(Reminder).where(Reminder.checkin_pk == checkin_pk).order_by(Reminder.due_at, Reminder.id)
         ).all()
     )
 

@@ -14,6 +14,11 @@ What each message holds:
 - the whole check-in cancelled: the series' VEVENT with STATUS:CANCELLED;
 - an attendee removed (CANCEL): the series' VEVENT listing only them and no STATUS, since
   the check-in goes on (RFC 5546 §3.2.5).
+
+A calendar's own copy (:func:`build_calendar`: a CalDAV resource, a member's feed) is no
+message: no METHOD, no ORGANIZER or ATTENDEE (a CalDAV server that schedules, RFC 6638,
+would otherwise invite everyone a second time), the same UIDs and SEQUENCEs as the invites,
+and each occurrence cancelled alone kept as its own VEVENT with STATUS:CANCELLED.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from icalendar import Calendar, Event, vCalAddress, vRecur
 
 from careloop.integrations.vtimezone import vtimezone
-from careloop.messages import CalendarInvite, Occurrence
+from careloop.messages import CalendarEntry, CalendarInvite, Occurrence
 from careloop.recurrence import last_start
 
 PRODID = "-//careloop//careloop calendar invites//EN"
@@ -153,3 +158,82 @@ def _span(invite: CalendarInvite) -> tuple[datetime, datetime]:
         times += [occurrence.recurrence_id, occurrence.start, occurrence.end]
     times += list(invite.exdates)
     return min(times), max(times)
+
+
+def build_calendar(
+    entries: list[CalendarEntry] | tuple[CalendarEntry, ...],
+    *,
+    name: str | None = None,
+    stamp: datetime | None = None,
+) -> bytes:
+    """Render check-ins as one VCALENDAR without METHOD (a calendar's copy, not an iTIP message).
+
+    Args:
+        entries: the check-ins; each one's times are shown in its ``tzid``.
+        name: the calendar's display name (X-WR-CALNAME), for a feed.
+        stamp: DTSTAMP; now (UTC) by default.
+
+    Returns:
+        The iCalendar bytes, with one VTIMEZONE per zone used, right over every time shown.
+
+    Raises:
+        ValueError: when a ``tzid`` is not a known IANA time zone.
+    """
+    stamp = (stamp or datetime.now(UTC)).astimezone(UTC)
+    events: list[Event] = []
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for entry in entries:
+        try:
+            zone = ZoneInfo(entry.tzid)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {entry.tzid!r}") from exc
+        series = _entry_event(entry, zone, stamp, entry.sequence, entry.start, entry.end)
+        series.add("STATUS", "CANCELLED" if entry.cancelled else "CONFIRMED")
+        times = [entry.start, entry.end]
+        if entry.recurrence:
+            series.add("RRULE", vRecur.from_ical(entry.recurrence))
+            times.append(last_start(entry.start, entry.recurrence, entry.tzid) + (entry.end - entry.start))
+        events.append(series)
+        for occurrence in entry.occurrences if entry.recurrence else ():
+            event = _entry_event(
+                entry, zone, stamp, occurrence.sequence, occurrence.start, occurrence.end,
+                title=occurrence.title, location=occurrence.location,
+            )  # fmt: skip
+            event.add("RECURRENCE-ID", occurrence.recurrence_id.astimezone(zone))
+            event.add("STATUS", "CANCELLED" if entry.cancelled or occurrence.cancelled else "CONFIRMED")
+            events.append(event)
+            times += [occurrence.recurrence_id, occurrence.start, occurrence.end]
+        first, last = spans.get(entry.tzid, (min(times), max(times)))
+        spans[entry.tzid] = (min(first, *times), max(last, *times))
+    calendar = Calendar.new(prodid=PRODID, subcomponents=events)
+    calendar.pop("UID", None)  # as for invites: a fresh random UID on the VCALENDAR is noise
+    if name:
+        calendar.add("X-WR-CALNAME", name)
+    for index, (tzid, (first, last)) in enumerate(sorted(spans.items())):
+        calendar.subcomponents.insert(
+            index, vtimezone(tzid, (first - TIMEZONE_MARGIN).date(), (last + TIMEZONE_MARGIN).date())
+        )
+    return calendar.to_ical()
+
+
+def _entry_event(
+    entry: CalendarEntry,
+    zone: ZoneInfo,
+    stamp: datetime,
+    sequence: int,
+    start: datetime,
+    end: datetime,
+    *,
+    title: str | None = None,
+    location: str | None = None,
+) -> Event:
+    return Event.new(
+        uid=entry.uid,
+        sequence=sequence,
+        stamp=stamp,
+        start=start.astimezone(zone),
+        end=end.astimezone(zone),
+        summary=title or entry.title,
+        location=location or entry.location or None,
+        description=entry.description or None,
+    )

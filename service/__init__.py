@@ -19,6 +19,8 @@ from careloop.runtime import Runtime
 from careloop.service import (
     audit_log,
     audit_trail,
+    caldav,
+    calendar_feeds,
     deliveries,
     docs,
     endpoints,
@@ -124,4 +126,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     )  # fmt: skip
     for module in blueprints:
         app.register_blueprint(module.bp)
+    app.register_blueprint(caldav.bp)
+    app.register_blueprint(calendar_feeds.bp)
+    app.register_blueprint(calendar_feeds.feed_bp)
     return app

@@ -22,8 +22,13 @@ FROM_NOTEBOOK = {
     "CreateEvent": _link("createEvent", "An event in it", notebook_id=_NOTEBOOK),
     "ListEvents": _link("listEvents", "Its events", notebook_id=_NOTEBOOK),
     "ListDeliveries": _link("listDeliveries", "Its deliveries", **{"query.notebook_id": _NOTEBOOK}),
+    "SetCaldavCalendar": _link("setCaldavCalendar", "Publish its check-ins", notebook_id=_NOTEBOOK),
 }
 FROM_MEMBER = {
+    "GetMember": _link("getMember", "The member and their feed URL", member_id="$response.body#/id"),
+    "RotateCalendarFeed": _link(
+        "rotateCalendarFeed", "Give them a new calendar feed URL", member_id="$response.body#/id"
+    ),
     "UpdateMember": _link("updateMember", "Change the member just added", member_id="$response.body#/id"),
     "RevokeMemberLinks": _link(
         "revokeMemberLinks", "Turn off the links they were sent", member_id="$response.body#/id"
@@ -36,6 +41,7 @@ FROM_MEMBER = {
     ),
 }
 FROM_MEMBERS = {
+    "GetMember": _link("getMember", "The first member", member_id="$response.body#/items/0/id"),
     "UpdateMember": _link("updateMember", "Change the first member", member_id="$response.body#/items/0/id"),
     "GetMemberPreferences": _link(
         "getMemberPreferences", "The first member's preferences", member_id="$response.body#/items/0/id"
@@ -112,4 +118,12 @@ FROM_SOURCE = {
 FROM_SOURCES = {
     "GetSource": _link("getSource", "The first source", source_id="$response.body#/items/0/id"),
     "ListInbound": _link("listInbound", "What it posted", source_id="$response.body#/items/0/id"),
+}
+_CALDAV_NOTEBOOK = "$response.body#/notebook_id"
+FROM_CALDAV = {
+    "GetCaldavCalendar": _link("getCaldavCalendar", "The calendar as it is", notebook_id=_CALDAV_NOTEBOOK),
+    "DeleteCaldavCalendar": _link("deleteCaldavCalendar", "Stop publishing", notebook_id=_CALDAV_NOTEBOOK),
+}
+FROM_CALENDAR_FEED = {
+    "GetMember": _link("getMember", "The member, with the new URL", member_id="$response.body#/member_id"),
 }

@@ -6,7 +6,8 @@ falls in one bucket:
 
 - ``reads`` / ``writes``: the API's GET/HEAD and its other methods, counted per key (a hash of
   the Bearer key, never the key itself) or, without one, per client address;
-- ``member_links``: ``/m/…`` pages, per client address (they carry no key);
+- ``member_links``: ``/m/…`` pages and ``/calendar/….ics`` feeds, per client address (they carry
+  no key);
 - ``webhooks``: ``/v1/webhooks/…``, per client address;
 - none: health checks, the API description and its assets, Twilio's signed callbacks.
 
@@ -37,7 +38,7 @@ def bucket() -> str | None:
     """Which limit this request counts against (None: none)."""
     if request.endpoint is None or request.blueprint in UNLIMITED_BLUEPRINTS:
         return None
-    if request.blueprint == "member_pages":
+    if request.blueprint in ("member_pages", "calendar_feeds"):
         return "member_links"
     if request.endpoint == "sources.receive_webhook":
         return "webhooks"

@@ -1,4 +1,4 @@
-"""Member-link and sign-in-link tokens never reach a log line.
+"""Member-link, sign-in-link and calendar-feed tokens never reach a log line.
 
 A token in a request line (``GET /m/<token>``) would land in the web server's access log:
 werkzeug's in development, gunicorn's in production (the Procfile logs every request). A
@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import re
 
+from careloop.calendar_feeds import FEED_PATH
 from careloop.links import redact as redact_member_links
 from careloop.signin_links import LINK_PATH as SIGNIN_LINK_PATH
 
 _SIGNIN_TOKEN = re.compile(rf"({re.escape(SIGNIN_LINK_PATH)})[^\s?#\"']+")
+_FEED_TOKEN = re.compile(rf"({re.escape(FEED_PATH)})[^\s?#\"'/]+")
 
 
 def redact(text: str) -> str:
-    """``text`` with member-link and sign-in-link tokens replaced by ``[token]``."""
-    return _SIGNIN_TOKEN.sub(r"\1[token]", redact_member_links(text))
+    """``text`` with member-link, sign-in-link and calendar-feed tokens replaced by ``[token]``."""
+    return _FEED_TOKEN.sub(r"\1[token]", _SIGNIN_TOKEN.sub(r"\1[token]", redact_member_links(text)))
 
 
 REQUEST_LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error")

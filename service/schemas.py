@@ -1135,3 +1135,83 @@ class ReplayOut(_Out):
 
     resent: list[str] = Field(description="messages sent again (same id and sequence number)")
     created: list[str] = Field(description="messages made for events it had none about (numbered next)")
+
+
+# --- CalDAV publishing and calendar feeds ---------------------------------------------------------
+
+FEED_URL_EXAMPLE = "https://careloop.example.org/calendar/3q2-7wEjvB0Zl4nX5C0m1QhXo6fS3bT8uVdYkRz9aLc.ics"
+
+
+class CaldavIn(_In):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "url": "https://dav.clinic.example/calendars/team/maya/",
+                "username": "careloop",
+                "password": "app-password-from-your-calendar",
+            }
+        )
+    )
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=10,
+            max_length=2000,
+            pattern=WEBHOOK_URL_PATTERN,
+            description="the CalDAV calendar collection's URL (http or https, no credentials in it); a "
+            "host resolving to a private, loopback or link-local address is refused (unless "
+            "CARELOOP_ALLOW_PRIVATE_WEBHOOKS is set)",
+            json_schema_extra={"format": WEBHOOK_URL_FORMAT},
+        ),
+    ]
+    username: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f:]+$")] | None = (
+        Field(None, description="for HTTP authentication (no colon)")
+    )
+    password: Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = (
+        Field(None, description="kept to sign in to the calendar; never returned, never logged")
+    )
+
+
+class CaldavOut(_Out):
+    model_config = ConfigDict(
+        **examples(
+            {
+                "notebook_id": NB,
+                "url": "https://dav.clinic.example/calendars/team/maya/",
+                "username": "careloop",
+                "has_password": True,
+                "last_published_at": LATER,
+                "last_error": None,
+                "last_error_at": None,
+                "pending": 0,
+                "updated_at": WHEN,
+            }
+        )
+    )
+    notebook_id: str
+    url: str
+    username: str | None
+    has_password: bool = Field(description="whether a password is kept (it is never returned)")
+    last_published_at: DateTimeText | None = Field(description="when the calendar last took a change")
+    last_error: str | None = Field(description="why the last try failed, while it is failing (tried again)")
+    last_error_at: DateTimeText | None
+    pending: int = Field(description="check-in changes not yet on the calendar")
+    updated_at: DateTimeText
+
+
+class MemberDetailOut(MemberOut):
+    model_config = ConfigDict(**examples({**MEMBER_EXAMPLE, "calendar_feed_url": FEED_URL_EXAMPLE}))
+    calendar_feed_url: str | None = Field(
+        description="the member's private iCalendar feed of their check-ins (subscribe to it in any "
+        "calendar); shown to the family and admin keys only, null for others"
+    )
+
+
+class CalendarFeedOut(_Out):
+    model_config = ConfigDict(
+        **examples({"member_id": MEM, "calendar_feed_url": FEED_URL_EXAMPLE, "rotated_at": WHEN})
+    )
+    member_id: str
+    calendar_feed_url: str = Field(description="the new feed URL")
+    rotated_at: DateTimeText = Field(description="the member's previous feed URL answers 404 from this time")

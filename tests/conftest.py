@@ -52,7 +52,7 @@ UNLIMITED = "1000000/minute"
 DB_TABLES = (
     "reminders", "digests", "deliveries", "escalations", "outbox", "checkins", "events", "api_key_notebooks",
     "api_keys", "signin_links", "members", "notebooks", "instance_secrets", "audit_log", "webhook_attempts",
-    "webhook_endpoint_notebooks", "webhook_endpoints", "inbound_records", "sources",
+    "webhook_endpoint_notebooks", "webhook_endpoints", "inbound_records", "sources", "caldav_calendars",
 )
 
 

@@ -84,6 +84,11 @@ class World:
             session.commit()
             return made.id
 
+    def feed(self) -> str:
+        """The path of the member's calendar feed, as the admin is shown it now."""
+        shown = self.client.get(f"/v1/members/{self.ids['member']}", headers=bearer(ADMIN_KEY)).get_json()
+        return shown["calendar_feed_url"].removeprefix(self.app.extensions["careloop"].settings.public_url)
+
     def rejected_record(self) -> str:
         """A rejected inbound record of the source, whose kept body maps (a rerun accepts it)."""
         body = {"notebook_id": self.ids["nb"], "type": "note.added", "data": {"text": "hi", "voice": "team"}}
@@ -146,6 +151,25 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("PUT", "/v1/members/<id:member_id>/preferences"): Row(
         "/v1/members/{member}/preferences", notebook_route(200, FAMILY), {"mode": "digest"}
+    ),
+    # A member with their calendar feed URL: as their contact details are (the URL itself is shown to
+    # the family and admin keys only).
+    ("GET", "/v1/members/<id:member_id>"): Row("/v1/members/{member}", notebook_route(200, CLINICAL)),
+    ("POST", "/v1/members/<id:member_id>/calendar_feed/rotate"): Row(
+        "/v1/members/{member}/calendar_feed/rotate", notebook_route(200, FAMILY)
+    ),
+    # The notebook's CalDAV calendar: set, then read, then removed (idempotent), by the family and admin
+    # keys. The URL is a public address (no name to look up); no check-in is ever published to it here.
+    ("PUT", "/v1/notebooks/<id:notebook_id>/caldav"): Row(
+        "/v1/notebooks/{nb}/caldav",
+        notebook_route(200, FAMILY),
+        {"url": "https://93.184.216.34/dav/team/", "username": "u", "password": "p"},
+    ),
+    ("GET", "/v1/notebooks/<id:notebook_id>/caldav"): Row(
+        "/v1/notebooks/{nb}/caldav", notebook_route(200, FAMILY)
+    ),
+    ("DELETE", "/v1/notebooks/<id:notebook_id>/caldav"): Row(
+        "/v1/notebooks/{nb}/caldav", notebook_route(204, FAMILY)
     ),
     ("POST", "/v1/notebooks/<id:notebook_id>/keys"): Row(
         "/v1/notebooks/{nb}/keys", notebook_route(201, FAMILY), {"name": "EHR", "role": "integration"}
@@ -242,6 +266,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/m/<token>"): Row("{link}", everyone(200)),
     # Its "I have seen this" button: a form post without the page's CSRF token is a 400.
     ("POST", "/m/<token>/ack"): Row("{link}/ack", everyone(400)),
+    # A calendar feed opens with no key (the URL is the secret); a key changes nothing about it.
+    ("GET", "/calendar/<token>.ics"): Row("{feed}", everyone(200)),
     ("GET", "/m/"): Row("/m/", everyone(404)),
     ("GET", "/m/<path:_rest>"): Row("/m/a/b", everyone(404)),
     # The timeline's pages take a signed-in session, never a Bearer key: without a session a
@@ -349,6 +375,8 @@ def call(w: World, caller: str, method: str, row: Row, ids: dict[str, str]):
         ids = {**ids, "key": w.mint(KeyRole.INTEGRATION, w.ids["nb"])[0]}
     if "{fresh_endpoint}" in row.url and "fresh_endpoint" not in ids:
         ids = {**ids, "fresh_endpoint": w.endpoint()}
+    if "{feed}" in row.url:  # the member's feed URL as it is now (the matrix rotates it above)
+        ids = {**ids, "feed": w.feed()}
     ids = {**ids, "link": w.link}
     headers = bearer(w.keys[caller]) if caller in w.keys else {}
     body = _fill(row.body, ids)

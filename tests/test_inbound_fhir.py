@@ -247,9 +247,15 @@ def test_an_appointment_no_member_attends_is_rejected(client, api, clinic):
 # --- flags and communications ------------------------------------------------------------------
 
 
-def test_a_flag_raises_a_concern_and_a_communication_adds_a_note(app, api, clinic):
+def test_a_flag_raises_a_concern_and_a_communication_adds_a_note(app, api, clinic, team):
+    nb, _ = team
     [concern] = clinic.accepted(fixture("flag-example.json") | {"status": "active"})
     assert concern["type"] == "concern.raised"
+    # A source mapping patients audits each webhook in the notebooks its events went to.
+    [audited] = [
+        r for r in api.get(f"/v1/notebooks/{nb['id']}/audit")["items"] if r["action"] == "webhooks.receive"
+    ]
+    assert audited["actor_id"] == clinic.source["id"] and audited["status"] == 202
     assert concern["data"]["summary"].startswith("Patient has a big dog at his home")
     assert concern["data"]["severity"] == "high"  # a safety flag
     assert routed(app, api, concern)
@@ -301,6 +307,15 @@ def test_subscription_notifications_r4b_and_r4_backport_become_events(app, api, 
     assert clinic.inbound()[0]["notification"]["event_numbers"] == [3]
     assert clinic.inbound()[0]["notification"]["gap"] is None
     assert routed(app, api, note)
+
+    # R5 writes the Bundle type subscription-notification and the counters as numbers.
+    r5 = fixture("r4b-notification-full-resource.json") | {"type": "subscription-notification"}
+    r5["entry"][0]["resource"] |= {"eventsSinceSubscriptionStart": 4}
+    r5["entry"][0]["resource"]["notificationEvent"][0]["eventNumber"] = 4
+    [concern] = clinic.accepted(r5)
+    assert concern["type"] == "concern.raised"
+    latest = clinic.inbound()[0]["notification"]
+    assert latest["event_numbers"] == [4] and latest["events_since_start"] == 4 and latest["gap"] is None
 
 
 def test_handshake_and_heartbeat_are_answered_and_recorded_never_evented(app, api, clinic, team):
@@ -368,6 +383,15 @@ def test_a_bad_signature_is_401_and_creates_nothing(client, api, clinic, team):
         ({"resourceType": "Spaceship"}, "resourceType", "not a FHIR resource type"),
         (
             {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": {"resourceType": "Spaceship"}}],
+            },
+            "body",
+            "not valid FHIR R4B Bundle",
+        ),
+        (
+            {
                 "resourceType": "Flag",
                 "status": "active",
                 "code": {"text": "x"},
@@ -407,6 +431,22 @@ def test_an_unknown_patient_is_422_naming_it(api, clinic, team):
     [record] = clinic.inbound("rejected")
     assert "does not map to a notebook (Patient/stranger)" in record["reason"]
     assert api.get(f"/v1/notebooks/{nb['id']}/events")["items"] == []
+
+
+def test_an_unknown_patients_record_runs_again_once_the_source_maps_them(
+    app, client, admin, api, clinic, team
+):
+    nb, _ = team
+    flag = fixture("flag-example.json") | {"status": "active", "subject": {"reference": "Patient/stranger"}}
+    assert clinic.post(flag).status_code == 422
+    [record] = clinic.inbound("rejected")
+
+    patients = {**clinic.source["patients"], "Patient/stranger": nb["id"]}
+    fixed = client.patch(f"/v1/sources/{clinic.source['id']}", json={"patients": patients}, headers=admin)
+    assert fixed.status_code == 200 and fixed.get_json()["patients"] == patients
+    again = api.post(f"/v1/sources/{clinic.source['id']}/inbound/{record['id']}/rerun", None, status=200)
+    assert again["status"] == "accepted" and len(again["event_ids"]) == 1
+    assert api.get(f"/v1/events/{again['event_ids'][0]}")["type"] == "concern.raised"
 
 
 def test_a_repeated_webhook_id_is_answered_once_and_creates_one_event(app, api, clinic, team):

@@ -10,6 +10,8 @@ import threading
 import pytest
 
 from tests.conftest import drain
+from tests.test_inbound_fhir import fixture
+from tests.test_inbound_fhir import signed as fhir_signed
 from tests.test_sources import event_count, inbound, post, signed, stored_records
 
 STUDENT = "S-1042"
@@ -375,6 +377,26 @@ def test_rerun_works_for_a_careloop_source_too(app, client, api, admin, team):
     answer = client.post(f"/v1/sources/{src['id']}/inbound/{record['id']}/rerun", headers=admin)
     assert answer.status_code == 200 and answer.get_json()["status"] == "accepted", answer.get_json()
     assert event_count(app, other["id"]) == 1 and event_count(app, nb["id"]) == 0
+
+
+def test_rerun_works_for_a_fhir_source_after_its_patients_are_fixed(app, client, api, admin, team):
+    nb, _ = team
+    src = api.post("/v1/sources", {"name": "FHIR", "kind": "fhir", "patients": {"Patient/pat1": nb["id"]}})
+    flag = fixture("flag-example.json") | {"status": "active", "subject": {"reference": "Patient/stranger"}}
+    body = json.dumps(flag).encode()
+    response = client.post(
+        f"/v1/webhooks/{src['id']}", data=body, headers=fhir_signed(src["secret"], body, "f-1")
+    )
+    assert response.status_code == 422  # a patient the clinic has not mapped yet
+    [record] = inbound(api, src["id"], "rejected")
+    patients = {"Patient/pat1": nb["id"], "Patient/stranger": nb["id"]}
+    fixed = client.patch(f"/v1/sources/{src['id']}", json={"patients": patients}, headers=admin)
+    assert fixed.status_code == 200, fixed.get_json()
+    answer = client.post(f"/v1/sources/{src['id']}/inbound/{record['id']}/rerun", headers=admin)
+    assert answer.status_code == 200 and answer.get_json()["status"] == "accepted", answer.get_json()
+    drain(app)
+    event = api.get(f"/v1/events/{answer.get_json()['event_ids'][0]}")
+    assert event["type"] == "concern.raised" and event["status"] == "routed" and event["deliveries"]
 
 
 def test_what_cannot_be_rerun_is_409_and_other_records_404(app, client, api, admin, iep):

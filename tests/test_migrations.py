@@ -22,7 +22,7 @@ TABLES = {
     "notebooks", "members", "api_keys", "events", "checkins", "outbox", "deliveries", "instance_secrets",
     "api_key_notebooks", "audit_log", "signin_links", "webhook_endpoints", "webhook_endpoint_notebooks",
     "webhook_attempts", "sources", "inbound_records", "digests",
-    "reminders", "escalations",
+    "reminders", "caldav_calendars", "escalations",
 }
 
 

@@ -100,6 +100,9 @@ def test_a_series_is_materialized_within_the_horizon_and_a_moved_occurrence_at_i
     found = rm.occurrences(details, "America/Chicago")
     assert [o.start for o in found] == [START + timedelta(days=d) for d in (0, 8, 14, 21)]
     assert [o.cancelled for o in found] == [False, False, True, False]
+    # expanded only up to a time (the sweep's horizon), with every occurrence changed on its own
+    limited = rm.occurrences(details, "America/Chicago", until=START + timedelta(days=1))
+    assert [o.start for o in limited] == [START + timedelta(days=d) for d in (0, 8, 14)]
     starts = lambda now: sorted({w.starts_at for w in rm.plan(found, [_attendee()], (1440, 60), now)})  # noqa: E731
     assert starts(T0) == [START]  # the next week's is beyond the horizon yet
     assert starts(START + timedelta(days=5)) == [START + timedelta(days=8)]  # moved, at its new time
@@ -281,8 +284,14 @@ def test_one_occurrence_of_a_series_moved_alone(loop, pg_only_url, smtp):
         _run_worker(runtime)
         assert {(r.starts_at, r.status) for r in _reminders(pg_only_url)} == {(START, "pending")}
     with time_machine.travel(DUE_1H + timedelta(seconds=2), tick=True):
-        _run_worker(runtime)  # the first occurrence's 24 h (late but before it) and 1 h reminders
-    assert len(_mails(smtp)) == 2
+        _run_worker(runtime)  # the first occurrence's 24 h reminder, late, gives way to its 1 h one
+    assert [m["Subject"] for m in _mails(smtp)] == [
+        "Reminder: IEP meeting today, Tue 12 Jan, 5:00–5:45 pm CST"
+    ]
+    assert [(r.offset_minutes, r.status, r.error) for r in _reminders(pg_only_url, starts_at=START)] == [
+        (1440, "cancelled", "late: a nearer reminder of the same check-in goes instead"),
+        (60, "sent", None),
+    ]
     with time_machine.travel(START + timedelta(days=5), tick=True):
         _run_worker(runtime)  # time passes: the second occurrence comes within the horizon
         second_ones = _reminders(pg_only_url, status="pending")
@@ -293,7 +302,7 @@ def test_one_occurrence_of_a_series_moved_alone(loop, pg_only_url, smtp):
     with time_machine.travel(moved - timedelta(hours=1) + timedelta(seconds=2), tick=True):
         _run_worker(runtime)
     subjects = [m["Subject"] for m in _mails(smtp)]
-    assert subjects[2:] == [
+    assert subjects[1:] == [
         "Reminder: IEP meeting tomorrow, Tue 19 Jan, 8:00–8:45 pm CST",
         "Reminder: IEP meeting today, Tue 19 Jan, 8:00–8:45 pm CST",
     ]
@@ -391,3 +400,39 @@ def test_a_reminder_whose_worker_vanished_before_calling_the_provider_is_sent_on
     (sent,) = _reminders(pg_only_url, id=first.id)
     assert (sent.status, sent.attempts) == ("sent", 1)
     assert mail["Subject"].startswith("Reminder: IEP meeting tomorrow")
+
+
+def test_quiet_hours_hold_the_24h_reminder_not_the_1h_one_and_a_deactivated_attendee_gets_none(
+    loop, pg_only_url
+):
+    runtime, api = loop
+    with time_machine.travel(T0, tick=True):
+        nb, mom, dad, _ = _family(api)
+        response = api.client.put(
+            f"/v1/members/{mom['id']}/preferences",
+            json={"quiet_hours": {"start": "15:00", "end": "18:00"}},  # 5 pm CST is inside
+            headers=api.headers,
+        )
+        assert response.status_code == 200
+        event = api.event(nb["id"], "checkin.scheduled", _checkin(nb, [mom, dad]))
+        _run_worker(runtime)
+        shown = {
+            (r["member_id"], r["offset_minutes"]): r
+            for r in api.get(f"/v1/events/{event['id']}")["reminders"]
+        }
+        assert (shown[mom["id"], 1440]["due_at"], shown[mom["id"], 1440]["held_for"]) == (
+            "2027-01-12T00:00:00Z",  # 6 pm CST, when her quiet hours end
+            "quiet_hours",
+        )
+        assert (shown[mom["id"], 60]["due_at"], shown[mom["id"], 60]["held_for"]) == (
+            "2027-01-12T22:00:00Z",
+            None,
+        )
+        assert shown[dad["id"], 1440]["due_at"] == "2027-01-11T23:00:00Z"
+        response = api.client.patch(f"/v1/members/{dad['id']}", json={"active": False}, headers=api.headers)
+        assert response.status_code == 200
+    with time_machine.travel(T0 + timedelta(minutes=5), tick=True):
+        _run_worker(runtime)  # the relay's sweep re-plans every check-in
+        dropped = _reminders(pg_only_url, member_id=dad["id"])
+    assert {(r.status, r.error) for r in dropped} == {("cancelled", "the member is no longer active")}
+    assert {r.status for r in _reminders(pg_only_url, member_id=mom["id"])} == {"pending"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from careloop.config.settings import Settings, get_settings
 from careloop.dispatch import Jobs
 from careloop.runtime import Runtime
+from careloop.workers.caldav_jobs import publish_checkin
 from careloop.workers.digests import send_digest
 from careloop.workers.jobs import deliver, deliver_many, route_event, route_many
 from careloop.workers.relay import relay_once
@@ -22,6 +23,7 @@ JOBS = Jobs(
     sweep=relay_once,
     digest=send_digest,
     route_many=route_many,
+    publish=publish_checkin,
     reminder=send_reminder,
 )
 """careloop's jobs, as the dispatcher hands them out."""

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from careloop import deliveries as dl
 from careloop import digests as dg
 from careloop import reminders as rm
+from careloop.calendar_publishing import CALDAV_TOPIC
 from careloop.db import session_scope
 from careloop.intake import ROUTE_TOPIC
 from careloop.logs import request_id_bound
@@ -49,6 +50,7 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
     settings = runtime.settings
     dispatcher = runtime.dispatcher
     counts = {"events": 0, "deliveries": 0, "stale": 0}
+    published = 0
     digests = 0
     with session_scope(runtime.database_url) as session:
         if dispatcher.lost_data():
@@ -79,6 +81,29 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             session.commit()
             counts["events"] = len(missing)
 
+        publishes = session.execute(
+            select(OutboxEntry.id, OutboxEntry.ref_id)
+            .where(
+                OutboxEntry.topic == CALDAV_TOPIC,
+                OutboxEntry.done_at.is_(None),
+                or_(OutboxEntry.dispatched_at.is_(None), OutboxEntry.dispatched_at < cutoff),
+            )
+            .order_by(OutboxEntry.id)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if publishes and runtime.jobs.publish is not None:
+            missing = dispatcher.missing_publishes(list(dict.fromkeys(ref for _, ref in publishes)))
+            if missing:
+                dispatcher.publish(missing)
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_([i for i, _ in publishes]))
+                .values(dispatched_at=now)
+            )
+            session.commit()
+            published = len(missing)
+
         due = dl.due_for_enqueue(session, settings.claim_timeout, BATCH)
         if due:
             missing = {job.delivery_id for job in dispatcher.missing_deliveries(due)}
@@ -97,7 +122,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             digests = len(lost)
 
         # --- reminders (issue 12): re-plan check-ins, hand over due ones Redis lost, settle stale ---
-        counts_reminders = rm.relay_sweep(session, runtime)
+        counts_reminders = 0
+        try:
+            counts_reminders = rm.relay_sweep(session, runtime)
+        except Exception:  # the rest of the sweep (stale sends above all) goes on
+            session.rollback()
+            log.warning("relay: reminders could not be swept; trying again next sweep", exc_info=True)
         for reminder_id, token, called in rm.stale_claims(session, settings.claim_timeout):
             recover_stale_reminder(runtime, reminder_id, token, called)
             counts["stale"] += 1
@@ -112,12 +142,12 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
 
         notify_disabled(runtime, session)
     fired = run_due(runtime)  # escalation steps and urgent failovers: the database is their clock
-    if any(counts.values()) or digests or counts_reminders or any(fired.values()):
+    if any(counts.values()) or digests or counts_reminders or published or any(fired.values()):
         log.info(
             "relay: %(events)d events, %(deliveries)d deliveries, %(digests)d digests, %(reminders)d "
-            "reminders handed over, %(stale)d stale sends checked, %(steps)d escalation steps and "
-            "%(failovers)d failovers fired",
-            {**counts, "digests": digests, "reminders": counts_reminders, **fired},
+            "reminders, %(publishes)d CalDAV publishes handed over, %(stale)d stale sends checked, "
+            "%(steps)d escalation steps and %(failovers)d failovers fired",
+            {**counts, "digests": digests, "reminders": counts_reminders, "publishes": published, **fired},
         )
     return counts
 

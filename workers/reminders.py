@@ -53,6 +53,9 @@ def _offsets(runtime: Runtime) -> tuple[int, ...]:
 
 
 def _send(session: Session, runtime: Runtime, reminder_id: str) -> str:
+    if rm.give_way_if_late(session, reminder_id):
+        log.info("reminder %s: late, a nearer one goes instead", reminder_id)
+        return ReminderStatus.CANCELLED
     token = dl.new_claim_token()
     attempt = rm.claim(session, reminder_id, token)
     if attempt is None:
@@ -75,7 +78,12 @@ def _send(session: Session, runtime: Runtime, reminder_id: str) -> str:
         rm.mark_failed(session, reminder_id, token, missing)
         return ReminderStatus.FAILED
     occurrence = next(
-        (o for o in rm.occurrences(checkin.details or {}, notebook.timezone) if o.key == row.occurrence), None
+        (
+            o
+            for o in rm.occurrences(checkin.details or {}, notebook.timezone, row.starts_at)
+            if o.key == row.occurrence
+        ),
+        None,
     )
     message = rm.render(
         rm.ReminderView(
