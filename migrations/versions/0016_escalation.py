@@ -3,7 +3,7 @@ escalation_step (in their unique key), reason, failover_of, failover_due_at and 
 acknowledged them
 
 Revision ID: 0016_escalation
-Revises: 0014_reminders
+Revises: 0013_caldav_feed
 Create Date: 2026-11-29 15:00:00
 """
 
