@@ -48,7 +48,7 @@ from careloop import recurrence
 from careloop.checkins import occurrence_key
 from careloop.gsm import to_gsm7
 from careloop.messages import MemberLink, OutgoingMessage, first_name
-from careloop.models import Checkin, Member, Notebook, Reminder, new_id, utcnow
+from careloop.models import Checkin, CheckinAnswer, Member, Notebook, Reminder, new_id, utcnow
 from careloop.queues import ReminderJob, delivery_queue
 from careloop.vocabulary import ChannelKind, Hold, ReminderStatus
 
@@ -345,7 +345,8 @@ def sync_checkin(
     until = now + timedelta(minutes=max(offsets, default=0)) + HORIZON_MARGIN
     found = [] if checkin.cancelled else occurrences(checkin.details or {}, notebook.timezone, until)
     attendees = [] if checkin.cancelled else _attendees(session, checkin, notebook)
-    wanted = plan(found, attendees, offsets, now)
+    declined = _declined(session, checkin)
+    wanted = [w for w in plan(found, attendees, offsets, now) if (w.occurrence, w.member_id) not in declined]
     due: list[Due] = []
     new = [w for w in wanted if w.due_at > now]
     if new:
@@ -413,7 +414,10 @@ def sync_checkin(
         key = (row.occurrence, row.starts_at.astimezone(UTC), row.member_id, row.offset_minutes, row.channel)
         if key in keys:
             continue
-        reason = _why_dropped(checkin, by_key.get(row.occurrence), row, attending, listed, now)
+        if (row.occurrence, row.member_id) in declined:
+            reason = "the member declined"
+        else:
+            reason = _why_dropped(checkin, by_key.get(row.occurrence), row, attending, listed, now)
         session.execute(
             update(Reminder)
             .where(Reminder.id == row.id, Reminder.status == ReminderStatus.PENDING)
@@ -422,6 +426,27 @@ def sync_checkin(
         )
     session.commit()
     return due
+
+
+def _declined(session: Session, checkin: Checkin) -> _Declined:
+    """Who declined what (their RSVP, ``careloop.rsvp``): nobody is reminded of a meeting they
+    said they will not attend. An answer for one occurrence wins over the series' answer."""
+    answers = session.execute(
+        select(CheckinAnswer.recurrence_id, CheckinAnswer.member_id, CheckinAnswer.partstat).where(
+            CheckinAnswer.checkin_pk == checkin.id
+        )
+    ).all()
+    return _Declined({(a.recurrence_id, a.member_id): a.partstat for a in answers})
+
+
+@dataclass(frozen=True)
+class _Declined:
+    partstats: dict[tuple[str, str], str]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        occurrence, member_id = key
+        answer = self.partstats.get((occurrence, member_id)) or self.partstats.get(("", member_id))
+        return answer == "DECLINED"
 
 
 def _why_dropped(checkin: Checkin, occ: Occurrence | None, row, attending: set, listed: set, now) -> str:

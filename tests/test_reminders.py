@@ -436,3 +436,48 @@ def test_quiet_hours_hold_the_24h_reminder_not_the_1h_one_and_a_deactivated_atte
         dropped = _reminders(pg_only_url, member_id=dad["id"])
     assert {(r.status, r.error) for r in dropped} == {("cancelled", "the member is no longer active")}
     assert {r.status for r in _reminders(pg_only_url, member_id=mom["id"])} == {"pending"}
+
+
+def _reply(nb_id: str, checkin_id: str, email: str, partstat: str, stamp: datetime) -> bytes:
+    from careloop.checkins import checkin_uid
+
+    return "\r\n".join(
+        [
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Example//Mail//EN", "METHOD:REPLY", "BEGIN:VEVENT",
+            f"UID:{checkin_uid(nb_id, checkin_id)}", "SEQUENCE:0", f"DTSTAMP:{stamp:%Y%m%dT%H%M%SZ}",
+            f"ATTENDEE;PARTSTAT={partstat}:mailto:{email}", "END:VEVENT", "END:VCALENDAR", "",
+        ]
+    ).encode()  # fmt: skip
+
+
+def test_an_attendee_who_declined_is_not_reminded_until_they_accept_again(loop, pg_only_url, smtp):
+    runtime, api = loop
+    with time_machine.travel(T0, tick=True):
+        nb, mom, dad, _ = _family(api)
+        api.event(nb["id"], "checkin.scheduled", _checkin(nb, [mom, dad]))
+        _run_worker(runtime)
+        assert len(_reminders(pg_only_url, member_id=mom["id"], status="pending")) == 2
+
+        def answer(partstat: str, stamp: datetime) -> None:
+            response = api.client.post(
+                f"/v1/notebooks/{nb['id']}/checkins/iep-1/replies",
+                data=_reply(nb["id"], "iep-1", "dana@example.org", partstat, stamp),
+                headers={**api.headers, "Content-Type": "text/calendar"},
+            )
+            assert response.status_code == 200, response.get_json()
+
+        answer("DECLINED", T0)
+    with time_machine.travel(T0 + timedelta(minutes=5), tick=True):
+        _run_worker(runtime)  # the relay's sweep re-plans the check-in (once a minute)
+        dropped = _reminders(pg_only_url, member_id=mom["id"])
+        assert {(r.status, r.error) for r in dropped} == {("cancelled", "the member declined")}
+        assert {r.status for r in _reminders(pg_only_url, member_id=dad["id"])} == {"pending"}
+    with time_machine.travel(DUE_24H + timedelta(seconds=2), tick=True):
+        _run_worker(runtime)
+        assert _mails(smtp) == []  # Dana declined: no reminder (Sam's goes by text)
+    with time_machine.travel(DUE_24H + timedelta(minutes=5), tick=True):
+        answer("ACCEPTED", DUE_24H + timedelta(minutes=4))
+    with time_machine.travel(DUE_24H + timedelta(minutes=10), tick=True):
+        _run_worker(runtime)
+        revived = _reminders(pg_only_url, member_id=mom["id"], status="pending")
+        assert [r.offset_minutes for r in revived] == [60]  # the 24 h one's time has passed
