@@ -204,6 +204,29 @@ def close_app(app) -> None:
     app.extensions["careloop"].runtime.close()
 
 
+def run_worker_once(runtime) -> None:
+    """What `careloop worker` does at the (travelled) time: a relay sweep (routing handed over,
+    reminders re-planned, escalation steps and failovers due fired), then a real RQ worker in
+    this process, burst, with RQ's scheduler."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from careloop.queues import queue_names
+    from careloop.workers import jobs
+    from careloop.workers.relay import relay_once
+
+    relay_once(runtime)
+    jobs.use_runtime(runtime)
+    try:
+        SimpleWorker(
+            queue_names(runtime.settings.queue_prefix),
+            connection=runtime.dispatcher.connection,
+            serializer=JSONSerializer,
+        ).work(burst=True, with_scheduler=True, logging_level="WARNING")
+    finally:
+        jobs.use_runtime(None)
+
+
 @pytest.fixture(autouse=True)
 def _close_apps(monkeypatch):
     """Every app a test builds is closed when the test ends (a fixture that built one closes

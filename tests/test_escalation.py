@@ -29,7 +29,16 @@ from careloop.models import Delivery, Escalation
 from careloop.preferences import Preferences
 from careloop.routing import EventView, MemberView, plan_acknowledgement, plan_failover, plan_step
 from careloop.rules import RulesError, load_rules, parse_rules
-from tests.conftest import build_app, build_team, close_app, drain, make_settings, peer_settings, wait_until
+from tests.conftest import (
+    build_app,
+    build_team,
+    close_app,
+    drain,
+    make_settings,
+    peer_settings,
+    run_worker_once,
+    wait_until,
+)
 from tests.peers.twilio_peer import TEST_AUTH_TOKEN, Fault
 from tests.test_member_page_browser import browser  # noqa: F401 - the module's Chromium, a fixture
 
@@ -298,27 +307,7 @@ def loop(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
     close_app(app)
 
 
-def _run_worker(runtime):
-    """What `careloop worker` does at the (travelled) time: a relay sweep (escalation steps and
-    failovers due are fired there), then a real RQ worker in this process, burst, with RQ's
-    scheduler."""
-    from rq import SimpleWorker
-    from rq.serializers import JSONSerializer
-
-    from careloop.queues import queue_names
-    from careloop.workers import jobs
-    from careloop.workers.relay import relay_once
-
-    relay_once(runtime)
-    jobs.use_runtime(runtime)
-    try:
-        SimpleWorker(
-            queue_names(runtime.settings.queue_prefix),
-            connection=runtime.dispatcher.connection,
-            serializer=JSONSerializer,
-        ).work(burst=True, with_scheduler=True, logging_level="WARNING")
-    finally:
-        jobs.use_runtime(None)
+_run_worker = run_worker_once
 
 
 def _travel(at):

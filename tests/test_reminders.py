@@ -18,7 +18,7 @@ from careloop import reminders as rm
 from careloop.config.settings import Settings
 from careloop.db import session_scope
 from careloop.models import Reminder, utcnow
-from tests.conftest import build_app, close_app, peer_settings, wait_until
+from tests.conftest import build_app, close_app, peer_settings, run_worker_once, wait_until
 from tests.test_faults import start_worker, stop_worker, worker_env
 
 
@@ -130,26 +130,7 @@ def loop(pg_only_url, tmp_path, redis_conn, smtp, twilio_proxy):
     close_app(app)
 
 
-def _run_worker(runtime):
-    """A real RQ worker in this process (burst, with RQ's scheduler) after a relay sweep: what
-    `careloop worker` does, at the (travelled) time."""
-    from rq import SimpleWorker
-    from rq.serializers import JSONSerializer
-
-    from careloop.queues import queue_names
-    from careloop.workers import jobs
-    from careloop.workers.relay import relay_once
-
-    relay_once(runtime)
-    jobs.use_runtime(runtime)
-    try:
-        SimpleWorker(
-            queue_names(runtime.settings.queue_prefix),
-            connection=runtime.dispatcher.connection,
-            serializer=JSONSerializer,
-        ).work(burst=True, with_scheduler=True, logging_level="WARNING")
-    finally:
-        jobs.use_runtime(None)
+_run_worker = run_worker_once
 
 
 def _reminders(url, **where) -> list[Reminder]:
