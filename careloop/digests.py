@@ -25,6 +25,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from careloop import claims
 from careloop.models import Delivery, Digest, new_id, utcnow
 from careloop.vocabulary import DeliveryStatus, DigestStatus
 
@@ -113,23 +114,7 @@ def move(session: Session, delivery_id: str, from_digest: str, to_digest: str, d
 def claim(session: Session, digest_id: str, token: str, now: datetime | None = None) -> int | None:
     """Atomically take a due, pending digest for sending. Returns its attempt number, or None
     when someone else has it (or it is not due, or is done)."""
-    now = now or utcnow()
-    row = session.execute(
-        update(Digest)
-        .where(Digest.id == digest_id, Digest.status == DigestStatus.PENDING, Digest.due_at <= now)
-        .values(
-            status=DigestStatus.SENDING,
-            attempts=Digest.attempts + 1,
-            claim_token=token,
-            claimed_at=now,
-            provider_called_at=None,
-            updated_at=now,
-        )
-        .returning(Digest.attempts)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    session.commit()
-    return None if row is None else row.attempts
+    return claims.claim(session, Digest, digest_id, token, now or utcnow())
 
 
 def claim_deliveries(session: Session, digest_id: str, token: str) -> list[str]:
@@ -262,23 +247,11 @@ def requeue(session: Session, digest_id: str, token: str, reason: str, delay: fl
 
 def forget_enqueued(session: Session) -> None:
     """Every pending digest counts as never handed to the queue (the queue lost its data)."""
-    session.execute(
-        update(Digest)
-        .where(Digest.status == DigestStatus.PENDING)
-        .values(enqueued_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    claims.forget_enqueued(session, Digest)
 
 
 def mark_enqueued(session: Session, digest_ids: list[str]) -> None:
-    if digest_ids:
-        session.execute(
-            update(Digest)
-            .where(Digest.id.in_(digest_ids))
-            .values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+    claims.mark_enqueued(session, Digest, digest_ids)
 
 
 def due_for_enqueue(
@@ -286,31 +259,13 @@ def due_for_enqueue(
 ) -> list[tuple[str, str, datetime]]:
     """(digest id, channel, due time) of pending digests that are due and were not handed to
     the queue in the last ``stale_after`` seconds."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale_after)
-    rows = session.execute(
-        select(Digest.id, Digest.channel, Digest.due_at)
-        .where(
-            Digest.status == DigestStatus.PENDING,
-            Digest.due_at <= now,
-            or_(Digest.enqueued_at.is_(None), Digest.enqueued_at <= cutoff),
-        )
-        .order_by(Digest.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    rows = claims.due_for_enqueue(session, Digest, stale_after, limit, lock=True)
     return [(r.id, r.channel, r.due_at) for r in rows]
 
 
 def stale_claims(session: Session, claim_timeout: float, limit: int = 100) -> list[tuple[str, str, bool]]:
     """(digest id, claim token, provider called) of digests sending for longer than the claim timeout."""
-    cutoff = utcnow() - timedelta(seconds=claim_timeout)
-    rows = session.execute(
-        select(Digest.id, Digest.claim_token, Digest.provider_called_at)
-        .where(Digest.status == DigestStatus.SENDING, Digest.claimed_at < cutoff)
-        .limit(limit)
-    ).all()
-    return [(r.id, r.claim_token, r.provider_called_at is not None) for r in rows]
+    return claims.stale_claims(session, Digest, claim_timeout, limit)
 
 
 def release(session: Session, digest_id: str, token: str, reason: str) -> bool:

@@ -43,8 +43,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from careloop import claims, recurrence
 from careloop import preferences as prefs
-from careloop import recurrence
 from careloop.checkins import occurrence_key
 from careloop.gsm import to_gsm7
 from careloop.messages import MemberLink, OutgoingMessage, first_name
@@ -536,27 +536,7 @@ def claim(session: Session, reminder_id: str, token: str, now: datetime | None =
     """Atomically take a due, pending reminder whose check-in has not begun. Returns its attempt
     number, or None (someone else has it, it is not due, or it is done)."""
     now = now or utcnow()
-    row = session.execute(
-        update(Reminder)
-        .where(
-            Reminder.id == reminder_id,
-            Reminder.status == ReminderStatus.PENDING,
-            Reminder.due_at <= now,
-            Reminder.starts_at > now,
-        )
-        .values(
-            status=ReminderStatus.SENDING,
-            attempts=Reminder.attempts + 1,
-            claim_token=token,
-            claimed_at=now,
-            provider_called_at=None,
-            updated_at=now,
-        )
-        .returning(Reminder.attempts)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    session.commit()
-    return None if row is None else row.attempts
+    return claims.claim(session, Reminder, reminder_id, token, now, Reminder.starts_at > now)
 
 
 def _owned(reminder_id: str, token: str):
@@ -629,51 +609,22 @@ def release(session: Session, reminder_id: str, token: str, reason: str) -> bool
 
 def stale_claims(session: Session, claim_timeout: float, limit: int = 100) -> list[tuple[str, str, bool]]:
     """(id, claim token, provider called) of reminders sending for longer than the claim timeout."""
-    cutoff = utcnow() - timedelta(seconds=claim_timeout)
-    rows = session.execute(
-        select(Reminder.id, Reminder.claim_token, Reminder.provider_called_at)
-        .where(Reminder.status == ReminderStatus.SENDING, Reminder.claimed_at < cutoff)
-        .limit(limit)
-    ).all()
-    return [(r.id, r.claim_token, r.provider_called_at is not None) for r in rows]
+    return claims.stale_claims(session, Reminder, claim_timeout, limit)
 
 
 def due_for_enqueue(session: Session, stale_after: float, limit: int = 500) -> list[Due]:
     """Pending reminders that are due and were not handed to the queue in the last ``stale_after`` s."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale_after)
-    rows = session.execute(
-        select(Reminder.id, Reminder.channel, Reminder.due_at)
-        .where(
-            Reminder.status == ReminderStatus.PENDING,
-            Reminder.due_at <= now,
-            or_(Reminder.enqueued_at.is_(None), Reminder.enqueued_at <= cutoff),
-        )
-        .order_by(Reminder.due_at)
-        .limit(limit)
-    ).all()
+    rows = claims.due_for_enqueue(session, Reminder, stale_after, limit)
     return [Due(r.id, r.channel, r.due_at) for r in rows]
 
 
 def mark_enqueued(session: Session, reminder_ids: list[str]) -> None:
-    if reminder_ids:
-        session.execute(
-            update(Reminder)
-            .where(Reminder.id.in_(reminder_ids), Reminder.status == ReminderStatus.PENDING)
-            .values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+    claims.mark_enqueued(session, Reminder, reminder_ids, pending_only=True)
 
 
 def forget_enqueued(session: Session) -> None:
     """Every pending reminder counts as never handed to the queue (the queue lost its data)."""
-    session.execute(
-        update(Reminder)
-        .where(Reminder.status == ReminderStatus.PENDING)
-        .values(enqueued_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    claims.forget_enqueued(session, Reminder)
 
 
 def of_checkin(session: Session, notebook_id: str, context: dict | None) -> list[Reminder]:
