@@ -595,12 +595,15 @@ def test_i_have_seen_this_in_chromium_acknowledges_with_no_referer_and_no_consol
     ]
     console(browser)
     open_page(browser, f"{base}/m/{runtime.links.token(text.id, 0, text.link_issued_at)}")
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     button = browser.find_element("id", "acknowledge")
     button.click()
-    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(button))  # the post left the page
+    # Chromium may still be swapping documents: a node read mid-swap "does not belong to the document"
+    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException, WebDriverException)).until(
         lambda driver: "You said you have seen this on" in driver.find_element("tag name", "body").text
     )  # the form posted, and the page came back saying so
     escalation = api.get(f"/v1/events/{event['id']}")["escalation"]
