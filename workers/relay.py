@@ -60,51 +60,20 @@ def relay_once(runtime: Runtime) -> dict[str, int]:
             forget_hand_overs(session)
         now = utcnow()
         cutoff = now - timedelta(seconds=settings.claim_timeout)
-        entries = session.execute(
-            select(OutboxEntry.id, OutboxEntry.ref_id)
-            .where(
-                OutboxEntry.topic == ROUTE_TOPIC,
-                OutboxEntry.done_at.is_(None),
-                or_(OutboxEntry.dispatched_at.is_(None), OutboxEntry.dispatched_at < cutoff),
-            )
-            .order_by(OutboxEntry.id)
-            .limit(BATCH)
-            # Several relays (one per worker) share the work instead of repeating it (PostgreSQL).
-            .with_for_update(skip_locked=True)
-        ).all()
+        entries = _undispatched(session, ROUTE_TOPIC, cutoff)
         if entries:
             missing = dispatcher.missing_routes([ref for _, ref in entries])
             if missing:
                 dispatcher.route(missing)
-            session.execute(
-                update(OutboxEntry)
-                .where(OutboxEntry.id.in_([i for i, _ in entries]))
-                .values(dispatched_at=now)
-            )
-            session.commit()
+            _dispatched(session, entries, now)
             counts["events"] = len(missing)
 
-        publishes = session.execute(
-            select(OutboxEntry.id, OutboxEntry.ref_id)
-            .where(
-                OutboxEntry.topic == CALDAV_TOPIC,
-                OutboxEntry.done_at.is_(None),
-                or_(OutboxEntry.dispatched_at.is_(None), OutboxEntry.dispatched_at < cutoff),
-            )
-            .order_by(OutboxEntry.id)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
-        ).all()
+        publishes = _undispatched(session, CALDAV_TOPIC, cutoff)
         if publishes and runtime.jobs.publish is not None:
             missing = dispatcher.missing_publishes(list(dict.fromkeys(ref for _, ref in publishes)))
             if missing:
                 dispatcher.publish(missing)
-            session.execute(
-                update(OutboxEntry)
-                .where(OutboxEntry.id.in_([i for i, _ in publishes]))
-                .values(dispatched_at=now)
-            )
-            session.commit()
+            _dispatched(session, publishes, now)
             published = len(missing)
 
         due = dl.due_for_enqueue(session, settings.claim_timeout, BATCH)
@@ -209,3 +178,28 @@ def stop_relay_process(process: subprocess.Popen, timeout: float = 10.0) -> None
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=timeout)
+
+
+def _undispatched(session, topic: str, cutoff) -> list:
+    """(entry id, ref id) of outbox entries of ``topic`` not done and not handed to the queue
+    since ``cutoff``, oldest first. Several relays (one per worker) share the work instead of
+    repeating it: rows another holds are passed over (PostgreSQL)."""
+    return session.execute(
+        select(OutboxEntry.id, OutboxEntry.ref_id)
+        .where(
+            OutboxEntry.topic == topic,
+            OutboxEntry.done_at.is_(None),
+            or_(OutboxEntry.dispatched_at.is_(None), OutboxEntry.dispatched_at < cutoff),
+        )
+        .order_by(OutboxEntry.id)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+
+
+def _dispatched(session, entries: list, now) -> None:
+    """These entries were handed to the queue just now; commit."""
+    session.execute(
+        update(OutboxEntry).where(OutboxEntry.id.in_([i for i, _ in entries])).values(dispatched_at=now)
+    )
+    session.commit()
